@@ -1,0 +1,133 @@
+"""`hafrm` command line: train, eval, score (and the protocol commands built on them)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import types
+import typing
+from pathlib import Path
+
+from hafrm.config import TrainConfig
+from hafrm.data.errors import DataError
+
+logger = logging.getLogger("hafrm")
+
+
+def _parse_value(kind):
+    """An argparse type for a config field's annotation (optional, list and dict fields included)."""
+    options = [k for k in typing.get_args(kind) if k is not type(None)] if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union else [kind]
+    base = typing.get_origin(options[0]) or options[0]
+    if base is dict:
+        return json.loads
+    if any((typing.get_origin(o) or o) is list for o in options):
+        return lambda text: text.split(",") if "," in text else text
+    return base
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One --flag per TrainConfig field; only flags given on the command line override the YAML file."""
+    hints = typing.get_type_hints(TrainConfig)
+    group = parser.add_argument_group("training options (override --config)")
+    for name in TrainConfig.field_names():
+        flag = "--" + name.replace("_", "-")
+        if hints[name] is bool:
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+        else:
+            group.add_argument(flag, dest=name, type=_parse_value(hints[name]), default=argparse.SUPPRESS, metavar=name.upper())
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    overrides = {name: getattr(args, name) for name in TrainConfig.field_names() if hasattr(args, name)}
+    return TrainConfig.from_yaml(args.config, **overrides) if args.config else TrainConfig(**overrides)
+
+
+def command_train(args: argparse.Namespace) -> int:
+    from hafrm.training import train
+
+    result = train(config_from_args(args))
+    print(json.dumps({"output_dir": str(result.output_dir), "eval": result.metrics, "data": result.data_report}, indent=2))
+    return 0
+
+
+def command_eval(args: argparse.Namespace) -> int:
+    from hafrm.data import load_pairs
+    from hafrm.evaluation import load_trained, score_pairs
+
+    loaded = load_trained(args.model_dir, reference=args.reference)
+    results = {}
+    for spec in args.data:
+        name, _, source = spec.rpartition("=") if "=" in spec else (Path(spec).name, "", spec)
+        pairs, report = load_pairs(source, data_format=args.data_format, split=args.split, limit=args.max_pairs, on_error=args.on_bad_row)
+        scores, encode_report = score_pairs(loaded, pairs, args.max_length, args.batch_size)
+        report.truncated += encode_report.truncated
+        results[name] = {**scores.metrics(), "pairs": len(pairs), "data": report.as_dict()}
+    text = json.dumps(results, indent=2)
+    if args.output:
+        Path(args.output).write_text(text)
+    print(text)
+    return 0
+
+
+def command_score(args: argparse.Namespace) -> int:
+    from hafrm.scoring import RewardScorer, score_file
+
+    scorer = RewardScorer(args.model_dir, max_length=args.max_length)
+    rows = score_file(scorer, args.input, args.batch_size, args.prompt_column, args.response_column)
+    lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    if args.output:
+        Path(args.output).write_text(lines)
+    else:
+        sys.stdout.write(lines)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hafrm", description="Train and use reward models with the Hybrid Alignment Framework (HAF-RM).")
+    parser.add_argument("--log-level", default="INFO")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a haf, baseline (BT-only) or dpo model")
+    train.add_argument("--config", help="YAML file of training options")
+    add_config_flags(train)
+    train.set_defaults(handler=command_train)
+
+    evaluate = commands.add_parser("eval", help="pairwise accuracy: reward head, implicit DPO reward, combined")
+    evaluate.add_argument("model_dir")
+    evaluate.add_argument("--data", nargs="+", required=True, metavar="[NAME=]SOURCE", help="files, folders or hub names")
+    evaluate.add_argument("--data-format", default="auto")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--max-pairs", type=int)
+    evaluate.add_argument("--max-length", type=int)
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--reference", help="reference policy (default: the base model recorded at training)")
+    evaluate.add_argument("--on-bad-row", choices=("error", "skip"), default="error")
+    evaluate.add_argument("--output", help="write the JSON results here too")
+    evaluate.set_defaults(handler=command_eval)
+
+    score = commands.add_parser("score", help="score prompt/response rows of a JSONL/CSV/Parquet file")
+    score.add_argument("model_dir", help="a hafrm output folder or any sequence-classification reward model")
+    score.add_argument("--input", required=True)
+    score.add_argument("--output", help="JSONL output (default: stdout)")
+    score.add_argument("--prompt-column", default="prompt")
+    score.add_argument("--response-column", default="response")
+    score.add_argument("--max-length", type=int, default=512)
+    score.add_argument("--batch-size", type=int, default=8)
+    score.set_defaults(handler=command_score)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except (DataError, FileNotFoundError, ValueError) as error:
+        print(f"hafrm {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

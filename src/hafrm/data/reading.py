@@ -1,0 +1,125 @@
+"""Read raw rows from local files (JSONL/JSON/Parquet/CSV, optionally gzipped) or the Hugging Face hub.
+
+Each row comes with a location string ("file:line") so that every later error can name it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from hafrm.data.errors import DataError, SkipReport
+
+Row = tuple[str, dict]
+
+
+def read_rows(source: str, split: str = "train", on_error: str = "error", report: SkipReport | None = None) -> Iterator[Row]:
+    """Yield (location, row) from a local file or folder, or from a hub dataset name `owner/name[:config]`."""
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if _is_data_file(p))
+        if not files:
+            raise DataError(f"{source}: no .jsonl/.json/.parquet/.csv files in this folder")
+        for file in files:
+            yield from _read_file(file, on_error, report)
+    elif path.exists():
+        yield from _read_file(path, on_error, report)
+    elif _looks_local(source):
+        raise DataError(f"{source}: no such file")
+    else:
+        yield from _read_hub(source, split)
+
+
+def _looks_local(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or any(source.endswith(s) for s in _SUFFIXES)
+
+
+_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".gz")
+
+
+def _is_data_file(path: Path) -> bool:
+    return path.is_file() and any(path.name.endswith(s) for s in _SUFFIXES)
+
+
+def _read_file(path: Path, on_error: str, report: SkipReport | None) -> Iterator[Row]:
+    name = path.name.removesuffix(".gz")
+    if name.endswith(".jsonl"):
+        yield from _read_jsonl(path, on_error, report)
+    elif name.endswith(".json"):
+        yield from _read_json_array(path)
+    elif name.endswith((".parquet", ".csv")):
+        yield from _read_tabular(path, "parquet" if name.endswith(".parquet") else "csv")
+    else:
+        raise DataError(f"{path}: unknown file type (expected .jsonl, .json, .parquet or .csv, optionally .gz)")
+
+
+def _open_bytes(path: Path):
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
+def _bad_row(message: str, where: str, on_error: str, report: SkipReport | None) -> None:
+    """Raise a DataError, or count the row as skipped when the user asked to skip bad rows."""
+    if on_error != "skip" or report is None:
+        raise DataError(f"{where}: {message}")
+    report.rows_read += 1
+    report.skip(message.split(":")[0], where)
+
+
+def _read_jsonl(path: Path, on_error: str, report: SkipReport | None) -> Iterator[Row]:
+    with _open_bytes(path) as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            where = f"{path}:{line_number}"
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                _bad_row("not valid UTF-8", where, on_error, report)
+                continue
+            except json.JSONDecodeError as error:
+                _bad_row(f"malformed JSON: {error.msg} at column {error.colno}", where, on_error, report)
+                continue
+            if not isinstance(row, dict):
+                _bad_row(f"not a JSON object: expected {{...}}, got {type(row).__name__}", where, on_error, report)
+                continue
+            yield where, row
+
+
+def _read_json_array(path: Path) -> Iterator[Row]:
+    with _open_bytes(path) as handle:
+        try:
+            data = json.loads(handle.read().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise DataError(f"{path}: not a valid UTF-8 JSON document ({error})") from error
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+        data = next(iter(data.values()))
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON array of objects")
+    for index, row in enumerate(data, start=1):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: item {index}: expected an object, got {type(row).__name__}")
+        yield f"{path}:item {index}", row
+
+
+def _read_tabular(path: Path, kind: str) -> Iterator[Row]:
+    import datasets
+
+    table = datasets.load_dataset(kind, data_files=str(path), split="train")
+    offset = 2 if kind == "csv" else 1  # CSV line 1 is the header
+    for index, row in enumerate(table):
+        yield f"{path}:{'line' if kind == 'csv' else 'row'} {index + offset}", row
+
+
+def _read_hub(source: str, split: str) -> Iterator[Row]:
+    """Load `owner/name` or `owner/name:config` with `datasets` (needs network access or a local HF cache)."""
+    import datasets
+
+    name, _, config = source.partition(":")
+    try:
+        table = datasets.load_dataset(name, config or None, split=split)
+    except Exception as error:  # datasets raises many types for an unreachable or unknown dataset
+        raise DataError(f"{source}: not a local file, and loading it from the Hugging Face hub failed: {error}") from error
+    for index, row in enumerate(table):
+        yield f"{source}[{split}]:row {index + 1}", row

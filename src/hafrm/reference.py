@@ -1,0 +1,71 @@
+"""Reference-policy log-probs computed once before training and cached on disk.
+
+With the reference log-probs stored next to each pair, training needs neither a second model copy
+nor a second forward pass. The cache key covers the model weights, the tokenized data and the
+sequence layout, so a change to any of them computes afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from hafrm.defaults import cache_dir
+
+logger = logging.getLogger(__name__)
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A cheap content hash: config plus the first values of every parameter tensor."""
+    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    for name, parameter in model.named_parameters():
+        digest.update(name.encode())
+        digest.update(parameter.detach().flatten()[:64].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
+def cache_key(model: torch.nn.Module, dataset_fingerprint: str) -> str:
+    return hashlib.sha256(json.dumps([model_fingerprint(model), dataset_fingerprint]).encode()).hexdigest()[:24]
+
+
+@torch.no_grad()
+def compute_reference_logps(model, dataset, collator, batch_size: int, device: torch.device, description: str) -> torch.Tensor:
+    """Summed response log-probs of the current policy for chosen then rejected, shape (len(dataset), 2)."""
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collator, shuffle=False)
+    results = []
+    for batch in tqdm(loader, desc=description, leave=False):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = model(batch["input_ids"], batch["attention_mask"], batch["response_mask"], with_logps=True)
+        chosen, rejected = out.logps.float().cpu().chunk(2)
+        results.append(torch.stack([chosen, rejected], dim=1))
+    model.train(was_training)
+    return torch.cat(results)
+
+
+def add_reference_logps(model, dataset, collator, batch_size: int, device: torch.device, name: str):
+    """Attach reference_chosen_logps / reference_rejected_logps columns, from the disk cache when present."""
+    key = cache_key(model, dataset._fingerprint)
+    path = cache_dir() / "reference_logps" / f"{key}.safetensors"
+    if path.exists():
+        logger.info("Reference log-probs for %s read from cache %s", name, path)
+        logps = load_file(path)["logps"]
+    else:
+        logps = compute_reference_logps(model, dataset, collator, batch_size, device, f"reference log-probs ({name})")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        save_file({"logps": logps.contiguous()}, temporary)
+        os.replace(temporary, path)
+    if logps.shape[0] != len(dataset):
+        raise RuntimeError(f"reference cache {path} has {logps.shape[0]} rows for {len(dataset)} pairs; delete it")
+    dataset = dataset.add_column("reference_chosen_logps", logps[:, 0].tolist())
+    return dataset.add_column("reference_rejected_logps", logps[:, 1].tolist())

@@ -1,0 +1,126 @@
+"""A transformers.Trainer for the hybrid objective (so Accelerate, DeepSpeed and FSDP work unchanged).
+
+The Trainer drives optimisation, logging, evaluation and checkpoints; this subclass only says how a
+batch becomes a loss, how evaluation turns into pairwise accuracies, and how the hybrid model's
+trainable state is written to and read from a checkpoint (atomically).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import Trainer
+
+from hafrm.losses import HafObjective
+
+STATE_FILE = "hafrm_trainable.safetensors"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or inf; training stops instead of silently diverging."""
+
+
+class HafTrainer(Trainer):
+    def __init__(self, *args, objective: HafObjective, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.objective = objective
+        self._train_stats: dict[str, list[float]] = defaultdict(list)
+
+    # ------------------------------------------------------------------ loss
+
+    def _batch_outputs(self, model, inputs, with_logps: bool):
+        """Forward the 2B batch once; return the loss, its statistics, the outputs and the reference log-probs."""
+        outputs = model(inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"], with_logps=with_logps)
+        reference = inputs.get("reference_logps")
+        if with_logps and reference is None and self.objective.policy_loss.needs_reference:
+            unwrapped = self.accelerator.unwrap_model(model)
+            reference = unwrapped.reference_logps(inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"])
+        loss, stats = self.objective(outputs.rewards, outputs.logps, outputs.token_counts, reference, inputs.get("margin"))
+        return loss, stats, outputs, reference
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, stats, outputs, _ = self._batch_outputs(model, inputs, with_logps=self.objective.trains_policy)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss is {loss.item()} at optimisation step {self.state.global_step + 1} "
+                f"({', '.join(f'{k}={v.item():.4g}' for k, v in stats.items())}); lower the learning rate, "
+                "check the data for extreme lengths, or use fp32"
+            )
+        if model.training:
+            for key, value in stats.items():
+                self._train_stats[key].append(value.item())
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the running means of the reward/policy statistics to each training log line."""
+        if "loss" in logs and self._train_stats:
+            logs.update({key: float(np.mean(values)) for key, values in self._train_stats.items()})
+            self._train_stats.clear()
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Return per-pair [r_w, r_l, implicit_w, implicit_l] as the 'logits' for compute_metrics."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss, _, outputs, reference = self._batch_outputs(model, inputs, with_logps=self.objective.uses_policy_head)
+        rewards = outputs.rewards
+        if outputs.logps is not None:
+            implicit = self.objective.implicit_rewards(outputs.logps, outputs.token_counts, reference)
+        else:
+            implicit = torch.full_like(rewards, float("nan"))
+        chosen_r, rejected_r = rewards.chunk(2)
+        chosen_i, rejected_i = implicit.chunk(2)
+        scores = torch.stack([chosen_r, rejected_r, chosen_i, rejected_i], dim=1)
+        return loss.detach(), scores, torch.zeros(scores.shape[0], device=scores.device)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Write the trainable state to a temporary folder and rename it into place (atomic on POSIX)."""
+        output_dir = Path(output_dir or self.args.output_dir)
+        if not self.args.should_save:
+            return
+        output_dir.mkdir(parents=True, exist_ok=True)
+        model = self.accelerator.unwrap_model(self.model)
+        temporary = output_dir / f".{STATE_FILE}.tmp"
+        save_file(model.trainable_state_dict(), temporary)
+        os.replace(temporary, output_dir / STATE_FILE)
+        torch.save(self.args, output_dir / "training_args.bin")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        state_path = Path(resume_from_checkpoint) / STATE_FILE
+        if not state_path.exists():
+            raise FileNotFoundError(f"{resume_from_checkpoint} is not a complete hafrm checkpoint (no {STATE_FILE})")
+        (model or self.accelerator.unwrap_model(self.model)).load_trainable_state_dict(load_file(state_path))
+
+    def _load_best_model(self) -> None:
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+
+def pairwise_metrics(prediction) -> dict[str, float]:
+    """Pairwise accuracies of the reward head, the implicit DPO reward, and both combined.
+
+    combined = reward + implicit reward: both heads are Bradley-Terry models on their own logit
+    scale, so adding them multiplies the two preference odds (a product of experts).
+    """
+    scores = np.asarray(prediction.predictions, dtype=np.float64)
+    return accuracy_from_scores(scores[:, 0], scores[:, 1], scores[:, 2], scores[:, 3])
+
+
+def accuracy_from_scores(chosen_rewards, rejected_rewards, chosen_implicit, rejected_implicit) -> dict[str, float]:
+    chosen_rewards, rejected_rewards = np.asarray(chosen_rewards), np.asarray(rejected_rewards)
+    chosen_implicit, rejected_implicit = np.asarray(chosen_implicit), np.asarray(rejected_implicit)
+    metrics = {"reward_accuracy": float(np.mean(chosen_rewards > rejected_rewards))}
+    if not np.isnan(chosen_implicit).any():
+        metrics["implicit_accuracy"] = float(np.mean(chosen_implicit > rejected_implicit))
+        combined = (chosen_rewards + chosen_implicit) > (rejected_rewards + rejected_implicit)
+        metrics["combined_accuracy"] = float(np.mean(combined))
+    return metrics
