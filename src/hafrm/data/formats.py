@@ -198,9 +198,13 @@ _SIGNATURES: list[tuple[tuple[str, ...], str]] = [
 
 
 def detect_format(row: dict, where: str) -> str:
+    """The first schema whose columns are all present; else the closest one (so its adapter names what is missing)."""
     for columns, name in _SIGNATURES:
         if all(c in row for c in columns):
             return name
+    overlap, name = max((sum(c in row for c in columns), name) for columns, name in _SIGNATURES)
+    if overlap >= 2:
+        return name
     raise DataError(
         f"{where}: cannot tell the data format from the columns ({', '.join(sorted(map(str, row)))}); "
         f"expected prompt/chosen/rejected or one of the formats {', '.join(sorted(ADAPTERS))} (--data-format), "

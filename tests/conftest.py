@@ -1,0 +1,74 @@
+"""Shared fixtures: a tiny randomly initialised Llama with the default model's real tokenizer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Reference-log-prob caches go to a temporary folder; the converted default model is shared."""
+    import os
+
+    from hafrm.defaults import cache_dir
+
+    models = cache_dir() / "models"
+    root = tmp_path_factory.mktemp("hafrm-cache")
+    models.mkdir(parents=True, exist_ok=True)
+    (root / "models").symlink_to(models, target_is_directory=True)
+    os.environ["HAFRM_CACHE"] = str(root)
+    yield
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> Path:
+    from hafrm.defaults import default_model_path
+
+    return default_model_path()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(default_model_dir):
+    from hafrm.pretrained import load_tokenizer
+
+    return load_tokenizer(str(default_model_dir))
+
+
+def tiny_causal_lm(vocab_size: int, tie: bool = False, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=tie, pad_token_id=2, bos_token_id=1, eos_token_id=2,
+    )
+    return LlamaForCausalLM(config).float()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
+    """A saved tiny model folder usable anywhere a model name is accepted (CLI, configs)."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_causal_lm(len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def harmless_pairs():
+    from hafrm.data import load_pairs
+    from hafrm.defaults import DEFAULT_TRAIN_DATA
+
+    pairs, _ = load_pairs(str(DEFAULT_TRAIN_DATA), limit=40)
+    return pairs
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
+    return path

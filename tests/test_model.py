@@ -1,0 +1,138 @@
+"""The hybrid model on a tiny random Llama: pooling, log-probs, gradients, padding, export, LoRA reference."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForSequenceClassification
+
+from conftest import tiny_causal_lm
+from hafrm.data import PairCollator, PairEncoder
+from hafrm.losses import HafObjective
+from hafrm.model import HybridRewardModel, LoraSettings, last_token_index
+
+
+def batch_for(tokenizer, pairs, padding_side="right", max_length=96):
+    encoder = PairEncoder(tokenizer, max_length)
+    return PairCollator(tokenizer.pad_token_id, padding_side)([encoder.encode_pair(p) for p in pairs])
+
+
+@pytest.fixture
+def hybrid(tokenizer):
+    return HybridRewardModel.from_causal_lm(tiny_causal_lm(len(tokenizer)), tokenizer.pad_token_id)
+
+
+def test_last_token_index_left_and_right_padding():
+    ids = torch.tensor([[5, 6, 7, 0, 0], [0, 0, 5, 6, 7]])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1]])
+    assert last_token_index(ids, mask, pad_token_id=0).tolist() == [2, 4]
+
+
+def test_response_logps_equal_full_logits_computation(hybrid, tokenizer, harmless_pairs):
+    batch = batch_for(tokenizer, harmless_pairs[:3])
+    hybrid.logprob_chunk_size = 7  # many chunks
+    with torch.no_grad():
+        out = hybrid(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        logits = hybrid.causal_lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    token_logps = F.log_softmax(logits[:, :-1], -1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    expected = (token_logps * batch["response_mask"][:, 1:]).sum(1)
+    torch.testing.assert_close(out.logps, expected, rtol=1e-5, atol=1e-4)
+    assert out.token_counts.tolist() == batch["response_mask"][:, 1:].sum(1).tolist()
+
+
+def test_rewards_do_not_depend_on_padding_side(hybrid, tokenizer, harmless_pairs):
+    right = batch_for(tokenizer, harmless_pairs[:4], "right")
+    left = batch_for(tokenizer, harmless_pairs[:4], "left")
+    assert not torch.equal(right["input_ids"], left["input_ids"])
+    with torch.no_grad():
+        out_right = hybrid(**model_inputs(right))
+        out_left = hybrid(**model_inputs(left))
+    torch.testing.assert_close(out_right.rewards, out_left.rewards, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out_right.logps, out_left.logps, rtol=1e-4, atol=1e-3)
+
+
+def model_inputs(batch):
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "response_mask": batch["response_mask"]}
+
+
+def _grads(model, method, tokenizer, pairs):
+    batch = batch_for(tokenizer, pairs)
+    objective = HafObjective(method)
+    out = model(**model_inputs(batch), with_logps=objective.trains_policy)
+    reference = out.logps.detach() - 0.5 if out.logps is not None else None
+    loss, _ = objective(out.rewards, out.logps, out.token_counts, reference)
+    model.zero_grad()
+    loss.backward()
+    return {name: p.grad for name, p in model.named_parameters()}
+
+
+def test_gradients_reach_backbone_from_both_heads_in_haf(hybrid, tokenizer, harmless_pairs):
+    grads = _grads(hybrid, "haf", tokenizer, harmless_pairs[:2])
+    assert grads["score.weight"].abs().sum() > 0
+    assert grads["policy.lm_head.weight"].abs().sum() > 0  # the policy loss reached the LM head
+    assert grads["policy.model.layers.0.mlp.up_proj.weight"].abs().sum() > 0
+    # the policy part alone moves the backbone too
+    policy_only = _grads(hybrid, "dpo", tokenizer, harmless_pairs[:2])
+    assert policy_only["policy.model.layers.0.mlp.up_proj.weight"].abs().sum() > 0
+    assert policy_only["score.weight"] is None
+
+
+def test_baseline_never_touches_the_lm_head(hybrid, tokenizer, harmless_pairs):
+    grads = _grads(hybrid, "baseline", tokenizer, harmless_pairs[:2])
+    assert grads["policy.lm_head.weight"] is None
+    assert grads["score.weight"].abs().sum() > 0
+    assert grads["policy.model.layers.0.mlp.up_proj.weight"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_export_round_trip_through_sequence_classification(hybrid, tokenizer, harmless_pairs, tmp_path, padding_side):
+    batch = batch_for(tokenizer, harmless_pairs[:4], padding_side)
+    with torch.no_grad():
+        expected = hybrid(**model_inputs(batch), with_logps=False).rewards
+    hybrid.export(tmp_path, tokenizer, {"test": True})
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "reward_model").eval()
+    assert loaded.config.num_labels == 1 and hasattr(loaded, "score")
+    with torch.no_grad():
+        rewards = loaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+    torch.testing.assert_close(rewards, expected, rtol=1e-5, atol=1e-6)
+    reloaded = HybridRewardModel.from_pretrained(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**model_inputs(batch), with_logps=False).rewards, expected)
+
+
+def test_lora_reference_is_unchanged_by_training(tokenizer, harmless_pairs, tmp_path):
+    model = HybridRewardModel.from_causal_lm(tiny_causal_lm(len(tokenizer)), tokenizer.pad_token_id, LoraSettings(r=4, alpha=8, dropout=0.0))
+    batch = batch_for(tokenizer, harmless_pairs[:2])
+    before = model.reference_logps(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    objective = HafObjective("haf")
+    for _ in range(3):
+        out = model(**model_inputs(batch))
+        loss, _ = objective(out.rewards, out.logps, out.token_counts, before)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        policy_now = model(**model_inputs(batch)).logps
+    after = model.reference_logps(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    assert not torch.allclose(policy_now, before)  # the policy moved...
+    torch.testing.assert_close(after, before)  # ...the adapter-disabled reference did not
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n == "score.weight" for n in trainable)
+
+
+def test_lora_export_merges_and_saves_adapter(tokenizer, harmless_pairs, tmp_path):
+    model = HybridRewardModel.from_causal_lm(tiny_causal_lm(len(tokenizer)), tokenizer.pad_token_id, LoraSettings(r=4, alpha=8, dropout=0.0))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)  # make the adapter non-trivial
+    batch = batch_for(tokenizer, harmless_pairs[:2])
+    with torch.no_grad():
+        expected = model(**model_inputs(batch))
+    model.export(tmp_path, tokenizer, {})
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    classifier = AutoModelForSequenceClassification.from_pretrained(tmp_path / "reward_model").eval()
+    with torch.no_grad():
+        rewards = classifier(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+        reloaded = HybridRewardModel.from_pretrained(tmp_path)(**model_inputs(batch))
+    torch.testing.assert_close(rewards, expected.rewards, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(reloaded.logps, expected.logps, rtol=1e-4, atol=1e-3)

@@ -1,0 +1,117 @@
+"""End-to-end training through the CLI on a tiny model: outputs, configs, evaluation, scoring."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForSequenceClassification
+
+from conftest import write_jsonl
+from hafrm.cli import main
+from hafrm.config import TrainConfig
+from hafrm.defaults import DEFAULT_EVAL_DATA, DEFAULT_TRAIN_DATA
+from hafrm.evaluation import load_trained, score_pairs
+from hafrm.scoring import RewardScorer
+
+
+def tiny_args(model_dir, output_dir, *extra):
+    return [
+        "train", "--model", str(model_dir), "--train-data", str(DEFAULT_TRAIN_DATA), "--eval-data", str(DEFAULT_EVAL_DATA),
+        "--max-train-pairs", "16", "--max-eval-pairs", "8", "--max-length", "64", "--batch-size", "4",
+        "--micro-batch-size", "2", "--learning-rate", "1e-3", "--output-dir", str(output_dir), "--logging-steps", "1", *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained_haf(tiny_model_dir, tmp_path_factory):
+    output = tmp_path_factory.mktemp("haf-run")
+    assert main(tiny_args(tiny_model_dir, output, "--method", "haf")) == 0
+    return output
+
+
+def test_train_writes_hf_formats_and_metrics(trained_haf):
+    for part in ("reward_model/config.json", "policy/config.json", "reward_head.safetensors", "hafrm.json", "eval_metrics.json"):
+        assert (trained_haf / part).exists(), part
+    metrics = json.loads((trained_haf / "eval_metrics.json").read_text())
+    for key in ("eval_reward_accuracy", "eval_implicit_accuracy", "eval_combined_accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0
+    metadata = json.loads((trained_haf / "hafrm.json").read_text())
+    assert metadata["config"]["method"] == "haf" and metadata["data"]["rows_used"] == 24
+
+
+def test_standalone_eval_matches_trainer_eval(trained_haf, harmless_pairs):
+    """`hafrm eval` recomputes the same accuracies as the Trainer's evaluation on the same pairs."""
+    from hafrm.data import load_pairs
+
+    loaded = load_trained(trained_haf)
+    pairs, _ = load_pairs(str(DEFAULT_EVAL_DATA), limit=8)
+    scores, _ = score_pairs(loaded, pairs, progress=False)
+    trainer_metrics = json.loads((trained_haf / "eval_metrics.json").read_text())
+    for name, value in scores.metrics().items():
+        assert value == pytest.approx(trainer_metrics[f"eval_{name}"]), name
+
+
+def test_score_cli_uses_saved_sequence_classifier(trained_haf, tmp_path, capsys):
+    rows = [{"prompt": "How do I bake bread?", "response": "Mix flour, water, yeast; knead; bake."}, {"prompt": "Hi", "response": "Hello"}]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    assert main(["score", str(trained_haf), "--input", str(source), "--output", str(tmp_path / "out.jsonl")]) == 0
+    scored = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    direct = RewardScorer(trained_haf).score([r["prompt"] for r in rows], [r["response"] for r in rows])
+    assert [r["reward"] for r in scored] == pytest.approx(direct)
+    assert scored[0]["reward"] != scored[1]["reward"]
+
+
+def test_eval_cli_reports_each_data_set(trained_haf, tmp_path, capsys):
+    assert main(["eval", str(trained_haf), "--data", f"harmless={DEFAULT_EVAL_DATA}", "--max-pairs", "4", "--output", str(tmp_path / "r.json")]) == 0
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert results["harmless"]["pairs"] == 4 and "implicit_accuracy" in results["harmless"]
+
+
+def test_baseline_leaves_lm_head_untouched(tiny_model_dir, tmp_path):
+    assert main(tiny_args(tiny_model_dir, tmp_path, "--method", "baseline", "--max-steps", "2")) == 0
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "policy")
+    assert torch.equal(base.lm_head.weight, trained.lm_head.weight)
+    assert not torch.equal(base.model.layers[0].mlp.up_proj.weight, trained.model.layers[0].mlp.up_proj.weight)
+    assert "eval_implicit_accuracy" not in json.loads((tmp_path / "eval_metrics.json").read_text())
+
+
+def test_yaml_config_with_cli_override(tiny_model_dir, tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(yaml.safe_dump({"method": "dpo", "alpha": 0.5, "max_steps": 1, "lora": True, "lora_r": 4}))
+    args = tiny_args(tiny_model_dir, tmp_path / "out", "--config", str(config_file), "--alpha", "0.3")
+    assert main(args) == 0
+    metadata = json.loads((tmp_path / "out" / "hafrm.json").read_text())["config"]
+    assert metadata["method"] == "dpo" and metadata["alpha"] == 0.3 and metadata["lora"] is True
+    assert (tmp_path / "out" / "adapter" / "adapter_config.json").exists()
+
+
+def test_unknown_yaml_field_and_bad_data_are_clear_errors(tiny_model_dir, tmp_path, capsys):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("methd: haf\n")
+    assert main(["train", "--config", str(config_file)]) == 2
+    assert "unknown config field(s) methd" in capsys.readouterr().err
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a", "chosen": "b"}])
+    assert main(tiny_args(tiny_model_dir, tmp_path / "o", "--train-data", str(bad))) == 2
+    assert "bad.jsonl:1: missing column(s) 'rejected'" in capsys.readouterr().err
+
+
+def test_precomputed_reference_matches_live_reference(tiny_model_dir, tmp_path):
+    """Same seed and data: training with cached reference log-probs equals training with a frozen copy."""
+    metrics = {}
+    for reference in ("precompute", "live"):
+        out = tmp_path / reference
+        assert main(tiny_args(tiny_model_dir, out, "--reference", reference, "--max-steps", "2")) == 0
+        metrics[reference] = json.loads((out / "eval_metrics.json").read_text())
+    for key in ("eval_loss", "eval_reward_accuracy", "eval_implicit_accuracy"):
+        assert metrics["precompute"][key] == pytest.approx(metrics["live"][key], rel=1e-4), key
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=10, micro_batch_size=4)
+    with pytest.raises(ValueError, match="reference"):
+        TrainConfig(reference="none")
