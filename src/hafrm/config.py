@@ -22,7 +22,7 @@ class TrainConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_target_modules: str | list[str] = "all-linear"
-    dtype: str = "auto"  # auto: bf16 on a GPU that supports it, else fp32 (bf16 is ~25x slower on CPU)
+    dtype: str = "auto"  # auto: bf16 on a GPU that supports it, else fp32 (bf16 is ~25x slower on CPU); fp16: autocast
     gradient_checkpointing: bool = False
     # objective
     method: str = "haf"  # haf | baseline | dpo

@@ -65,8 +65,14 @@ def load_splits(config: TrainConfig, encoder: PairEncoder) -> tuple[datasets.Dat
     return train_set, eval_set, report
 
 
+def weights_dtype(config: TrainConfig) -> torch.dtype:
+    """fp16 training keeps fp32 master weights under fp16 autocast; bf16 and fp32 train in their own dtype."""
+    dtype = resolve_dtype(config.dtype)
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
 def build_model(config: TrainConfig, model_path: str, tokenizer) -> HybridRewardModel:
-    causal_lm = load_causal_lm(model_path, resolve_dtype(config.dtype))
+    causal_lm = load_causal_lm(model_path, weights_dtype(config))
     lora = LoraSettings(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules) if config.lora else None
     model = HybridRewardModel.from_causal_lm(causal_lm, tokenizer.pad_token_id, lora)
     if config.gradient_checkpointing:
