@@ -154,8 +154,11 @@ def resume_point(config: TrainConfig) -> str | None:
     return last
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Train one model and export it; returns the output folder and final evaluation metrics."""
+def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
+    """Train one model and export it; returns the output folder and final evaluation metrics.
+
+    callbacks: extra transformers.TrainerCallback objects (progress hooks, timers, early stopping).
+    """
     set_seed(config.seed)
     model_path = resolve_model_path(config.model)
     tokenizer = load_tokenizer(model_path)
@@ -181,6 +184,7 @@ def train(config: TrainConfig) -> TrainResult:
         data_collator=collator,
         compute_metrics=primary_metrics(config.method),
         objective=objective,
+        callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=resume_point(config))
     metrics = trainer.evaluate() if eval_set is not None else {}
