@@ -70,6 +70,7 @@ def run_hafrm(method: str, lora: bool, args, pairs, model_path: str, output: str
         model=model_path, method=method, lora=lora, train_data=str(data), eval_fraction=0.0, max_length=args.max_length,
         batch_size=args.batch_size, micro_batch_size=args.batch_size, max_steps=args.steps, output_dir=output,
         save_steps=10_000, logging_steps=10_000, group_by_length=not args.no_group_by_length,
+        gradient_checkpointing=args.gradient_checkpointing,
     )
     train(config, callbacks=[timer])
 
@@ -94,7 +95,7 @@ def run_trl(kind: str, lora: bool, args, pairs, model_path: str, output: str, ti
     common = dict(
         output_dir=output, per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1, max_steps=args.steps,
         learning_rate=1e-5, max_length=args.max_length, save_strategy="no", logging_steps=10_000, report_to="none",
-        use_cpu=True, seed=0, bf16=False, fp16=False,
+        use_cpu=True, seed=0, bf16=False, fp16=False, gradient_checkpointing=args.gradient_checkpointing,
     )
     peft_config = LoraConfig(r=64, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear", task_type="SEQ_CLS" if kind == "reward" else "CAUSAL_LM") if lora else None
     if kind == "reward":
@@ -163,7 +164,7 @@ def parent(args) -> None:
 
 
 def child_options(args) -> dict:
-    return {"steps": args.steps, "batch_size": args.batch_size, "max_length": args.max_length, "threads": args.threads}
+    return {"steps": args.steps, "batch_size": args.batch_size, "max_length": args.max_length, "threads": args.threads, "gradient_checkpointing": args.gradient_checkpointing}
 
 
 def summarize(results: dict[str, list[dict]], args) -> str:
@@ -174,7 +175,8 @@ def summarize(results: dict[str, list[dict]], args) -> str:
 
     lines = [
         f"Settings: {args.rounds} interleaved rounds, {args.steps} steps of {args.batch_size} pairs (first step not timed), "
-        f"max_length {args.max_length}, {args.threads} torch threads, fp32 CPU, SmolLM2-135M-Instruct, full fine-tuning unless -lora, "
+        f"max_length {args.max_length}, {args.threads} torch threads, fp32 CPU, SmolLM2-135M-Instruct, full fine-tuning unless -lora "
+        f"(LoRA r 64, alpha 16, all linear layers), gradient checkpointing {'on' if args.gradient_checkpointing else 'off'} for every trainer, "
         f"length grouping in hafrm: {'off' if args.no_group_by_length else 'on (default)'}. Medians over rounds.",
         "",
         "| run | pairs/s (median) | all rounds | setup s (incl. hafrm reference precompute) | peak RSS GiB |",
@@ -208,6 +210,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-group-by-length", action="store_true")
+    parser.add_argument("--gradient-checkpointing", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
+                        help="same setting for every trainer (TRL's default is on)")
     parser.add_argument("--output")
     args = parser.parse_args()
     child(args) if args.child else parent(args)

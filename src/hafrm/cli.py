@@ -84,6 +84,37 @@ def command_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_report(args: argparse.Namespace) -> int:
+    import shlex
+
+    from hafrm.protocols import ProtocolSettings, run_protocol
+    from hafrm.report import write_report
+
+    overrides = config_from_args(args).to_dict()
+    overrides["training_args"].setdefault("save_strategy", "no")  # report runs keep only the exported model
+    settings = ProtocolSettings(args.data_root, args.train_pairs, args.test_pairs, overrides)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results = run_protocol(args.protocol, args.datasets.split(","), args.methods.split(","), seeds, settings, args.output)
+    settings_text = (
+        f"Protocol `{args.protocol}` on {args.datasets} with methods {args.methods}, seeds {args.seeds}; "
+        f"training pairs per data set: {args.train_pairs or 'all'}, test pairs: {args.test_pairs or 'all'}; "
+        f"data: {args.data_root or 'Hugging Face hub'}."
+    )
+    path = write_report(results, args.output, "hafrm " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "hafrm report", settings_text)
+    print(path)
+    return 0
+
+
+def command_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from hafrm.serving import ServeLimits, serve
+
+    limits = ServeLimits(args.max_items, args.max_chars, args.max_body_bytes, args.max_batch_size, args.max_wait_ms)
+    serve(args.model_dir, args.host, args.port, args.api_key or os.environ.get("HAFRM_API_KEY"), limits, args.max_length)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hafrm", description="Train and use reward models with the Hybrid Alignment Framework (HAF-RM).")
     parser.add_argument("--log-level", default="INFO")
@@ -116,6 +147,32 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--max-length", type=int, default=512)
     score.add_argument("--batch-size", type=int, default=8)
     score.set_defaults(handler=command_score)
+
+    serve = commands.add_parser("serve", help="HTTP reward service (also OpenRLHF's remote reward model API)")
+    serve.add_argument("model_dir")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or set HAFRM_API_KEY)")
+    serve.add_argument("--max-length", type=int, default=512)
+    serve.add_argument("--max-items", type=int, default=256)
+    serve.add_argument("--max-chars", type=int, default=100_000)
+    serve.add_argument("--max-body-bytes", type=int, default=16 * 2**20)
+    serve.add_argument("--max-batch-size", type=int, default=16)
+    serve.add_argument("--max-wait-ms", type=float, default=10.0)
+    serve.set_defaults(handler=command_serve)
+
+    report = commands.add_parser("report", help="run a paper protocol for several methods and seeds; write a Markdown report with plots")
+    report.add_argument("--protocol", choices=("in-distribution", "mixed", "ood-internal", "ood-external"), default="in-distribution")
+    report.add_argument("--datasets", default="hh-harmless", help="comma-separated: beaver-safe, hh-harmless, alpaca-human-pref, chatbot-arena, hh-helpful")
+    report.add_argument("--methods", default="baseline,dpo,haf")
+    report.add_argument("--seeds", default="0,1")
+    report.add_argument("--data-root", help="local copies in the layout of ../shared/data (default: the hub)")
+    report.add_argument("--train-pairs", type=int)
+    report.add_argument("--test-pairs", type=int)
+    report.add_argument("--output", default="outputs/report")
+    report.add_argument("--config", help="YAML of training options shared by every run")
+    add_config_flags(report)
+    report.set_defaults(handler=command_report)
     return parser
 
 

@@ -158,7 +158,7 @@ class HybridRewardModel(nn.Module):
     # ------------------------------------------------------------------ forward
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor | None = None, with_logps: bool = True) -> HybridOutput:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         last = last_token_index(input_ids, attention_mask, self.pad_token_id)
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         rewards = self.score(pooled.to(self.score.weight.dtype)).squeeze(-1).float()
@@ -182,7 +182,7 @@ class HybridRewardModel(nn.Module):
             raise RuntimeError("no reference policy: precompute reference log-probs, use LoRA, or keep a frozen copy")
         with context, _eval_mode(reference):
             body = getattr(reference, reference.base_model_prefix)
-            hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
             logps, _ = response_logps(hidden, input_ids, response_mask, reference.get_output_embeddings(), self.logprob_chunk_size)
         return logps
 

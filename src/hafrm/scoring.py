@@ -8,7 +8,8 @@ import torch
 from tqdm.auto import tqdm
 
 from hafrm.data.encoding import PairEncoder, pad_sequences
-from hafrm.data.formats import as_messages, as_response, require
+from hafrm.data.errors import DataError
+from hafrm.data.formats import SkipRow, as_messages, as_response, require
 from hafrm.data.reading import read_rows
 from hafrm.pretrained import load_tokenizer, resolve_dtype
 
@@ -29,16 +30,30 @@ class RewardScorer:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.encoder = PairEncoder(self.tokenizer, max_length)
 
-    @torch.no_grad()
-    def score(self, prompts: list, responses: list[str], batch_size: int = 8) -> list[float]:
+    def encode(self, prompt, response: str) -> list[int]:
+        """Token ids of one formatted (prompt, response), truncated so the response end is kept."""
+        return self.encoder.encode_single(as_messages(prompt, "input"), response)["input_ids"]
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of an already formatted conversation (OpenRLHF queries), keeping its end."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids[-self.encoder.max_length :]
+
+    def score(self, prompts: list, responses: list[str], batch_size: int = 8, progress: bool = False) -> list[float]:
         """Reward of each (prompt, response); prompts are strings or chat-message lists."""
-        encoded = [self.encoder.encode_single(as_messages(p, "input"), r) for p, r in zip(prompts, responses)]
-        rewards: list[float] = []
-        for start in range(0, len(encoded), batch_size):
-            chunk = encoded[start : start + batch_size]
-            batch = pad_sequences([e["input_ids"] for e in chunk], [e["prompt_length"] for e in chunk], self.tokenizer.pad_token_id, self.tokenizer.padding_side)
+        return self.score_ids([self.encode(p, r) for p, r in zip(prompts, responses)], batch_size, progress)
+
+    @torch.no_grad()
+    def score_ids(self, sequences: list[list[int]], batch_size: int = 8, progress: bool = False) -> list[float]:
+        """Rewards of token sequences, batched by similar length to cut padding; results in input order."""
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        rewards = [0.0] * len(sequences)
+        for start in tqdm(range(0, len(order), batch_size), desc="scoring", disable=not progress, leave=False):
+            chunk = order[start : start + batch_size]
+            batch = pad_sequences([sequences[i] for i in chunk], [0] * len(chunk), self.tokenizer.pad_token_id, self.tokenizer.padding_side)
             logits = self.model(input_ids=batch["input_ids"].to(self.device), attention_mask=batch["attention_mask"].to(self.device)).logits
-            rewards.extend(logits[:, 0].float().cpu().tolist())
+            for i, value in zip(chunk, logits[:, 0].float().cpu().tolist()):
+                rewards[i] = value
         return rewards
 
 
@@ -48,9 +63,14 @@ def score_file(scorer: RewardScorer, source: str, batch_size: int = 8, prompt_co
     for where, row in read_rows(source):
         require(row, (prompt_column, response_column), where)
         rows.append((where, row))
-    prompts = [as_messages(row[prompt_column], where) for where, row in rows]
-    responses = [as_response(row[response_column], response_column, where) for where, row in rows]
-    rewards = []
-    for start in tqdm(range(0, len(rows), batch_size * 8), desc="scoring", leave=False):
-        rewards += scorer.score(prompts[start : start + batch_size * 8], responses[start : start + batch_size * 8], batch_size)
+    sequences = [scorer.encode(as_messages(row[prompt_column], where), response_text(row[response_column], response_column, where)) for where, row in rows]
+    rewards = scorer.score_ids(sequences, batch_size, progress=True)
     return [{**row, "reward": reward} for (_, row), reward in zip(rows, rewards)]
+
+
+def response_text(value, column: str, where: str) -> str:
+    """A response to score; unlike training pairs, an empty one is an error here, not a skip."""
+    try:
+        return as_response(value, column, where)
+    except SkipRow as reason:
+        raise DataError(f"{where}: {reason}") from None

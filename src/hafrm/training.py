@@ -31,6 +31,7 @@ class TrainResult:
     output_dir: Path
     metrics: dict
     data_report: dict
+    log_history: list[dict]
 
 
 def objective_from_config(config: TrainConfig) -> HafObjective:
@@ -154,6 +155,15 @@ def resume_point(config: TrainConfig) -> str | None:
     return last
 
 
+def final_eval_metrics(trainer: HafTrainer) -> dict:
+    """Metrics of the checkpoint training ends with (the best one), from the log when it was evaluated there."""
+    target = trainer.state.best_global_step or trainer.state.global_step
+    for entry in reversed(trainer.state.log_history):
+        if "eval_accuracy" in entry and entry.get("step") == target:
+            return {k: v for k, v in entry.items() if k.startswith("eval_") or k == "epoch"}
+    return trainer.evaluate()
+
+
 def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
     """Train one model and export it; returns the output folder and final evaluation metrics.
 
@@ -187,7 +197,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
         callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=resume_point(config))
-    metrics = trainer.evaluate() if eval_set is not None else {}
+    metrics = final_eval_metrics(trainer) if eval_set is not None else {}
     output_dir = Path(config.output_dir)
     if trainer.is_world_process_zero():
         metadata = {
@@ -200,4 +210,4 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
         }
         model.export(output_dir, tokenizer, metadata)
         (output_dir / "eval_metrics.json").write_text(json.dumps(metrics, indent=2))
-    return TrainResult(output_dir, metrics, report.as_dict())
+    return TrainResult(output_dir, metrics, report.as_dict(), trainer.state.log_history)

@@ -19,6 +19,7 @@ def load_pairs(
     split: str = "train",
     on_error: str = "error",
     limit: int | None = None,
+    hub_kwargs: dict | None = None,
 ) -> tuple[list[dict], SkipReport]:
     """Read `source` and convert each row; unusable rows are skipped and counted, broken rows raise DataError.
 
@@ -31,7 +32,7 @@ def load_pairs(
     report = SkipReport()
     pairs: list[dict] = []
     adapter = None if data_format == "auto" else ADAPTERS[data_format]
-    for where, row in read_rows(source, split=split, on_error=on_error, report=report):
+    for where, row in read_rows(source, split=split, on_error=on_error, report=report, hub_kwargs=hub_kwargs):
         if limit is not None and len(pairs) >= limit:
             break
         report.rows_read += 1

@@ -15,8 +15,11 @@ from hafrm.data.errors import DataError, SkipReport
 Row = tuple[str, dict]
 
 
-def read_rows(source: str, split: str = "train", on_error: str = "error", report: SkipReport | None = None) -> Iterator[Row]:
-    """Yield (location, row) from a local file or folder, or from a hub dataset name `owner/name[:config]`."""
+def read_rows(source: str, split: str = "train", on_error: str = "error", report: SkipReport | None = None, hub_kwargs: dict | None = None) -> Iterator[Row]:
+    """Yield (location, row) from a local file or folder, or from a hub dataset name `owner/name[:config]`.
+
+    hub_kwargs go to `datasets.load_dataset` (e.g. data_dir="harmless-base" for Anthropic/hh-rlhf).
+    """
     path = Path(source)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if _is_data_file(p))
@@ -29,7 +32,7 @@ def read_rows(source: str, split: str = "train", on_error: str = "error", report
     elif _looks_local(source):
         raise DataError(f"{source}: no such file")
     else:
-        yield from _read_hub(source, split)
+        yield from _read_hub(source, split, hub_kwargs or {})
 
 
 def _looks_local(source: str) -> bool:
@@ -112,13 +115,13 @@ def _read_tabular(path: Path, kind: str) -> Iterator[Row]:
         yield f"{path}:{'line' if kind == 'csv' else 'row'} {index + offset}", row
 
 
-def _read_hub(source: str, split: str) -> Iterator[Row]:
+def _read_hub(source: str, split: str, hub_kwargs: dict) -> Iterator[Row]:
     """Load `owner/name` or `owner/name:config` with `datasets` (needs network access or a local HF cache)."""
     import datasets
 
     name, _, config = source.partition(":")
     try:
-        table = datasets.load_dataset(name, config or None, split=split)
+        table = datasets.load_dataset(name, config or None, split=split, **hub_kwargs)
     except Exception as error:  # datasets raises many types for an unreachable or unknown dataset
         raise DataError(f"{source}: not a local file, and loading it from the Hugging Face hub failed: {error}") from error
     for index, row in enumerate(table):

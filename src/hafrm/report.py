@@ -1,0 +1,152 @@
+"""`hafrm report`: run a protocol for baseline, dpo and haf over seeds; write a Markdown table and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from hafrm.protocols import METHOD_ORDER, RunResult, dataset_title
+
+HEADS = (("reward_accuracy", "reward head"), ("implicit_accuracy", "implicit (DPO)"), ("combined_accuracy", "combined"))
+
+
+def mean_spread(values: list[float]) -> str:
+    """'mean ± sample std' in percent, or just the mean for one seed."""
+    if not values:
+        return "–"
+    mean = 100 * statistics.mean(values)
+    return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
+
+
+def accuracy_table(results: list[RunResult]) -> str:
+    """One row per (training set, method, head), one column per test set, like the paper's Table 2."""
+    test_sets = list(dict.fromkeys(name for r in results for name in r.test_metrics))
+    cells: dict[tuple, list[float]] = defaultdict(list)
+    for r in results:
+        for test_set, metrics in r.test_metrics.items():
+            for key, _ in HEADS:
+                if key in metrics:
+                    cells[(r.train_set, r.method, key, test_set)].append(metrics[key])
+    lines = ["| trained on | method | head | " + " | ".join(dataset_title(t) for t in test_sets) + " |", "|---|---|---|" + "---|" * len(test_sets)]
+    train_sets = list(dict.fromkeys(r.train_set for r in results))
+    methods = [m for m in METHOD_ORDER if any(r.method == m for r in results)]
+    for train_set in train_sets:
+        for method in methods:
+            for key, head in HEADS:
+                row = [cells.get((train_set, method, key, t), []) for t in test_sets]
+                if any(row):
+                    lines.append(f"| {dataset_title(train_set)} | {method} | {head} | " + " | ".join(mean_spread(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def rewardbench_table(results: list[RunResult]) -> str:
+    """Per-section RewardBench accuracies (RewardBench weighting) for each method and head."""
+    rows = defaultdict(lambda: defaultdict(list))
+    for r in results:
+        metrics = r.test_metrics.get("reward-bench")
+        for head in ("reward", "implicit"):
+            for section, value in (metrics or {}).get(f"{head}_sections", {}).items():
+                rows[(r.train_set, r.method, head)][section].append(value)
+    if not rows:
+        return ""
+    sections = list(dict.fromkeys(s for row in rows.values() for s in row))
+    lines = ["| trained on | method | head | " + " | ".join(sections) + " |", "|---|---|---|" + "---|" * len(sections)]
+    for (train_set, method, head), values in rows.items():
+        lines.append(f"| {dataset_title(train_set)} | {method} | {head} | " + " | ".join(mean_spread(values[s]) for s in sections) + " |")
+    return "\n".join(lines)
+
+
+def plot_training_curves(results: list[RunResult], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for r in results:
+        steps = [e["step"] for e in r.log_history if "loss" in e]
+        label = f"{r.method} seed {r.seed} ({dataset_title(r.train_set)})"
+        for axis, key in zip(axes, ("reward_loss", "policy_loss")):
+            values = [e.get(key) for e in r.log_history if "loss" in e]
+            if any(v is not None for v in values):
+                axis.plot(steps, values, label=label)
+    for axis, title in zip(axes, ("Bradley-Terry reward loss", "DPO policy loss")):
+        axis.set_title(title)
+        axis.set_xlabel("optimisation step")
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_scores(results: list[RunResult], path_distributions: Path, path_scatter: Path) -> None:
+    """Reward distributions of chosen vs rejected per method, and reward head vs implicit reward for haf (Figure 7)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = {}
+    for r in results:
+        first.setdefault(r.method, r)
+    figure, axes = plt.subplots(1, len(first), figsize=(4.5 * len(first), 3.6), squeeze=False)
+    for axis, (method, r) in zip(axes[0], first.items()):
+        test_set = next(iter(r.test_metrics))
+        scores = np.load(Path(r.output_dir) / f"scores-{test_set}.npz")
+        key = "implicit" if method == "dpo" else "rewards"
+        chosen = scores["chosen_implicit" if key == "implicit" else "chosen_rewards"]
+        rejected = scores["rejected_implicit" if key == "implicit" else "rejected_rewards"]
+        bins = np.linspace(min(chosen.min(), rejected.min()), max(chosen.max(), rejected.max()), 30)
+        axis.hist(chosen, bins=bins, alpha=0.6, label="chosen")
+        axis.hist(rejected, bins=bins, alpha=0.6, label="rejected")
+        axis.set_title(f"{method}: {'implicit reward' if key == 'implicit' else 'reward head'} on {dataset_title(test_set)}", fontsize=9)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path_distributions, dpi=110)
+    plt.close(figure)
+    if "haf" in first:
+        r = first["haf"]
+        test_set = next(iter(r.test_metrics))
+        scores = np.load(Path(r.output_dir) / f"scores-{test_set}.npz")
+        figure, axis = plt.subplots(figsize=(5, 4.2))
+        axis.scatter(scores["chosen_rewards"] - scores["rejected_rewards"], scores["chosen_implicit"] - scores["rejected_implicit"], s=8, alpha=0.6)
+        axis.axhline(0, color="grey", lw=0.8)
+        axis.axvline(0, color="grey", lw=0.8)
+        axis.set_xlabel("reward-head margin r(y_w) - r(y_l)")
+        axis.set_ylabel("implicit-reward margin")
+        axis.set_title(f"haf on {dataset_title(test_set)}: reward head vs policy head", fontsize=9)
+        figure.tight_layout()
+        figure.savefig(path_scatter, dpi=110)
+        plt.close(figure)
+
+
+def write_report(results: list[RunResult], output_dir: str | Path, command: str, settings_text: str) -> Path:
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    plot_training_curves(results, output_dir / "training_curves.png")
+    plot_scores(results, output_dir / "reward_distributions.png", output_dir / "reward_vs_implicit.png")
+    sections = [
+        "# hafrm report",
+        "",
+        f"Command: `{command}`",
+        "",
+        settings_text,
+        "",
+        "## Pairwise accuracy (%), mean ± std over seeds",
+        "",
+        accuracy_table(results),
+    ]
+    rewardbench = rewardbench_table(results)
+    if rewardbench:
+        sections += ["", "## RewardBench sections (%), RewardBench weighting over the subsets present", "", rewardbench]
+    sections += ["", "![training curves](training_curves.png)", "", "![reward distributions](reward_distributions.png)"]
+    if (output_dir / "reward_vs_implicit.png").exists():
+        sections += ["", "![reward head vs implicit reward](reward_vs_implicit.png)"]
+    path = output_dir / "report.md"
+    path.write_text("\n".join(sections) + "\n")
+    (output_dir / "results.json").write_text(json.dumps([r.__dict__ for r in results], indent=2, default=str))
+    return path

@@ -1,0 +1,66 @@
+"""Protocols, RewardBench weighting and the report, on the tiny model and the real local data."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import SHARED_DATA
+from hafrm.cli import main
+from hafrm.data.catalog import group_members, load_named
+from hafrm.protocols import RunResult, experiments
+from hafrm.report import accuracy_table, mean_spread
+from hafrm.rewardbench import section_scores, subset_accuracies
+
+
+def test_section_scores_use_rewardbench_weights():
+    per_subset = {"alpacaeval-easy": 1.0, "mt-bench-easy": 0.5, "math-prm": 0.2, "hep-cpp": 0.8}
+    scores = section_scores(per_subset)
+    assert scores["Chat"] == pytest.approx((100 * 1.0 + 28 * 0.5) / 128)
+    assert scores["Reasoning"] == pytest.approx((984 * 0.2 + 164 * 0.8) / (984 + 164))
+    assert "Safety" not in scores
+    assert scores["Score"] == pytest.approx((scores["Chat"] + scores["Reasoning"]) / 2)
+
+
+def test_subset_accuracies():
+    correct = np.array([True, False, True, True])
+    assert subset_accuracies(correct, ["a", "a", "b", None]) == {"a": 0.5, "b": 1.0}
+
+
+def test_experiments_follow_the_paper_groups():
+    assert group_members("hh-harmless") == ["beaver-safe"]
+    assert group_members("hh-helpful") == ["alpaca-human-pref", "chatbot-arena"]
+    assert [e.test_sets for e in experiments("ood-internal", ["beaver-safe"])] == [["beaver-safe", "hh-harmless"]]
+    assert experiments("mixed", ["hh-harmless", "beaver-safe"])[0].train_set == "mixed"
+    with pytest.raises(ValueError):
+        experiments("table-9", ["hh-harmless"])
+
+
+def test_report_table_mean_and_spread():
+    results = [RunResult("haf", seed, "hh-harmless", {"hh-harmless": {"reward_accuracy": acc}}, [], "") for seed, acc in ((0, 0.6), (1, 0.7))]
+    table = accuracy_table(results)
+    assert "| HH-Harmless | haf | reward head | 65.0 ± 7.1 |" in table
+    assert mean_spread([0.5]) == "50.0"
+
+
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data not present")
+def test_seeded_test_split_for_data_without_one():
+    train, _ = load_named("beaver-safe", "train", SHARED_DATA)
+    test, _ = load_named("beaver-safe", "test", SHARED_DATA)
+    assert len(test) == 50 and len(train) == 450
+    assert not {p["chosen"] for p in test} & {p["chosen"] for p in train}
+
+
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data not present")
+def test_report_command_end_to_end(tiny_model_dir, tmp_path):
+    args = ["report", "--protocol", "ood-external", "--datasets", "hh-harmless", "--methods", "baseline,haf", "--seeds", "0",
+            "--data-root", str(SHARED_DATA), "--train-pairs", "8", "--test-pairs", "8", "--output", str(tmp_path),
+            "--model", str(tiny_model_dir), "--max-length", "64", "--batch-size", "4", "--micro-batch-size", "4"]
+    assert main(args) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "| HH-Harmless | haf | implicit (DPO) |" in report and "RewardBench" in report
+    for plot in ("training_curves.png", "reward_distributions.png", "reward_vs_implicit.png"):
+        assert (tmp_path / plot).stat().st_size > 1000
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {r["method"] for r in results} == {"baseline", "haf"}
+    assert "reward_sections" in results[0]["test_metrics"]["reward-bench"]
