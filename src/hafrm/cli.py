@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
-    except (DataError, FileNotFoundError, ValueError) as error:
+    except (DataError, FileNotFoundError, ValueError, FloatingPointError) as error:
         print(f"hafrm {args.command}: error: {error}", file=sys.stderr)
         return 2
 

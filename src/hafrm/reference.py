@@ -32,8 +32,16 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:20]
 
 
-def cache_key(model: torch.nn.Module, dataset_fingerprint: str) -> str:
-    return hashlib.sha256(json.dumps([model_fingerprint(model), dataset_fingerprint]).encode()).hexdigest()[:24]
+def data_fingerprint(dataset) -> str:
+    """A content hash of the tokenized pairs (the same in every process and every run)."""
+    digest = hashlib.sha256()
+    for column in ("chosen_input_ids", "rejected_input_ids", "prompt_length"):
+        digest.update(json.dumps(list(dataset[column])).encode())
+    return digest.hexdigest()
+
+
+def cache_key(model: torch.nn.Module, dataset) -> str:
+    return hashlib.sha256(json.dumps([model_fingerprint(model), data_fingerprint(dataset)]).encode()).hexdigest()[:24]
 
 
 @torch.no_grad()
@@ -54,7 +62,7 @@ def compute_reference_logps(model, dataset, collator, batch_size: int, device: t
 
 def add_reference_logps(model, dataset, collator, batch_size: int, device: torch.device, name: str):
     """Attach reference_chosen_logps / reference_rejected_logps columns, from the disk cache when present."""
-    key = cache_key(model, dataset._fingerprint)
+    key = cache_key(model, dataset)
     path = cache_dir() / "reference_logps" / f"{key}.safetensors"
     if path.exists():
         logger.info("Reference log-probs for %s read from cache %s", name, path)

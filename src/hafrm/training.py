@@ -89,8 +89,9 @@ def training_arguments(config: TrainConfig, has_eval: bool) -> TrainingArguments
         raise ValueError(f"batch_size {config.batch_size} is not a multiple of micro_batch_size x processes = {per_step}")
     # Checkpoints follow evaluations when there is an eval set, so the best one can be kept and reloaded.
     save_steps = config.save_steps or (config.eval_steps if has_eval else None)
+    eval_steps = (config.eval_steps or save_steps) if has_eval else None
     save_strategy = "steps" if save_steps else "epoch"
-    eval_strategy = ("steps" if config.eval_steps else "epoch") if has_eval else "no"
+    eval_strategy = ("steps" if eval_steps else "epoch") if has_eval else "no"
     dtype = resolve_dtype(config.dtype)
     arguments = dict(
         output_dir=config.output_dir,
@@ -109,7 +110,7 @@ def training_arguments(config: TrainConfig, has_eval: bool) -> TrainingArguments
         data_seed=config.seed,
         logging_steps=config.logging_steps,
         eval_strategy=eval_strategy,
-        eval_steps=config.eval_steps,
+        eval_steps=eval_steps,
         save_strategy=save_strategy,
         save_steps=save_steps,
         save_total_limit=config.save_total_limit,
