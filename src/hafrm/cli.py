@@ -92,6 +92,8 @@ def command_report(args: argparse.Namespace) -> int:
 
     overrides = config_from_args(args).to_dict()
     overrides["training_args"].setdefault("save_strategy", "no")  # report runs keep only the exported model
+    if not hasattr(args, "logging_steps"):
+        overrides["logging_steps"] = 1  # short CPU runs: log every step so the training curves have points
     settings = ProtocolSettings(args.data_root, args.train_pairs, args.test_pairs, overrides)
     seeds = [int(s) for s in args.seeds.split(",")]
     results = run_protocol(args.protocol, args.datasets.split(","), args.methods.split(","), seeds, settings, args.output)

@@ -60,7 +60,10 @@ def rewardbench_table(results: list[RunResult]) -> str:
     return "\n".join(lines)
 
 
-def plot_training_curves(results: list[RunResult], path: Path) -> None:
+def plot_training_curves(results: list[RunResult], path: Path) -> bool:
+    """Loss curves from the runs' logs; False (and no file) when no run logged a training step."""
+    if not any("loss" in e for r in results for e in r.log_history):
+        return False
     import matplotlib
 
     matplotlib.use("Agg")
@@ -81,6 +84,7 @@ def plot_training_curves(results: list[RunResult], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+    return True
 
 
 def plot_scores(results: list[RunResult], path_distributions: Path, path_scatter: Path) -> None:
@@ -127,7 +131,7 @@ def plot_scores(results: list[RunResult], path_distributions: Path, path_scatter
 def write_report(results: list[RunResult], output_dir: str | Path, command: str, settings_text: str) -> Path:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    plot_training_curves(results, output_dir / "training_curves.png")
+    has_curves = plot_training_curves(results, output_dir / "training_curves.png")
     plot_scores(results, output_dir / "reward_distributions.png", output_dir / "reward_vs_implicit.png")
     sections = [
         "# hafrm report",
@@ -143,7 +147,9 @@ def write_report(results: list[RunResult], output_dir: str | Path, command: str,
     rewardbench = rewardbench_table(results)
     if rewardbench:
         sections += ["", "## RewardBench sections (%), RewardBench weighting over the subsets present", "", rewardbench]
-    sections += ["", "![training curves](training_curves.png)", "", "![reward distributions](reward_distributions.png)"]
+    if has_curves:
+        sections += ["", "![training curves](training_curves.png)"]
+    sections += ["", "![reward distributions](reward_distributions.png)"]
     if (output_dir / "reward_vs_implicit.png").exists():
         sections += ["", "![reward head vs implicit reward](reward_vs_implicit.png)"]
     path = output_dir / "report.md"
