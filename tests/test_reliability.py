@@ -93,3 +93,18 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_model_dir, tmp_path)
         torch.testing.assert_close(resumed[name], whole[name], rtol=1e-5, atol=1e-6, msg=name)
     metrics = [json.loads((d / "eval_metrics.json").read_text()) for d in (tmp_path / "whole", interrupted)]
     assert metrics[0]["eval_loss"] == pytest.approx(metrics[1]["eval_loss"], rel=1e-5)
+
+
+def test_incomplete_checkpoint_is_set_aside(tmp_path):
+    from hafrm.config import TrainConfig
+    from hafrm.trainer import STATE_FILE
+    from hafrm.training import resume_point
+
+    complete, cut_off = tmp_path / "checkpoint-2", tmp_path / "checkpoint-3"
+    for folder in (complete, cut_off):
+        folder.mkdir()
+        (folder / STATE_FILE).write_bytes(b"x")
+    (complete / "trainer_state.json").write_text("{}")
+    assert resume_point(TrainConfig(output_dir=str(tmp_path), resume_from_checkpoint="auto")) == str(complete)
+    assert not cut_off.exists() and (tmp_path / "incomplete-checkpoint-3").exists()
+    assert resume_point(TrainConfig(output_dir=str(tmp_path / "fresh"), resume_from_checkpoint="auto")) is None

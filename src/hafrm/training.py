@@ -149,7 +149,8 @@ def resume_point(config: TrainConfig) -> str | None:
     if not Path(config.output_dir).is_dir():
         return None
     last = get_last_checkpoint(config.output_dir)
-    while last is not None and not (Path(last) / STATE_FILE).exists():
+    # trainer_state.json is written last, so a folder without it (or without our state) was cut off mid-write
+    while last is not None and not all((Path(last) / name).exists() for name in (STATE_FILE, "trainer_state.json")):
         logger.warning("Ignoring incomplete checkpoint %s", last)
         Path(last).rename(Path(last).with_name(f"incomplete-{Path(last).name}"))
         last = get_last_checkpoint(config.output_dir)
