@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 import yaml
-from transformers import AutoModelForSequenceClassification
 
 from conftest import write_jsonl
 from hafrm.cli import main

@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import os
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file

@@ -8,7 +8,6 @@ trainable state is written to and read from a checkpoint (atomically).
 from __future__ import annotations
 
 import os
-import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -91,7 +90,10 @@ class HafTrainer(Trainer):
         output_dir.mkdir(parents=True, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model)
         temporary = output_dir / f".{STATE_FILE}.tmp"
-        save_file(model.trainable_state_dict(), temporary)
+        trainable = model.trainable_state_dict()
+        if state_dict:  # gathered by the Trainer under DeepSpeed/FSDP, where local parameters are shards
+            trainable = {name: state_dict[name].contiguous() for name in trainable}
+        save_file(trainable, temporary)
         os.replace(temporary, output_dir / STATE_FILE)
         torch.save(self.args, output_dir / "training_args.bin")
 
