@@ -182,6 +182,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
     collator = PairCollator(tokenizer.pad_token_id, tokenizer.padding_side)
     if objective.uses_policy_head and objective.policy_loss.needs_reference:
         if config.reference == "precompute":
+            model.to(args.device)  # the Trainer would move it later; the precomputation needs it there now
             with args.main_process_first(desc="reference log-probs"):
                 train_set = add_reference_logps(model, train_set, collator, config.micro_batch_size, args.device, "train")
                 if eval_set is not None:
