@@ -17,7 +17,7 @@ import numpy as np
 
 from hafrm.config import TrainConfig
 from hafrm.data.catalog import CATALOG, PAPER_DATASETS, group_members, load_named, mixed
-from hafrm.evaluation import load_trained, score_pairs
+from hafrm.evaluation import LoadedModel, load_trained, score_pairs
 from hafrm.rewardbench import section_scores, subset_accuracies
 from hafrm.training import train
 
@@ -70,10 +70,10 @@ def training_pairs(experiment: Experiment, settings: ProtocolSettings, seed: int
     return load_named(experiment.train_set, "train", settings.data_root, settings.train_pairs, seed)[0]
 
 
-def evaluate_test_set(model_dir: Path, name: str, settings: ProtocolSettings, seed: int) -> dict:
+def evaluate_test_set(loaded: LoadedModel, model_dir: Path, name: str, settings: ProtocolSettings, seed: int) -> dict:
     """Accuracies on one test set; per-pair scores are kept in scores-<name>.npz for the plots."""
     pairs, _ = load_named(name, "test", settings.data_root, settings.test_pairs, seed)
-    scores, _ = score_pairs(load_trained(model_dir), pairs)
+    scores, _ = score_pairs(loaded, pairs)
     np.savez(model_dir / f"scores-{name}.npz", chosen_rewards=scores.chosen_rewards, rejected_rewards=scores.rejected_rewards,
              chosen_implicit=scores.chosen_implicit, rejected_implicit=scores.rejected_implicit)
     metrics = {**scores.metrics(), "pairs": len(pairs)}
@@ -104,7 +104,8 @@ def run_protocol(protocol: str, datasets: list[str], methods: list[str], seeds: 
                                         "eval_data": None, "eval_fraction": 0.0, "output_dir": str(run_dir / "model")})
                 logger.info("Training %s on %s (seed %d, %d pairs)", method, experiment.train_set, seed, len(pairs))
                 trained = train(config)
-                metrics = {name: evaluate_test_set(trained.output_dir, name, settings, seed) for name in experiment.test_sets}
+                loaded = load_trained(trained.output_dir)  # once per run, with its reference policy
+                metrics = {name: evaluate_test_set(loaded, trained.output_dir, name, settings, seed) for name in experiment.test_sets}
                 result = RunResult(method, seed, experiment.train_set, metrics, trained.log_history, str(trained.output_dir))
                 (run_dir / "result.json").write_text(json.dumps(result.__dict__, indent=2, default=str))
                 results.append(result)
