@@ -7,6 +7,11 @@ round so drifting machine load hits every trainer alike. Throughput counts optim
 the first (warm-up) step; one-time setup (model load, tokenization, hafrm's reference log-prob
 precomputation with a cold cache) is reported separately.
 
+Peak RSS under glibc's default allocator includes freed memory the allocator keeps (it varied by
+over 1 GiB between identical runs here). --live-memory runs the children with
+MALLOC_MMAP_THRESHOLD_=131072, so every block of 128 KiB or more is returned on free and peak RSS
+tracks the tensors actually alive (slower: time those runs separately).
+
     python benchmarks/train_throughput.py --rounds 2 --steps 6 --output docs/benchmark-train.md
 """
 
@@ -97,7 +102,7 @@ def run_trl(kind: str, lora: bool, args, pairs, model_path: str, output: str, ti
         learning_rate=1e-5, max_length=args.max_length, save_strategy="no", logging_steps=10_000, report_to="none",
         use_cpu=True, seed=0, bf16=False, fp16=False, gradient_checkpointing=args.gradient_checkpointing,
     )
-    peft_config = LoraConfig(r=64, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear", task_type="SEQ_CLS" if kind == "reward" else "CAUSAL_LM") if lora else None
+    peft_config = LoraConfig(r=64, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="SEQ_CLS" if kind == "reward" else "CAUSAL_LM") if lora else None
     if kind == "reward":
         from trl import RewardConfig, RewardTrainer
 
@@ -150,6 +155,8 @@ def parent(args) -> None:
             if args.no_group_by_length:
                 command.append("--no-group-by-length")
             env = {**os.environ, "HAFRM_CACHE": tempfile.mkdtemp(prefix="hafrm-bench-")}  # cold reference cache
+            if args.live_memory:
+                env["MALLOC_MMAP_THRESHOLD_"] = "131072"
             (Path(env["HAFRM_CACHE"]) / "models").symlink_to(Path.home() / ".cache" / "hafrm" / "models")
             completed = subprocess.run(command, capture_output=True, text=True, env=env)
             line = [l for l in completed.stdout.splitlines() if l.startswith("{")]
@@ -177,7 +184,8 @@ def summarize(results: dict[str, list[dict]], args) -> str:
         f"Settings: {args.rounds} interleaved rounds, {args.steps} steps of {args.batch_size} pairs (first step not timed), "
         f"max_length {args.max_length}, {args.threads} torch threads, fp32 CPU, SmolLM2-135M-Instruct, full fine-tuning unless -lora "
         f"(LoRA r 64, alpha 16, all linear layers), gradient checkpointing {'on' if args.gradient_checkpointing else 'off'} for every trainer, "
-        f"length grouping in hafrm: {'off' if args.no_group_by_length else 'on (default)'}. Medians over rounds.",
+        f"length grouping in hafrm: {'off' if args.no_group_by_length else 'on (default)'}, "
+        f"allocator: {'MALLOC_MMAP_THRESHOLD_=131072 (live memory)' if args.live_memory else 'glibc default'}. Medians over rounds.",
         "",
         "| run | pairs/s (median) | all rounds | setup s (incl. hafrm reference precompute) | peak RSS GiB |",
         "|---|---|---|---|---|",
@@ -210,6 +218,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-group-by-length", action="store_true")
+    parser.add_argument("--live-memory", action="store_true", help="measure live tensor memory (see the module docstring)")
     parser.add_argument("--gradient-checkpointing", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
                         help="same setting for every trainer (TRL's default is on)")
     parser.add_argument("--output")

@@ -8,7 +8,7 @@ from transformers import AutoModelForSequenceClassification
 from conftest import tiny_causal_lm
 from hafrm.data import PairCollator, PairEncoder
 from hafrm.losses import HafObjective
-from hafrm.model import HybridRewardModel, LoraSettings, last_token_index
+from hafrm.model import HybridRewardModel, LoraSettings, last_token_index, logprob_chunk_tokens
 
 
 def batch_for(tokenizer, pairs, padding_side="right", max_length=96):
@@ -37,6 +37,28 @@ def test_response_logps_equal_full_logits_computation(hybrid, tokenizer, harmles
     expected = (token_logps * batch["response_mask"][:, 1:]).sum(1)
     torch.testing.assert_close(out.logps, expected, rtol=1e-5, atol=1e-4)
     assert out.token_counts.tolist() == batch["response_mask"][:, 1:].sum(1).tolist()
+
+
+def test_logprob_chunk_keeps_logits_within_budget():
+    # 64 MiB of fp32 logits: 2**26 / (4 * 49152) = 341.3 tokens for SmolLM2's vocabulary
+    assert logprob_chunk_tokens(49152) == 341
+    assert logprob_chunk_tokens(32000) == 524
+    assert logprob_chunk_tokens(10**9) == 16  # never below 16 tokens
+
+
+def test_disable_dropout_zeroes_backbone_dropout_but_not_lora(tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, attention_dropout=0.3)
+    causal_lm = LlamaForCausalLM(config)
+    causal_lm.model.layers[0].mlp.act_fn = torch.nn.Sequential(causal_lm.model.layers[0].mlp.act_fn, torch.nn.Dropout(0.2))
+    model = HybridRewardModel.from_causal_lm(causal_lm, tokenizer.pad_token_id, LoraSettings(r=4, alpha=8, dropout=0.1))
+    model.disable_dropout()
+    attention = model.causal_lm.model.layers[0].self_attn
+    assert attention.attention_dropout == 0.0
+    assert model.causal_lm.model.layers[0].mlp.act_fn[1].p == 0.0
+    assert attention.q_proj.lora_dropout["default"].p == 0.1
 
 
 def test_rewards_do_not_depend_on_padding_side(hybrid, tokenizer, harmless_pairs):

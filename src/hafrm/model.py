@@ -28,6 +28,7 @@ from torch.utils.checkpoint import checkpoint
 
 logger = logging.getLogger(__name__)
 
+LOGIT_CHUNK_BYTES = 64 * 2**20  # fp32 logits per log-prob chunk; backward holds about three such buffers
 REWARD_HEAD_FILE = "reward_head.safetensors"
 METADATA_FILE = "hafrm.json"
 
@@ -45,7 +46,7 @@ class LoraSettings:
 
     r: int = 64
     alpha: int = 16
-    dropout: float = 0.05
+    dropout: float = 0.0
     target_modules: str | list[str] = "all-linear"
 
 
@@ -67,7 +68,12 @@ def _token_logps(hidden: torch.Tensor, targets: torch.Tensor, lm_head: nn.Module
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-def response_logps(hidden: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor, lm_head: nn.Module, chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def logprob_chunk_tokens(vocab_size: int) -> int:
+    """Response tokens per LM-head chunk, so one chunk's fp32 logits stay within LOGIT_CHUNK_BYTES."""
+    return max(16, LOGIT_CHUNK_BYTES // (4 * vocab_size))
+
+
+def response_logps(hidden: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor, lm_head: nn.Module, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs of response tokens and their counts, computing the LM head only on response positions.
 
     Under autograd each chunk is recomputed in backward rather than keeping its (chunk x vocab) logits.
@@ -91,12 +97,12 @@ def response_logps(hidden: torch.Tensor, input_ids: torch.Tensor, response_mask:
 class HybridRewardModel(nn.Module):
     """Causal LM (optionally PEFT-wrapped) plus a linear reward head on its last hidden state."""
 
-    def __init__(self, policy: nn.Module, score: nn.Linear, pad_token_id: int | None, logprob_chunk_size: int = 1024):
+    def __init__(self, policy: nn.Module, score: nn.Linear, pad_token_id: int | None, logprob_chunk_size: int | None = None):
         super().__init__()
         self.policy = policy
         self.score = score
         self.pad_token_id = pad_token_id
-        self.logprob_chunk_size = logprob_chunk_size
+        self.logprob_chunk_size = logprob_chunk_size or logprob_chunk_tokens(self.causal_lm.get_output_embeddings().out_features)
         self.reference_model: nn.Module | None = None
 
     # ------------------------------------------------------------------ construction
@@ -149,6 +155,15 @@ class HybridRewardModel(nn.Module):
         self.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs or {"use_reentrant": False})
         if self.is_peft:
             self.causal_lm.enable_input_require_grads()
+
+    def disable_dropout(self) -> None:
+        """Zero the backbone's dropout (as TRL's reward and DPO trainers do), so rewards and log-probs are
+        deterministic in training. LoRA's own dropout is left to LoraSettings.dropout."""
+        for name, module in self.causal_lm.named_modules():
+            if isinstance(module, nn.Dropout) and "lora_dropout" not in name:
+                module.p = 0.0
+            if isinstance(getattr(module, "attention_dropout", None), float):
+                module.attention_dropout = 0.0
 
     def keep_frozen_reference(self) -> None:
         """Keep a frozen copy of the initial policy as the DPO reference (full fine-tuning, no precomputation)."""

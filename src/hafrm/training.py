@@ -76,6 +76,8 @@ def build_model(config: TrainConfig, model_path: str, tokenizer) -> HybridReward
     causal_lm = load_causal_lm(model_path, weights_dtype(config))
     lora = LoraSettings(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules) if config.lora else None
     model = HybridRewardModel.from_causal_lm(causal_lm, tokenizer.pad_token_id, lora)
+    if config.disable_dropout:
+        model.disable_dropout()
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model
