@@ -10,7 +10,7 @@ from conftest import write_jsonl
 from hafrm.cli import main
 from hafrm.config import TrainConfig
 from hafrm.defaults import DEFAULT_EVAL_DATA, DEFAULT_TRAIN_DATA
-from hafrm.evaluation import load_trained, score_pairs
+from hafrm.evaluation import load_trained, score_pairs, score_responses
 from hafrm.scoring import RewardScorer
 
 
@@ -65,6 +65,46 @@ def test_eval_cli_reports_each_data_set(trained_haf, tmp_path, capsys):
     assert main(["eval", str(trained_haf), "--data", f"harmless={DEFAULT_EVAL_DATA}", "--max-pairs", "4", "--output", str(tmp_path / "r.json")]) == 0
     results = json.loads((tmp_path / "r.json").read_text())
     assert results["harmless"]["pairs"] == 4 and "implicit_accuracy" in results["harmless"]
+
+
+def test_response_scores_match_pair_scores_for_every_head(trained_haf):
+    """Scoring responses one by one gives the chosen side of pair scoring, for each head; combined is their sum."""
+    pairs = [
+        {"prompt": "How do I bake bread?", "chosen": "Mix flour, water and yeast, then bake.", "rejected": "No."},
+        {"prompt": "Say hi", "chosen": "Hi!", "rejected": "I will not."},
+        {"prompt": "Name a colour", "chosen": "Blue.", "rejected": "Why would I?"},
+    ]
+    for pair in pairs:  # the canonical form load_pairs gives; score_responses also takes plain strings
+        pair["prompt"] = [{"role": "user", "content": pair["prompt"]}]
+    loaded = load_trained(trained_haf)
+    pair_scores, _ = score_pairs(loaded, pairs, progress=False)
+    prompts, chosen = [p["prompt"][0]["content"] for p in pairs], [p["chosen"] for p in pairs]
+    reward = score_responses(loaded, prompts, chosen, "reward", batch_size=2)
+    implicit = score_responses(loaded, prompts, chosen, "implicit")
+    combined = score_responses(loaded, prompts, chosen, "combined")
+    assert reward == pytest.approx(pair_scores.chosen_rewards, abs=1e-4)
+    assert implicit == pytest.approx(pair_scores.chosen_implicit, abs=1e-3)
+    assert combined == pytest.approx(reward + implicit, abs=1e-3)
+
+
+def test_best_of_n_cli_selector_equal_to_judge_always_agrees(trained_haf, tmp_path, capsys):
+    output = tmp_path / "best-of-n.json"
+    spec = f"{trained_haf}@reward"
+    assert main(["best-of-n", "--prompts", str(DEFAULT_EVAL_DATA), "--num-prompts", "3", "--n", "3", "--max-new-tokens", "6",
+                 "--policy", str(trained_haf), "--selector", spec, f"{trained_haf}@combined", "--judge", spec, "--output", str(output)]) == 0
+    result = json.loads(output.read_text())
+    assert result["selectors"][spec] == {"top1_recall": 1.0, "top2_recall": 1.0}
+    assert result["policy"].endswith("policy") and result["chance"]["top1_recall"] == pytest.approx(1 / 3)
+    assert [len(sample["candidates"]) for sample in result["samples"]] == [3, 3, 3]
+
+
+def test_scorer_spec_errors_are_clear(tmp_path):
+    from hafrm.bestofn import scorer_from_spec
+
+    with pytest.raises(ValueError, match="head must be one of"):
+        scorer_from_spec(f"{tmp_path}@best")
+    with pytest.raises(ValueError, match="only a hafrm output folder"):
+        scorer_from_spec(f"{tmp_path}@implicit")
 
 
 def test_baseline_leaves_lm_head_untouched(tiny_model_dir, tmp_path):

@@ -2,11 +2,16 @@
 
 top-k recall = share of prompts whose reward-model pick is among the judge's k best of the N.
 The judge is any callable (prompts, responses) -> scores: a stronger reward model stands in for GPT-4 offline.
+On the command line (`hafrm best-of-n`) selectors and the judge are given as MODEL[@HEAD]: a hafrm output
+folder scored by its reward head, implicit DPO reward or both combined, or any sequence-classification
+reward model (folder or hub name) scored by its head.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -51,3 +56,35 @@ def best_of_n(prompts: Sequence, candidates: list[list[str]], selector: Scorer, 
     selector_scores = np.asarray(selector(flat_prompts, flat_responses)).reshape(-1, n)
     judge_scores = np.asarray(judge(flat_prompts, flat_responses)).reshape(-1, n)
     return {**top_k_recall(selector_scores, judge_scores, ks), "picks": selector_scores.argmax(axis=1).tolist()}
+
+
+def scorer_from_spec(spec: str, max_length: int = 512, batch_size: int = 8) -> Scorer:
+    """MODEL[@HEAD] as a Scorer. HEAD (reward | implicit | combined) needs a hafrm output folder."""
+    from hafrm.evaluation import HEADS, score_responses
+    from hafrm.model import METADATA_FILE
+
+    model, _, head = spec.rpartition("@") if "@" in spec else (spec, "", "reward")
+    if head not in HEADS:
+        raise ValueError(f"{spec}: head must be one of {', '.join(HEADS)}")
+    if (Path(model) / METADATA_FILE).exists():
+        loaded = _load_trained(model)
+        return lambda prompts, responses: score_responses(loaded, prompts, responses, head, max_length, batch_size).tolist()
+    if head != "reward":
+        raise ValueError(f"{spec}: only a hafrm output folder has a {head} score; other reward models have only 'reward'")
+    scorer = _reward_scorer(model, max_length)
+    return lambda prompts, responses: scorer.score(prompts, responses, batch_size)
+
+
+@cache
+def _load_trained(model_dir: str):
+    """Each hafrm folder is loaded once, however many of its heads are asked for."""
+    from hafrm.evaluation import load_trained
+
+    return load_trained(model_dir)
+
+
+@cache
+def _reward_scorer(model: str, max_length: int):
+    from hafrm.scoring import RewardScorer
+
+    return RewardScorer(model, max_length=max_length)

@@ -107,6 +107,35 @@ def command_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_best_of_n(args: argparse.Namespace) -> int:
+    import torch
+
+    from hafrm.bestofn import best_of_n, sample_responses, scorer_from_spec
+    from hafrm.data import load_pairs
+    from hafrm.pretrained import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
+
+    pairs, _ = load_pairs(args.prompts, data_format=args.data_format, split=args.split, on_error=args.on_bad_row)
+    prompts = list({json.dumps(p["prompt"]): p["prompt"] for p in pairs}.values())[: args.num_prompts]
+    policy_path = resolve_model_path(args.policy)
+    if (Path(policy_path) / "policy").is_dir():  # a hafrm output folder: sample from its own policy head
+        policy_path = str(Path(policy_path) / "policy")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    policy, tokenizer = load_causal_lm(policy_path, resolve_dtype("auto")).to(device).eval(), load_tokenizer(policy_path)
+    candidates = sample_responses(policy, tokenizer, prompts, args.n, args.max_new_tokens, args.temperature, args.seed)
+    judge = scorer_from_spec(args.judge, args.max_length, args.batch_size)
+    results = {"policy": policy_path, "judge": args.judge, "prompts": len(prompts), "n": args.n,
+               "chance": {f"top{k}_recall": k / args.n for k in (1, 2)}, "selectors": {}}
+    for spec in args.selector:
+        outcome = best_of_n(prompts, candidates, scorer_from_spec(spec, args.max_length, args.batch_size), judge)
+        results["selectors"][spec] = {k: v for k, v in outcome.items() if k != "picks"}
+    text = json.dumps(results, indent=2)
+    if args.output:
+        samples = [{"prompt": p, "candidates": c} for p, c in zip(prompts, candidates)]
+        Path(args.output).write_text(json.dumps({**results, "samples": samples}, indent=2, ensure_ascii=False))
+    print(text)
+    return 0
+
+
 def command_serve(args: argparse.Namespace) -> int:
     import os
 
@@ -162,6 +191,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch-size", type=int, default=16)
     serve.add_argument("--max-wait-ms", type=float, default=10.0)
     serve.set_defaults(handler=command_serve)
+
+    best = commands.add_parser("best-of-n", help="sample N responses per prompt, pick by reward models, score the picks against a judge")
+    best.add_argument("--prompts", required=True, help="pairs file, folder or hub name whose prompts are used")
+    best.add_argument("--selector", nargs="+", required=True, metavar="MODEL[@HEAD]",
+                      help="hafrm output folder (HEAD: reward, implicit or combined) or any sequence-classification reward model")
+    best.add_argument("--judge", required=True, metavar="MODEL[@HEAD]", help="the ranking the picks are checked against")
+    best.add_argument("--policy", help="causal LM or hafrm output folder to sample from (default: the embedded model)")
+    best.add_argument("--n", type=int, default=4)
+    best.add_argument("--num-prompts", type=int, default=50)
+    best.add_argument("--max-new-tokens", type=int, default=64)
+    best.add_argument("--temperature", type=float, default=1.0)
+    best.add_argument("--seed", type=int, default=0)
+    best.add_argument("--data-format", default="auto")
+    best.add_argument("--split", default="test")
+    best.add_argument("--on-bad-row", choices=("error", "skip"), default="skip")
+    best.add_argument("--max-length", type=int, default=512)
+    best.add_argument("--batch-size", type=int, default=8)
+    best.add_argument("--output", help="also write the results with every sampled candidate as JSON")
+    best.set_defaults(handler=command_best_of_n)
 
     report = commands.add_parser("report", help="run a paper protocol for several methods and seeds; write a Markdown report with plots")
     report.add_argument("--protocol", choices=("in-distribution", "mixed", "ood-internal", "ood-external"), default="in-distribution")

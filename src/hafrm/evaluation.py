@@ -13,10 +13,15 @@ from tqdm.auto import tqdm
 
 from hafrm.config import TrainConfig
 from hafrm.data import PairCollator, PairEncoder, SkipReport
+from hafrm.data.encoding import pad_sequences
+from hafrm.data.formats import as_messages
 from hafrm.model import METADATA_FILE, HybridRewardModel
 from hafrm.pretrained import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 from hafrm.trainer import accuracy_from_scores
 from hafrm.training import encode_pairs, objective_from_config
+
+
+HEADS = ("reward", "implicit", "combined")
 
 
 @dataclass
@@ -64,21 +69,46 @@ def load_trained(model_dir: str | Path, reference: str | None = None, dtype: str
 @torch.no_grad()
 def score_pairs(loaded: LoadedModel, pairs: list[dict], max_length: int | None = None, batch_size: int = 8, progress: bool = True) -> tuple[PairScores, SkipReport]:
     """Rewards and implicit rewards of every pair, chosen and rejected scored in one forward pass."""
-    tokenizer, model, objective = loaded.tokenizer, loaded.model, loaded.objective
+    tokenizer = loaded.tokenizer
     report = SkipReport(rows_read=len(pairs), rows_used=len(pairs))
     dataset = encode_pairs(pairs, PairEncoder(tokenizer, max_length or loaded.config.max_length), report)
     collator = PairCollator(tokenizer.pad_token_id, tokenizer.padding_side)
-    device = next(model.parameters()).device
     columns: list[list[torch.Tensor]] = [[], [], [], []]
     for batch in tqdm(DataLoader(dataset, batch_size=batch_size, collate_fn=collator), desc="scoring pairs", disable=not progress, leave=False):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        outputs = model(batch["input_ids"], batch["attention_mask"], batch["response_mask"], with_logps=objective.uses_policy_head)
-        if objective.uses_policy_head:
-            reference = model.reference_logps(batch["input_ids"], batch["attention_mask"], batch["response_mask"]) if objective.policy_loss.needs_reference else None
-            implicit = objective.implicit_rewards(outputs.logps, outputs.token_counts, reference)
-        else:
-            implicit = torch.full_like(outputs.rewards, float("nan"))
-        for column, values in zip(columns, (*outputs.rewards.chunk(2), *implicit.chunk(2))):
-            column.append(values.float().cpu())
+        rewards, implicit = _both_heads(loaded, batch)
+        for column, values in zip(columns, (*rewards.chunk(2), *implicit.chunk(2))):
+            column.append(values)
     arrays = [torch.cat(c).numpy() for c in columns]
     return PairScores(*arrays, subsets=[p.get("subset") for p in pairs]), report
+
+
+@torch.no_grad()
+def score_responses(loaded: LoadedModel, prompts: list, responses: list[str], head: str = "reward", max_length: int | None = None, batch_size: int = 8) -> np.ndarray:
+    """One score per (prompt, response) from the reward head, the implicit reward, or both combined (their sum)."""
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+    if head != "reward" and not loaded.objective.uses_policy_head:
+        raise ValueError(f"a {loaded.config.method} model has no trained policy head, so no {head} score; use head 'reward'")
+    encoder = PairEncoder(loaded.tokenizer, max_length or loaded.config.max_length)
+    encoded = [encoder.encode_single(as_messages(p, "prompt"), r) for p, r in zip(prompts, responses)]
+    scores = []
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start : start + batch_size]
+        batch = pad_sequences([e["input_ids"] for e in chunk], [e["prompt_length"] for e in chunk], loaded.tokenizer.pad_token_id, loaded.tokenizer.padding_side)
+        rewards, implicit = _both_heads(loaded, batch)
+        scores.append({"reward": rewards, "implicit": implicit, "combined": rewards + implicit}[head])
+    return torch.cat(scores).numpy() if scores else np.zeros(0, dtype=np.float32)
+
+
+def _both_heads(loaded: LoadedModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reward-head and implicit rewards of a batch, on the CPU; implicit is NaN without a policy head."""
+    model, objective = loaded.model, loaded.objective
+    device = next(model.parameters()).device
+    inputs = [batch[k].to(device) for k in ("input_ids", "attention_mask", "response_mask")]
+    outputs = model(*inputs, with_logps=objective.uses_policy_head)
+    if objective.uses_policy_head:
+        reference = model.reference_logps(*inputs) if objective.policy_loss.needs_reference else None
+        implicit = objective.implicit_rewards(outputs.logps, outputs.token_counts, reference)
+    else:
+        implicit = torch.full_like(outputs.rewards, float("nan"))
+    return outputs.rewards.float().cpu(), implicit.float().cpu()
