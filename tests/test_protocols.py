@@ -52,11 +52,14 @@ def test_seeded_test_split_for_data_without_one():
 
 
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data not present")
-def test_report_command_end_to_end(tiny_model_dir, tmp_path):
-    args = ["report", "--protocol", "ood-external", "--datasets", "hh-harmless", "--methods", "baseline,haf", "--seeds", "0",
-            "--data-root", str(SHARED_DATA), "--train-pairs", "8", "--test-pairs", "8", "--output", str(tmp_path),
+def report_args(tiny_model_dir, output, methods="baseline,haf", seeds="0"):
+    return ["report", "--protocol", "ood-external", "--datasets", "hh-harmless", "--methods", methods, "--seeds", seeds,
+            "--data-root", str(SHARED_DATA), "--train-pairs", "8", "--test-pairs", "8", "--output", str(output),
             "--model", str(tiny_model_dir), "--max-length", "64", "--batch-size", "4", "--micro-batch-size", "4"]
-    assert main(args) == 0
+
+
+def test_report_command_end_to_end(tiny_model_dir, tmp_path):
+    assert main(report_args(tiny_model_dir, tmp_path)) == 0
     report = (tmp_path / "report.md").read_text()
     assert "| HH-Harmless | haf | implicit (DPO) |" in report and "RewardBench" in report
     for plot in ("training_curves.png", "reward_distributions.png", "reward_vs_implicit.png"):
@@ -64,3 +67,22 @@ def test_report_command_end_to_end(tiny_model_dir, tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert {r["method"] for r in results} == {"baseline", "haf"}
     assert "reward_sections" in results[0]["test_metrics"]["reward-bench"]
+
+
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data not present")
+def test_report_merges_seeds_run_apart(tiny_model_dir, tmp_path):
+    assert main(report_args(tiny_model_dir, tmp_path / "seed0", "baseline", "0")) == 0
+    assert main(report_args(tiny_model_dir, tmp_path / "seed1", "baseline", "1")) == 0
+    per_seed = [json.loads((tmp_path / f"seed{s}" / "results.json").read_text())[0] for s in (0, 1)]
+    assert main(["report", "--merge", str(tmp_path / "seed0"), str(tmp_path / "seed1"), "--output", str(tmp_path / "merged")]) == 0
+    merged = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert [r["seed"] for r in merged] == [0, 1]
+    accuracies = [r["test_metrics"]["hh-harmless"]["reward_accuracy"] for r in per_seed]
+    row = next(line for line in (tmp_path / "merged" / "report.md").read_text().splitlines() if line.startswith("| HH-Harmless | baseline | reward head |"))
+    assert row.split(" | ")[3] == mean_spread(accuracies)
+    assert "±" in row
+
+
+def test_merge_of_a_folder_without_results_is_a_clear_error(tmp_path, capsys):
+    assert main(["report", "--merge", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
+    assert "no results.json" in capsys.readouterr().err

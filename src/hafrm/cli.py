@@ -88,8 +88,13 @@ def command_report(args: argparse.Namespace) -> int:
     import shlex
 
     from hafrm.protocols import ProtocolSettings, run_protocol
-    from hafrm.report import write_report
+    from hafrm.report import load_results, write_report
 
+    command = "hafrm " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "hafrm report"
+    if args.merge:
+        sources = ", ".join(f"`{d}` (its command is in `{d}/report.md`)" for d in args.merge)
+        print(write_report(load_results(args.merge), args.output, command, f"Runs merged from {sources}."))
+        return 0
     overrides = config_from_args(args).to_dict()
     overrides["training_args"].setdefault("save_strategy", "no")  # report runs keep only the exported model
     if not hasattr(args, "logging_steps"):
@@ -102,8 +107,7 @@ def command_report(args: argparse.Namespace) -> int:
         f"training pairs per data set: {args.train_pairs or 'all'}, test pairs: {args.test_pairs or 'all'}; "
         f"data: {args.data_root or 'Hugging Face hub'}."
     )
-    path = write_report(results, args.output, "hafrm " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "hafrm report", settings_text)
-    print(path)
+    print(write_report(results, args.output, command, settings_text))
     return 0
 
 
@@ -221,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--test-pairs", type=int)
     report.add_argument("--output", default="outputs/report")
     report.add_argument("--config", help="YAML of training options shared by every run")
+    report.add_argument("--merge", nargs="+", metavar="REPORT_DIR", help="train nothing: one report from the runs of earlier reports (e.g. seeds run apart)")
     add_config_flags(report)
     report.set_defaults(handler=command_report)
     return parser

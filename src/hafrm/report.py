@@ -128,6 +128,17 @@ def plot_scores(results: list[RunResult], path_distributions: Path, path_scatter
         plt.close(figure)
 
 
+def load_results(report_dirs: list[str | Path]) -> list[RunResult]:
+    """The runs recorded in the results.json of earlier reports; their models and scores stay where they are."""
+    results = []
+    for directory in report_dirs:
+        path = Path(directory) / "results.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{directory} has no results.json: not a hafrm report folder")
+        results += [RunResult(**run) for run in json.loads(path.read_text())]
+    return results
+
+
 def write_report(results: list[RunResult], output_dir: str | Path, command: str, settings_text: str) -> Path:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
