@@ -28,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 
 logger = logging.getLogger(__name__)
 
-LOGIT_CHUNK_BYTES = 64 * 2**20  # fp32 logits per log-prob chunk; backward holds about three such buffers
+LOGIT_CHUNK_BYTES = 16 * 2**20  # fp32 logits per log-prob chunk; backward holds about three such buffers
 REWARD_HEAD_FILE = "reward_head.safetensors"
 METADATA_FILE = "hafrm.json"
 
