@@ -51,13 +51,13 @@ def test_seeded_test_split_for_data_without_one():
     assert not {p["chosen"] for p in test} & {p["chosen"] for p in train}
 
 
-@pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data not present")
 def report_args(tiny_model_dir, output, methods="baseline,haf", seeds="0"):
     return ["report", "--protocol", "ood-external", "--datasets", "hh-harmless", "--methods", methods, "--seeds", seeds,
             "--data-root", str(SHARED_DATA), "--train-pairs", "8", "--test-pairs", "8", "--output", str(output),
             "--model", str(tiny_model_dir), "--max-length", "64", "--batch-size", "4", "--micro-batch-size", "4"]
 
 
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data not present")
 def test_report_command_end_to_end(tiny_model_dir, tmp_path):
     assert main(report_args(tiny_model_dir, tmp_path)) == 0
     report = (tmp_path / "report.md").read_text()
