@@ -95,18 +95,20 @@ def score_responses(loaded: LoadedModel, prompts: list, responses: list[str], he
     for start in range(0, len(encoded), batch_size):
         chunk = encoded[start : start + batch_size]
         batch = pad_sequences([e["input_ids"] for e in chunk], [e["prompt_length"] for e in chunk], loaded.tokenizer.pad_token_id, loaded.tokenizer.padding_side)
-        rewards, implicit = _both_heads(loaded, batch)
+        rewards, implicit = _both_heads(loaded, batch, with_implicit=head != "reward")
         scores.append({"reward": rewards, "implicit": implicit, "combined": rewards + implicit}[head])
     return torch.cat(scores).numpy() if scores else np.zeros(0, dtype=np.float32)
 
 
-def _both_heads(loaded: LoadedModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reward-head and implicit rewards of a batch, on the CPU; implicit is NaN without a policy head."""
+def _both_heads(loaded: LoadedModel, batch: dict, with_implicit: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reward-head and implicit rewards of a batch, on the CPU; implicit is NaN without a policy head, or when
+    not asked for (which skips the LM head and the reference forward)."""
     model, objective = loaded.model, loaded.objective
+    with_implicit = with_implicit and objective.uses_policy_head
     device = next(model.parameters()).device
     inputs = [batch[k].to(device) for k in ("input_ids", "attention_mask", "response_mask")]
-    outputs = model(*inputs, with_logps=objective.uses_policy_head)
-    if objective.uses_policy_head:
+    outputs = model(*inputs, with_logps=with_implicit)
+    if with_implicit:
         reference = model.reference_logps(*inputs) if objective.policy_loss.needs_reference else None
         implicit = objective.implicit_rewards(outputs.logps, outputs.token_counts, reference)
     else:
