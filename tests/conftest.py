@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,12 +11,13 @@ import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+# Tests never use the hub: a hub fallback fails at once instead of retrying for a minute.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """Reference-log-prob caches go to a temporary folder; the converted default model is shared."""
-    import os
-
     from hafrm.defaults import cache_dir
 
     models = cache_dir() / "models"

@@ -45,15 +45,22 @@ def test_report_table_mean_and_spread():
 
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data not present")
 def test_seeded_test_split_for_data_without_one():
-    train, _ = load_named("beaver-safe", "train", SHARED_DATA)
-    test, _ = load_named("beaver-safe", "test", SHARED_DATA)
-    assert len(test) == 50 and len(train) == 450
+    train, _ = load_named("chatbot-arena", "train", SHARED_DATA)
+    test, _ = load_named("chatbot-arena", "test", SHARED_DATA)
+    assert (len(train), len(test)) == (207, 23)  # 230 usable rows (ties and multi-turn rows dropped), 10% test
     assert not {p["chosen"] for p in test} & {p["chosen"] for p in train}
+    assert load_named("chatbot-arena", "test", SHARED_DATA, seed=1)[0] != test
 
 
-def report_args(tiny_model_dir, output, methods="baseline,haf", seeds="0"):
-    return ["report", "--protocol", "ood-external", "--datasets", "hh-harmless", "--methods", methods, "--seeds", seeds,
-            "--data-root", str(SHARED_DATA), "--train-pairs", "8", "--test-pairs", "8", "--output", str(output),
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data not present")
+def test_beaver_safe_tests_on_its_local_test_file_and_trains_on_all_of_the_sample():
+    assert len(load_named("beaver-safe", "train", SHARED_DATA)[0]) == 500
+    assert len(load_named("beaver-safe", "test", SHARED_DATA)[0]) == 5135
+
+
+def report_args(tiny_model_dir, output, methods="baseline,haf", seeds="0", protocol="ood-external", data_root=SHARED_DATA):
+    return ["report", "--protocol", protocol, "--datasets", "hh-harmless", "--methods", methods, "--seeds", seeds,
+            "--data-root", str(data_root), "--train-pairs", "8", "--test-pairs", "8", "--output", str(output),
             "--model", str(tiny_model_dir), "--max-length", "64", "--batch-size", "4", "--micro-batch-size", "4"]
 
 
@@ -86,3 +93,18 @@ def test_report_merges_seeds_run_apart(tiny_model_dir, tmp_path):
 def test_merge_of_a_folder_without_results_is_a_clear_error(tmp_path, capsys):
     assert main(["report", "--merge", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
     assert "no results.json" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data not present")
+def test_unavailable_test_set_stops_before_training_unless_left_out(tiny_model_dir, tmp_path, capsys):
+    data_root = tmp_path / "data"  # HH-Harmless only: Beaver Safe is neither here nor (offline) on the hub
+    data_root.mkdir()
+    (data_root / "hh-rlhf-harmless-base").symlink_to(SHARED_DATA / "hh-rlhf-harmless-base")
+    args = report_args(tiny_model_dir, tmp_path / "out", "baseline", protocol="ood-internal", data_root=data_root)
+    assert main(args) == 2
+    assert "test set beaver-safe is not available" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "runs").exists()  # nothing was trained
+    assert main(args + ["--skip-unavailable"]) == 0
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Not available, so not tested: Beaver Safe." in report
+    assert "| HH-Harmless | baseline | reward head |" in report and "| Beaver Safe |" not in report

@@ -87,7 +87,7 @@ def command_score(args: argparse.Namespace) -> int:
 def command_report(args: argparse.Namespace) -> int:
     import shlex
 
-    from hafrm.protocols import ProtocolSettings, run_protocol
+    from hafrm.protocols import ProtocolSettings, run_protocol, untested_sets
     from hafrm.report import load_results, write_report
 
     command = "hafrm " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "hafrm report"
@@ -99,14 +99,18 @@ def command_report(args: argparse.Namespace) -> int:
     overrides["training_args"].setdefault("save_strategy", "no")  # report runs keep only the exported model
     if not hasattr(args, "logging_steps"):
         overrides["logging_steps"] = 1  # short CPU runs: log every step so the training curves have points
-    settings = ProtocolSettings(args.data_root, args.train_pairs, args.test_pairs, overrides)
+    settings = ProtocolSettings(args.data_root, args.train_pairs, args.test_pairs, overrides, args.skip_unavailable)
     seeds = [int(s) for s in args.seeds.split(",")]
-    results = run_protocol(args.protocol, args.datasets.split(","), args.methods.split(","), seeds, settings, args.output)
+    datasets = args.datasets.split(",")
+    results = run_protocol(args.protocol, datasets, args.methods.split(","), seeds, settings, args.output)
     settings_text = (
         f"Protocol `{args.protocol}` on {args.datasets} with methods {args.methods}, seeds {args.seeds}; "
         f"training pairs per data set: {args.train_pairs or 'all'}, test pairs: {args.test_pairs or 'all'}; "
         f"data: {args.data_root or 'Hugging Face hub'}."
     )
+    left_out = untested_sets(args.protocol, datasets, results)
+    if left_out:
+        settings_text += f" Not available, so not tested: {', '.join(left_out)}."
     print(write_report(results, args.output, command, settings_text))
     return 0
 
@@ -223,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--data-root", help="local copies in the layout of ../shared/data (default: the hub)")
     report.add_argument("--train-pairs", type=int)
     report.add_argument("--test-pairs", type=int)
+    report.add_argument("--skip-unavailable", action="store_true",
+                        help="leave out test sets that cannot be loaded (e.g. hub-only ones while offline) instead of stopping before training")
     report.add_argument("--output", default="outputs/report")
     report.add_argument("--config", help="YAML of training options shared by every run")
     report.add_argument("--merge", nargs="+", metavar="REPORT_DIR", help="train nothing: one report from the runs of earlier reports (e.g. seeds run apart)")

@@ -17,6 +17,7 @@ import numpy as np
 
 from hafrm.config import TrainConfig
 from hafrm.data.catalog import CATALOG, PAPER_DATASETS, group_members, load_named, mixed
+from hafrm.data.errors import DataError
 from hafrm.evaluation import LoadedModel, load_trained, score_pairs
 from hafrm.rewardbench import section_scores, subset_accuracies
 from hafrm.training import train
@@ -51,6 +52,7 @@ class ProtocolSettings:
     train_pairs: int | None = None  # per data set (per member for mixed)
     test_pairs: int | None = None
     overrides: dict = field(default_factory=dict)  # TrainConfig fields shared by every run
+    skip_unavailable: bool = False  # leave out test sets that cannot be loaded, instead of stopping
 
 
 @dataclass
@@ -70,9 +72,22 @@ def training_pairs(experiment: Experiment, settings: ProtocolSettings, seed: int
     return load_named(experiment.train_set, "train", settings.data_root, settings.train_pairs, seed)[0]
 
 
-def evaluate_test_set(loaded: LoadedModel, model_dir: Path, name: str, settings: ProtocolSettings, seed: int) -> dict:
+def load_test_sets(experiment: Experiment, settings: ProtocolSettings, seed: int) -> dict[str, list[dict]]:
+    """Every test set's pairs, loaded before any training so that a missing one stops the run at once
+    (or, with skip_unavailable, is left out with a warning)."""
+    loaded = {}
+    for name in experiment.test_sets:
+        try:
+            loaded[name] = load_named(name, "test", settings.data_root, settings.test_pairs, seed)[0]
+        except DataError as error:
+            if not settings.skip_unavailable:
+                raise DataError(f"test set {name} is not available ({error}); pass --skip-unavailable to leave it out") from error
+            logger.warning("Leaving out test set %s: %s", name, error)
+    return loaded
+
+
+def evaluate_test_set(loaded: LoadedModel, model_dir: Path, name: str, pairs: list[dict]) -> dict:
     """Accuracies on one test set; per-pair scores are kept in scores-<name>.npz for the plots."""
-    pairs, _ = load_named(name, "test", settings.data_root, settings.test_pairs, seed)
     scores, _ = score_pairs(loaded, pairs)
     np.savez(model_dir / f"scores-{name}.npz", chosen_rewards=scores.chosen_rewards, rejected_rewards=scores.rejected_rewards,
              chosen_implicit=scores.chosen_implicit, rejected_implicit=scores.rejected_implicit)
@@ -95,6 +110,7 @@ def run_protocol(protocol: str, datasets: list[str], methods: list[str], seeds: 
     for experiment in experiments(protocol, datasets):
         for seed in seeds:
             pairs = training_pairs(experiment, settings, seed)
+            tests = load_test_sets(experiment, settings, seed)
             for method in methods:
                 run_dir = Path(output_dir) / "runs" / f"{experiment.train_set}-{method}-seed{seed}"
                 run_dir.mkdir(parents=True, exist_ok=True)
@@ -105,11 +121,18 @@ def run_protocol(protocol: str, datasets: list[str], methods: list[str], seeds: 
                 logger.info("Training %s on %s (seed %d, %d pairs)", method, experiment.train_set, seed, len(pairs))
                 trained = train(config)
                 loaded = load_trained(trained.output_dir)  # once per run, with its reference policy
-                metrics = {name: evaluate_test_set(loaded, trained.output_dir, name, settings, seed) for name in experiment.test_sets}
+                metrics = {name: evaluate_test_set(loaded, trained.output_dir, name, test_pairs) for name, test_pairs in tests.items()}
                 result = RunResult(method, seed, experiment.train_set, metrics, trained.log_history, str(trained.output_dir))
                 (run_dir / "result.json").write_text(json.dumps(result.__dict__, indent=2, default=str))
                 results.append(result)
     return results
+
+
+def untested_sets(protocol: str, datasets: list[str], results: list[RunResult]) -> list[str]:
+    """Titles of the protocol's test sets that no run was scored on (left out as unavailable)."""
+    tested = {name for r in results for name in r.test_metrics}
+    wanted = dict.fromkeys(name for e in experiments(protocol, datasets) for name in e.test_sets)
+    return [dataset_title(name) for name in wanted if name not in tested]
 
 
 def dataset_title(name: str) -> str:
