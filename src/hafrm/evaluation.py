@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from hafrm.config import TrainConfig
 from hafrm.data import PairCollator, PairEncoder, SkipReport
-from hafrm.data.encoding import pad_sequences
+from hafrm.data.encoding import length_sorted_batches, pad_sequences
 from hafrm.data.formats import as_messages
 from hafrm.model import METADATA_FILE, HybridRewardModel
 from hafrm.pretrained import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
@@ -91,13 +91,13 @@ def score_responses(loaded: LoadedModel, prompts: list, responses: list[str], he
         raise ValueError(f"a {loaded.config.method} model has no trained policy head, so no {head} score; use head 'reward'")
     encoder = PairEncoder(loaded.tokenizer, max_length or loaded.config.max_length)
     encoded = [encoder.encode_single(as_messages(p, "prompt"), r) for p, r in zip(prompts, responses)]
-    scores = []
-    for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start : start + batch_size]
+    scores = np.zeros(len(encoded), dtype=np.float32)
+    for indices in length_sorted_batches([len(e["input_ids"]) for e in encoded], batch_size):
+        chunk = [encoded[i] for i in indices]
         batch = pad_sequences([e["input_ids"] for e in chunk], [e["prompt_length"] for e in chunk], loaded.tokenizer.pad_token_id, loaded.tokenizer.padding_side)
         rewards, implicit = _both_heads(loaded, batch, with_implicit=head != "reward")
-        scores.append({"reward": rewards, "implicit": implicit, "combined": rewards + implicit}[head])
-    return torch.cat(scores).numpy() if scores else np.zeros(0, dtype=np.float32)
+        scores[indices] = {"reward": rewards, "implicit": implicit, "combined": rewards + implicit}[head].numpy()
+    return scores
 
 
 def _both_heads(loaded: LoadedModel, batch: dict, with_implicit: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

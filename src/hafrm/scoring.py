@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from hafrm.data.encoding import PairEncoder, pad_sequences
+from hafrm.data.encoding import PairEncoder, length_sorted_batches, pad_sequences
 from hafrm.data.errors import DataError
 from hafrm.data.formats import SkipRow, as_messages, as_response, require
 from hafrm.data.reading import read_rows
@@ -46,10 +46,8 @@ class RewardScorer:
     @torch.no_grad()
     def score_ids(self, sequences: list[list[int]], batch_size: int = 8, progress: bool = False) -> list[float]:
         """Rewards of token sequences, batched by similar length to cut padding; results in input order."""
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
         rewards = [0.0] * len(sequences)
-        for start in tqdm(range(0, len(order), batch_size), desc="scoring", disable=not progress, leave=False):
-            chunk = order[start : start + batch_size]
+        for chunk in tqdm(length_sorted_batches([len(s) for s in sequences], batch_size), desc="scoring", disable=not progress, leave=False):
             batch = pad_sequences([sequences[i] for i in chunk], [0] * len(chunk), self.tokenizer.pad_token_id, self.tokenizer.padding_side)
             logits = self.model(input_ids=batch["input_ids"].to(self.device), attention_mask=batch["attention_mask"].to(self.device)).logits
             for i, value in zip(chunk, logits[:, 0].float().cpu().tolist()):

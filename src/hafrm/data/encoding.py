@@ -91,6 +91,12 @@ def pad_sequences(sequences: list[list[int]], prompt_lengths: list[int], pad_id:
     return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
 
 
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices in batches of similar length, so little of each batch is padding; callers put results back by index."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 @dataclass
 class PairCollator:
     """Stack chosen rows then rejected rows into one batch of 2B sequences for a single forward pass."""
