@@ -9,7 +9,7 @@ from conftest import SHARED_DATA
 from hafrm.cli import main
 from hafrm.data.catalog import group_members, load_named
 from hafrm.protocols import RunResult, experiments
-from hafrm.report import accuracy_table, mean_spread
+from hafrm.report import accuracy_table, mcnemar_p, mean_spread
 from hafrm.rewardbench import section_scores, subset_accuracies
 
 
@@ -34,6 +34,13 @@ def test_experiments_follow_the_paper_groups():
     assert experiments("mixed", ["hh-harmless", "beaver-safe"])[0].train_set == "mixed"
     with pytest.raises(ValueError):
         experiments("table-9", ["hh-harmless"])
+
+
+def test_mcnemar_p_matches_the_binomial_tail_by_hand():
+    assert mcnemar_p(11, 4) == pytest.approx(2 * (1 + 15 + 105 + 455 + 1365) / 2**15)  # 0.118
+    assert mcnemar_p(4, 11) == mcnemar_p(11, 4)
+    assert mcnemar_p(10, 0) == pytest.approx(2 / 2**10)
+    assert mcnemar_p(5, 6) == mcnemar_p(0, 0) == 1.0
 
 
 def test_report_table_mean_and_spread():
@@ -74,6 +81,11 @@ def test_report_command_end_to_end(tiny_model_dir, tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert {r["method"] for r in results} == {"baseline", "haf"}
     assert "reward_sections" in results[0]["test_metrics"]["reward-bench"]
+    scores = {r["method"]: np.load(f"{r['output_dir']}/scores-hh-harmless.npz") for r in results}
+    baseline_right = scores["baseline"]["chosen_rewards"] > scores["baseline"]["rejected_rewards"]
+    haf_right = scores["haf"]["chosen_implicit"] > scores["haf"]["rejected_implicit"]
+    better, worse = int((haf_right & ~baseline_right).sum()), int((~haf_right & baseline_right).sum())
+    assert f"| HH-Harmless | 0 | HH-Harmless | haf | implicit | 8 | {better} | {worse} | {mcnemar_p(better, worse):.2g} |" in report
 
 
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data not present")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from hafrm.protocols import METHOD_ORDER, RunResult, dataset_title
+from hafrm.trainer import pair_correctness
 
 HEADS = (("reward_accuracy", "reward head"), ("implicit_accuracy", "implicit (DPO)"), ("combined_accuracy", "combined"))
 
@@ -58,6 +60,42 @@ def rewardbench_table(results: list[RunResult]) -> str:
     for (train_set, method, head), values in rows.items():
         lines.append(f"| {dataset_title(train_set)} | {method} | {head} | " + " | ".join(mean_spread(values[s]) for s in sections) + " |")
     return "\n".join(lines)
+
+
+def mcnemar_p(better: int, worse: int) -> float:
+    """Exact two-sided McNemar test: with no real difference, each pair the two decide differently goes either way at 1/2."""
+    discordant = better + worse
+    tail = sum(math.comb(discordant, k) for k in range(min(better, worse) + 1)) / 2**discordant
+    return min(1.0, 2 * tail)
+
+
+def per_pair_correctness(result: RunResult, test_set: str) -> dict[str, np.ndarray] | None:
+    """Each head's right/wrong per test pair, from the scores the run kept; None when they are not on this machine."""
+    path = Path(result.output_dir) / f"scores-{test_set}.npz"
+    if not path.exists():
+        return None
+    scores = np.load(path)
+    return pair_correctness(scores["chosen_rewards"], scores["rejected_rewards"], scores["chosen_implicit"], scores["rejected_implicit"])
+
+
+def paired_table(results: list[RunResult]) -> str:
+    """Every other method's heads against the baseline reward head of the same seed, on the same test pairs: the pairs
+    one gets right and the other wrong, and the exact McNemar p-value (seeds apart, since each seed is its own pairing)."""
+    baselines = {(r.train_set, r.seed): r for r in results if r.method == "baseline"}
+    lines = ["| trained on | seed | test set | method | head | pairs | better | worse | McNemar p |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        baseline = baselines.get((r.train_set, r.seed))
+        if baseline is None or r is baseline:
+            continue
+        for test_set in r.test_metrics:
+            ours, theirs = per_pair_correctness(r, test_set), per_pair_correctness(baseline, test_set)
+            if ours is None or theirs is None:
+                continue
+            for head, correct in ours.items():
+                better, worse = int((correct & ~theirs["reward"]).sum()), int((~correct & theirs["reward"]).sum())
+                lines.append(f"| {dataset_title(r.train_set)} | {r.seed} | {dataset_title(test_set)} | {r.method} | {head} | {len(correct)} | "
+                             f"{better} | {worse} | {mcnemar_p(better, worse):.2g} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def plot_training_curves(results: list[RunResult], path: Path) -> bool:
@@ -158,6 +196,9 @@ def write_report(results: list[RunResult], output_dir: str | Path, command: str,
     rewardbench = rewardbench_table(results)
     if rewardbench:
         sections += ["", "## RewardBench sections (%), RewardBench weighting over the subsets present", "", rewardbench]
+    paired = paired_table(results)
+    if paired:
+        sections += ["", "## Against the baseline's reward head, pair by pair", "", paired]
     if has_curves:
         sections += ["", "![training curves](training_curves.png)"]
     sections += ["", "![reward distributions](reward_distributions.png)"]

@@ -117,12 +117,17 @@ def pairwise_metrics(prediction) -> dict[str, float]:
     return accuracy_from_scores(scores[:, 0], scores[:, 1], scores[:, 2], scores[:, 3])
 
 
-def accuracy_from_scores(chosen_rewards, rejected_rewards, chosen_implicit, rejected_implicit) -> dict[str, float]:
+def pair_correctness(chosen_rewards, rejected_rewards, chosen_implicit, rejected_implicit) -> dict[str, np.ndarray]:
+    """Per pair, whether each head ranks chosen above rejected; no implicit or combined head without implicit rewards."""
     chosen_rewards, rejected_rewards = np.asarray(chosen_rewards), np.asarray(rejected_rewards)
     chosen_implicit, rejected_implicit = np.asarray(chosen_implicit), np.asarray(rejected_implicit)
-    metrics = {"reward_accuracy": float(np.mean(chosen_rewards > rejected_rewards))}
+    correct = {"reward": chosen_rewards > rejected_rewards}
     if not np.isnan(chosen_implicit).any():
-        metrics["implicit_accuracy"] = float(np.mean(chosen_implicit > rejected_implicit))
-        combined = (chosen_rewards + chosen_implicit) > (rejected_rewards + rejected_implicit)
-        metrics["combined_accuracy"] = float(np.mean(combined))
-    return metrics
+        correct["implicit"] = chosen_implicit > rejected_implicit
+        correct["combined"] = (chosen_rewards + chosen_implicit) > (rejected_rewards + rejected_implicit)
+    return correct
+
+
+def accuracy_from_scores(chosen_rewards, rejected_rewards, chosen_implicit, rejected_implicit) -> dict[str, float]:
+    correct = pair_correctness(chosen_rewards, rejected_rewards, chosen_implicit, rejected_implicit)
+    return {f"{head}_accuracy": float(np.mean(values)) for head, values in correct.items()}
