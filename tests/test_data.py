@@ -119,6 +119,21 @@ def test_pku_uses_safer_response_and_arena_drops_ties():
     assert ties > 0 and report.skipped["tie"] == ties
 
 
+def test_alpaca_farm_preference_picks_the_chosen_output_and_appends_the_input(tmp_path):
+    """Rows in the schema of tatsu-lab/alpaca_farm alpaca_human_preference (the real file is hub-only)."""
+    rows = [
+        {"instruction": "Name a fruit.", "input": "", "output_1": "Apple.", "output_2": "A car.", "preference": 1},
+        {"instruction": "Translate to French.", "input": "cat", "output_1": "dog", "output_2": "chat", "preference": 2},
+        {"instruction": "Say hi.", "input": "", "output_1": "Hi", "output_2": "Hello", "preference": 3},
+    ]
+    pairs, report = load_pairs(str(write_jsonl(tmp_path / "ahp.jsonl", rows[:2])))
+    assert report.rows_used == 2
+    assert [(p["prompt"][0]["content"], p["chosen"], p["rejected"]) for p in pairs] == [
+        ("Name a fruit.", "Apple.", "A car."), ("Translate to French.\n\ncat", "chat", "dog")]
+    with pytest.raises(DataError, match="ahp-bad.jsonl:1: 'preference' must be 1 or 2, got 3"):
+        load_pairs(str(write_jsonl(tmp_path / "ahp-bad.jsonl", rows[2:])))
+
+
 def test_gzip_and_non_utf8(tmp_path):
     path = tmp_path / "d.jsonl.gz"
     with gzip.open(path, "wb") as handle:
