@@ -8,12 +8,15 @@ paper's seeded 10% test split. Groups follow the paper: Safety (Beaver Safe, Har
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hafrm.data.errors import DataError, SkipReport
 from hafrm.data.loading import load_pairs, train_test_split
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,7 @@ class DatasetSpec:
     hub_splits: dict[str, str] = field(default_factory=dict)  # our split -> hub split; missing test -> 10% split
     hub_kwargs: dict = field(default_factory=dict)
     local: dict[str, str] = field(default_factory=dict)  # our split -> path under data_root
-    note: str = ""
+    note: str = ""  # how the local copy differs from the hub's, logged when it is read
 
 
 CATALOG: dict[str, DatasetSpec] = {
@@ -73,6 +76,8 @@ def load_named(name: str, split: str, data_root: str | Path | None = None, limit
         if local_files:
             if source_split not in local_files:
                 raise DataError(f"{name}: no {source_split} file under {data_root}")
+            if spec.note:
+                logger.info("%s %s: %s", name, source_split, spec.note)  # where a local copy differs from the hub's
             return load_pairs(str(local_files[source_split]))  # local copies may use another schema (detected)
         if source_split not in spec.hub_splits:
             raise DataError(f"{name}: no {source_split} split on the hub ({spec.hub})")
