@@ -1,28 +1,46 @@
 """`hafrm serve`: an HTTP reward service (FastAPI) with dynamic batching.
 
 Endpoints:
-  GET  /health        liveness and the model being served
+  GET  /health        liveness and the model folder's name
   POST /score         {"items": [{"prompt", "response"}]}            -> {"rewards": [...]}
   POST /compare       {"items": [{"prompt", "response_a", "response_b"}]} -> rewards and P(a preferred)
   POST /get_reward    OpenRLHF remote reward model: {"query": [formatted texts]} -> {"rewards", "scores"}
 
 Requests from many clients are gathered for up to max_wait_ms into batches of up to max_batch_size
-sequences, so concurrent RLHF workers share forward passes. Limits answer 413/422, a wrong or missing
-bearer token 401; a bad request never takes the service down.
+sequences, so concurrent RLHF workers share forward passes. No request can fail another:
+
+- every request is parsed, checked and tokenized on its own, in a worker thread (the event loop only
+  moves bytes, so /health answers while a large request is tokenized), before it joins a batch;
+- a batch whose forward pass fails is retried request by request, so only the request at fault fails;
+- `RequestGuard` checks the bearer token before a byte of the body is read (401), then reads the body
+  with a size cap (413) and a deadline (408), chunked bodies included;
+- a connection that sends no complete request head within timeout_keep_alive is closed.
+
+Every path except /health needs the token when an API key is set.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
+import ipaddress
+import json
+import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
-from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from fastapi import FastAPI, HTTPException, Request
+from pydantic import BaseModel, Field, ValidationError
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from hafrm.scoring import RewardScorer
+
+logger = logging.getLogger("hafrm.serve")
+
+OPEN_PATHS = ("/health",)
 
 
 @dataclass
@@ -32,6 +50,8 @@ class ServeLimits:
     max_body_bytes: int = 16 * 2**20
     max_batch_size: int = 16  # sequences per forward pass
     max_wait_ms: float = 10.0
+    body_timeout: float = 10.0  # seconds to receive a whole request body
+    timeout_keep_alive: float = 5.0  # seconds a connection may wait without a complete request head
 
 
 class ScoreItem(BaseModel):
@@ -59,13 +79,127 @@ class OpenRLHFRequest(BaseModel):
     labels: list | None = None
 
 
+def resolve_api_key(api_key: str | None, no_auth: bool, host: str) -> str | None:
+    """The key to require, or None; raises ValueError for a setup that would be open by accident.
+
+    An empty key (typically `--api-key "$KEY"` with KEY unset) is refused rather than read as "no auth".
+    Without a key the service starts only on a loopback host, where only local processes can reach it,
+    or with an explicit no_auth.
+    """
+    if api_key is not None and not api_key.strip():
+        raise ValueError("the API key is empty (is the variable holding it unset?); give a key, or --no-auth to serve without one")
+    if api_key is not None and no_auth:
+        raise ValueError("--no-auth contradicts the API key given (--api-key or HAFRM_API_KEY)")
+    if api_key is None and not no_auth and not is_loopback(host):
+        raise ValueError(f"refusing to serve {host} without an API key: give --api-key (or HAFRM_API_KEY), or --no-auth to serve it open")
+    return api_key
+
+
+def is_loopback(host: str) -> bool:
+    """Only local processes can reach a loopback host; a host name other than localhost is not trusted as one."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return False
+
+
+class RequestTooLarge(Exception):
+    """The body (declared or received so far) is over max_body_bytes."""
+
+
+class ClientGone(Exception):
+    """The client disconnected before its body was complete."""
+
+
+class RequestGuard:
+    """Pure ASGI middleware that owns the receive channel: token first, then a bounded, timed body read.
+
+    Checking the token before reading means an anonymous client cannot make the server buffer anything;
+    counting bytes as they arrive enforces max_body_bytes on chunked bodies, which have no Content-Length.
+    The body is handed on whole, so the app never waits on a slow client.
+    """
+
+    def __init__(self, app, limits: ServeLimits, api_key: str | None):
+        self.app = app
+        self.limits = limits
+        self.key_digest = None if api_key is None else hashlib.sha256(api_key.encode()).digest()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if scope["path"] not in OPEN_PATHS and not self.authorized(scope):
+            return await send_error(send, 401, "missing or wrong bearer token", [(b"www-authenticate", b"Bearer")])
+        try:
+            body = await asyncio.wait_for(self.read_body(scope, receive), self.limits.body_timeout)
+        except RequestTooLarge:
+            return await send_error(send, 413, f"request body over {self.limits.max_body_bytes} bytes")
+        except asyncio.TimeoutError:
+            return await send_error(send, 408, f"request body not received within {self.limits.body_timeout} s")
+        except ClientGone:
+            return None
+        await self.app(scope, replay(body, receive), send)
+
+    def authorized(self, scope) -> bool:
+        """A case-insensitive Bearer scheme and the key, compared in constant time (digests hide the length)."""
+        if self.key_digest is None:
+            return True
+        scheme, _, token = header(scope, b"authorization").partition(b" ")
+        if scheme.lower() != b"bearer":
+            return False
+        return hmac.compare_digest(hashlib.sha256(token.strip()).digest(), self.key_digest)
+
+    async def read_body(self, scope, receive) -> bytes:
+        declared = header(scope, b"content-length")
+        if declared.isdigit() and int(declared) > self.limits.max_body_bytes:
+            raise RequestTooLarge
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limits.max_body_bytes:
+                raise RequestTooLarge
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+def header(scope, name: bytes) -> bytes:
+    return next((value for key, value in scope["headers"] if key == name), b"")
+
+
+def replay(body: bytes, receive):
+    """A receive channel that yields the body already read, then passes on (e.g. a later disconnect)."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive_replayed():
+        return pending.pop() if pending else await receive()
+
+    return receive_replayed
+
+
+async def send_error(send, status: int, detail: str, headers: list | None = None) -> None:
+    """A JSON error that also closes the connection: the rest of an unread body is never read."""
+    body = json.dumps({"detail": detail}).encode()
+    fixed = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": status, "headers": fixed + (headers or [])})
+    await send({"type": "http.response.body", "body": body})
+
+
 class DynamicBatcher:
-    """Collects concurrent requests into batches and scores them in a worker thread."""
+    """Collects concurrent requests into shared forward passes, run one at a time in a worker thread.
+
+    A batch that fails is retried request by request, so a failure reaches only the request that caused it.
+    """
 
     def __init__(self, scorer: RewardScorer, limits: ServeLimits):
         self.scorer = scorer
         self.limits = limits
         self.queue: asyncio.Queue = asyncio.Queue()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hafrm-forward")
         self.task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -74,6 +208,7 @@ class DynamicBatcher:
     async def stop(self) -> None:
         if self.task:
             self.task.cancel()
+        self.executor.shutdown(wait=False)
 
     async def score(self, sequences: list[list[int]]) -> list[float]:
         future = asyncio.get_running_loop().create_future()
@@ -81,35 +216,139 @@ class DynamicBatcher:
         return await future
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            waiting = [await self.queue.get()]
-            count = len(waiting[0][0])
-            deadline = loop.time() + self.limits.max_wait_ms / 1000
-            while count < self.limits.max_batch_size and (remaining := deadline - loop.time()) > 0:
-                try:
-                    waiting.append(await asyncio.wait_for(self.queue.get(), remaining))
-                except asyncio.TimeoutError:
-                    break
-                count += len(waiting[-1][0])
-            sequences = [s for request, _ in waiting for s in request]
+            waiting = [(request, future) for request, future in await self._gather() if not future.done()]
+            if waiting:
+                await self._run(waiting)
+
+    async def _gather(self) -> list:
+        """The first waiting request, plus those arriving within max_wait_ms while the batch has room."""
+        loop = asyncio.get_running_loop()
+        waiting = [await self.queue.get()]
+        count = len(waiting[0][0])
+        deadline = loop.time() + self.limits.max_wait_ms / 1000
+        while count < self.limits.max_batch_size and (remaining := deadline - loop.time()) > 0:
             try:
-                rewards = await asyncio.to_thread(self.scorer.score_ids, sequences, self.limits.max_batch_size)
-            except Exception as error:  # a failed batch fails its requests, not the service
-                for _, future in waiting:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            start = 0
-            for request, future in waiting:
-                if not future.done():
-                    future.set_result(rewards[start : start + len(request)])
-                start += len(request)
+                waiting.append(await asyncio.wait_for(self.queue.get(), remaining))
+            except asyncio.TimeoutError:
+                break
+            count += len(waiting[-1][0])
+        return waiting
+
+    async def _run(self, waiting: list) -> None:
+        sequences = [s for request, _ in waiting for s in request]
+        try:
+            rewards = await asyncio.get_running_loop().run_in_executor(self.executor, self.scorer.score_ids, sequences, self.limits.max_batch_size)
+        except Exception as error:
+            if len(waiting) > 1:  # find the request at fault: each one alone
+                for one in waiting:
+                    await self._run([one])
+                return
+            logger.exception("scoring a request of %d sequences failed", len(sequences))
+            if not waiting[0][1].done():
+                waiting[0][1].set_exception(error)
+            return
+        start = 0
+        for request, future in waiting:
+            if not future.done():
+                future.set_result(rewards[start : start + len(request)])
+            start += len(request)
 
 
-def create_app(scorer: RewardScorer, limits: ServeLimits | None = None, api_key: str | None = None, model_name: str = "") -> FastAPI:
+class Preparer:
+    """Turns a raw request body into token sequences, or a 422/413 for that request alone.
+
+    Runs in a worker thread: JSON parsing, checks and tokenization are CPU work that must not hold the loop.
+    """
+
+    def __init__(self, scorer: RewardScorer, limits: ServeLimits):
+        self.scorer = scorer
+        self.limits = limits
+
+    def score(self, body: bytes) -> list[list[int]]:
+        request = parse(ScoreRequest, body)
+        self.check_count(len(request.items))
+        for n, item in enumerate(request.items):
+            self.check_texts(f"items[{n}]", prompt_texts(item.prompt) + [("response", item.response)])
+        return [self.encode(f"items[{n}]", item.prompt, item.response) for n, item in enumerate(request.items)]
+
+    def compare(self, body: bytes) -> list[list[int]]:
+        """Sequences a0, b0, a1, b1, ..."""
+        request = parse(CompareRequest, body)
+        self.check_count(2 * len(request.items))
+        for n, item in enumerate(request.items):
+            self.check_texts(f"items[{n}]", prompt_texts(item.prompt) + [("response_a", item.response_a), ("response_b", item.response_b)])
+        return [self.encode(f"items[{n}]", item.prompt, r) for n, item in enumerate(request.items) for r in (item.response_a, item.response_b)]
+
+    def get_reward(self, body: bytes) -> list[list[int]]:
+        request = parse(OpenRLHFRequest, body)
+        self.check_count(len(request.query))
+        self.check_texts("query", [(f"[{n}]", q) for n, q in enumerate(request.query)])
+        return [self.nonempty(f"query[{n}]", self.guarded(self.scorer.encode_text, q)) for n, q in enumerate(request.query)]
+
+    def check_count(self, items: int) -> None:
+        if items > self.limits.max_items:
+            raise HTTPException(413, f"{items} items; at most {self.limits.max_items} per request")
+
+    def check_texts(self, where: str, texts: list[tuple[str, str]]) -> None:
+        """Every text non-blank (a blank one has nothing to score), within max_chars, and valid Unicode."""
+        for name, text in texts:
+            if not text.strip():
+                raise HTTPException(422, f"{where}.{name}: empty text")
+            if len(text) > self.limits.max_chars:
+                raise HTTPException(413, f"{where}.{name}: {len(text)} characters; at most {self.limits.max_chars}")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise HTTPException(422, f"{where}.{name}: not valid Unicode (a lone surrogate escape)") from None
+
+    def encode(self, where: str, prompt, response: str) -> list[int]:
+        return self.nonempty(where, self.guarded(self.scorer.encode, prompt, response))
+
+    @staticmethod
+    def guarded(encode, *args) -> list[int]:
+        try:
+            return encode(*args)
+        except ValueError as error:  # DataError included: e.g. malformed chat messages
+            raise HTTPException(422, str(error)) from error
+
+    @staticmethod
+    def nonempty(where: str, ids: list[int]) -> list[int]:
+        """A sequence of no tokens cannot be scored (it would break or silently zero a whole batch)."""
+        if not ids:
+            raise HTTPException(422, f"{where}: encodes to no tokens")
+        return ids
+
+
+def parse(model: type[BaseModel], body: bytes) -> BaseModel:
+    """Strict JSON (no NaN/Infinity) validated against model; errors never echo the input back."""
+    try:
+        data = json.loads(body, parse_constant=reject_constant)
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError included
+        raise HTTPException(422, f"body is not valid JSON: {error}") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise HTTPException(422, error.errors(include_url=False, include_input=False, include_context=False)) from None
+
+
+def reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def prompt_texts(prompt) -> list[tuple[str, str]]:
+    if isinstance(prompt, str):
+        return [("prompt", prompt)]
+    return [(f"prompt[{n}].content", m.get("content", "")) for n, m in enumerate(prompt)]
+
+
+def create_app(scorer: RewardScorer, limits: ServeLimits | None = None, api_key: str | None = None, model_name: str = "") -> RequestGuard:
+    """The service as an ASGI app: the FastAPI routes inside a RequestGuard. An empty api_key is refused."""
     limits = limits or ServeLimits()
+    if api_key is not None and not api_key.strip():
+        raise ValueError("the API key is empty")
     batcher = DynamicBatcher(scorer, limits)
+    prepare = Preparer(scorer, limits)
 
     async def lifespan(app):
         batcher.start()
@@ -118,51 +357,24 @@ def create_app(scorer: RewardScorer, limits: ServeLimits | None = None, api_key:
 
     app = FastAPI(title="hafrm reward service", lifespan=lifespan)
 
-    @app.middleware("http")
-    async def limit_body_size(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limits.max_body_bytes):
-            return JSONResponse({"detail": f"request body over {limits.max_body_bytes} bytes"}, status_code=413)
-        return await call_next(request)
-
-    def authorize(request: Request) -> None:
-        if api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        if not hmac.compare_digest(header.encode(), f"Bearer {api_key}".encode()):
-            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
-
-    def check(texts: list[str], items: int) -> None:
-        if items > limits.max_items:
-            raise HTTPException(413, f"{items} items; at most {limits.max_items} per request")
-        longest = max((len(t) for t in texts), default=0)
-        if longest > limits.max_chars:
-            raise HTTPException(413, f"a text of {longest} characters; at most {limits.max_chars}")
-
-    def prompt_texts(prompt) -> list[str]:
-        return [prompt] if isinstance(prompt, str) else [m.get("content", "") for m in prompt]
-
-    def encode(prompt, response: str) -> list[int]:
+    async def rewards_for(request: Request, prepare_body) -> list[float]:
+        sequences = await asyncio.to_thread(prepare_body, await request.body())
         try:
-            return scorer.encode(prompt, response)
-        except ValueError as error:  # e.g. malformed chat messages
-            raise HTTPException(422, str(error)) from error
+            return await batcher.score(sequences)
+        except Exception as error:
+            raise HTTPException(500, f"scoring failed: {type(error).__name__}") from error
 
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": model_name}
 
-    @app.post("/score", dependencies=[Depends(authorize)])
-    async def score(body: ScoreRequest):
-        check([t for i in body.items for t in prompt_texts(i.prompt) + [i.response]], len(body.items))
-        rewards = await batcher.score([encode(i.prompt, i.response) for i in body.items])
-        return {"rewards": rewards}
+    @app.post("/score")
+    async def score(request: Request):
+        return {"rewards": await rewards_for(request, prepare.score)}
 
-    @app.post("/compare", dependencies=[Depends(authorize)])
-    async def compare(body: CompareRequest):
-        check([t for i in body.items for t in prompt_texts(i.prompt) + [i.response_a, i.response_b]], 2 * len(body.items))
-        sequences = [encode(i.prompt, r) for i in body.items for r in (i.response_a, i.response_b)]
-        rewards = await batcher.score(sequences)
+    @app.post("/compare")
+    async def compare(request: Request):
+        rewards = await rewards_for(request, prepare.compare)
         pairs = list(zip(rewards[0::2], rewards[1::2]))
         return {
             "reward_a": [a for a, _ in pairs],
@@ -170,17 +382,56 @@ def create_app(scorer: RewardScorer, limits: ServeLimits | None = None, api_key:
             "prob_a_preferred": [1 / (1 + math.exp(b - a)) for a, b in pairs],
         }
 
-    @app.post("/get_reward", dependencies=[Depends(authorize)])
-    async def get_reward(body: OpenRLHFRequest):
-        check(body.query, len(body.query))
-        rewards = await batcher.score([scorer.encode_text(q) for q in body.query])
+    @app.post("/get_reward")
+    async def get_reward(request: Request):
+        rewards = await rewards_for(request, prepare.get_reward)
         return {"rewards": rewards, "scores": rewards}
 
-    return app
+    return RequestGuard(app, limits, api_key)
+
+
+class HeadTimeoutProtocol(H11Protocol):
+    """uvicorn's h11 protocol that also closes a connection sending no complete request head in time.
+
+    uvicorn times out only a kept-alive connection that stays silent; a fresh connection that sends
+    nothing, or dribbles its headers, would stay open forever. The deadline (timeout_keep_alive) starts
+    when the connection opens and after each response; a new request (a new cycle) disarms it.
+    """
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._head_deadline = None
+        self._arm_head_deadline(None)
+
+    def on_response_complete(self) -> None:
+        finished = self.cycle  # captured first: the call below may already start a pipelined request
+        super().on_response_complete()
+        self._arm_head_deadline(finished)
+
+    def _arm_head_deadline(self, cycle) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+        self._head_deadline = self.loop.call_later(self.timeout_keep_alive, self._close_if_no_new_request, cycle)
+
+    def _close_if_no_new_request(self, cycle) -> None:
+        if self.cycle is cycle and not self.transport.is_closing():
+            self.transport.close()
+
+
+def public_name(model_dir: str | Path) -> str:
+    """The model folder's own name: /health must not tell anyone where the server's files live."""
+    return Path(model_dir).resolve().name
+
+
+def server_config(app, host: str, port: int, limits: ServeLimits, log_level: str = "info"):
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=HeadTimeoutProtocol, timeout_keep_alive=limits.timeout_keep_alive)
 
 
 def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, limits: ServeLimits | None = None, max_length: int = 512) -> None:
     import uvicorn
 
-    app = create_app(RewardScorer(model_dir, max_length=max_length), limits, api_key, model_name=str(model_dir))
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    limits = limits or ServeLimits()
+    app = create_app(RewardScorer(model_dir, max_length=max_length), limits, api_key, model_name=public_name(model_dir))
+    uvicorn.Server(server_config(app, host, port, limits)).run()
