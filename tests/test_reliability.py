@@ -99,10 +99,12 @@ def test_incomplete_checkpoint_is_set_aside(tmp_path):
     from hafrm.trainer import STATE_FILE
     from hafrm.training import resume_point
 
+    from safetensors.torch import save_file
+
     complete, cut_off = tmp_path / "checkpoint-2", tmp_path / "checkpoint-3"
     for folder in (complete, cut_off):
         folder.mkdir()
-        (folder / STATE_FILE).write_bytes(b"x")
+        save_file({"weight": torch.zeros(2)}, folder / STATE_FILE)
     (complete / "trainer_state.json").write_text("{}")
     assert resume_point(TrainConfig(output_dir=str(tmp_path), resume_from_checkpoint="auto")) == str(complete)
     assert not cut_off.exists() and (tmp_path / "incomplete-checkpoint-3").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import types
 import typing
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from hafrm.config import TrainConfig
 from hafrm.data.errors import DataError
+from hafrm.filechecks import check_writable_dir, check_writable_file
 
 logger = logging.getLogger("hafrm")
 
@@ -56,6 +58,8 @@ def command_eval(args: argparse.Namespace) -> int:
     from hafrm.data import load_pairs
     from hafrm.evaluation import load_trained, score_pairs
 
+    if args.output:
+        check_writable_file(args.output)
     loaded = load_trained(args.model_dir, reference=args.reference)
     results = {}
     for spec in args.data:
@@ -72,10 +76,12 @@ def command_eval(args: argparse.Namespace) -> int:
 
 
 def command_score(args: argparse.Namespace) -> int:
-    from hafrm.scoring import RewardScorer, score_file
+    from hafrm.scoring import RewardScorer, read_scoring_rows, score_rows
 
-    scorer = RewardScorer(args.model_dir, max_length=args.max_length)
-    rows = score_file(scorer, args.input, args.batch_size, args.prompt_column, args.response_column)
+    if args.output:
+        check_writable_file(args.output)
+    rows = read_scoring_rows(args.input, args.prompt_column, args.response_column)
+    rows = score_rows(RewardScorer(args.model_dir, max_length=args.max_length), rows, args.batch_size)
     lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     if args.output:
         Path(args.output).write_text(lines)
@@ -91,6 +97,7 @@ def command_report(args: argparse.Namespace) -> int:
     from hafrm.report import load_results, write_report
 
     command = "hafrm " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "hafrm report"
+    check_writable_dir(args.output, "report folder")
     if args.merge:
         sources = ", ".join(f"`{d}` (its command is in `{d}/report.md`)" for d in args.merge)
         print(write_report(load_results(args.merge), args.output, command, f"Runs merged from {sources}."))
@@ -122,6 +129,8 @@ def command_best_of_n(args: argparse.Namespace) -> int:
     from hafrm.data import load_pairs
     from hafrm.pretrained import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 
+    if args.output:
+        check_writable_file(args.output)
     pairs, _ = load_pairs(args.prompts, data_format=args.data_format, split=args.split, on_error=args.on_bad_row)
     prompts = list({json.dumps(p["prompt"]): p["prompt"] for p in pairs}.values())[: args.num_prompts]
     policy_path = resolve_model_path(args.policy)
@@ -144,13 +153,34 @@ def command_best_of_n(args: argparse.Namespace) -> int:
     return 0
 
 
+def number_in_range(kind, low, high=None):
+    """An argparse type: a finite number of `kind` from low to high, so a bad value is one usage error, not a traceback."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text} is out of range ({low} to {high})" if high is not None else f"{text} is below {low}")
+        return value
+
+    return parse
+
+
 def command_serve(args: argparse.Namespace) -> int:
     import os
 
-    from hafrm.serving import ServeLimits, serve
+    from hafrm.serving import ServeLimits, resolve_api_key, serve
 
-    limits = ServeLimits(args.max_items, args.max_chars, args.max_body_bytes, args.max_batch_size, args.max_wait_ms)
-    serve(args.model_dir, args.host, args.port, args.api_key or os.environ.get("HAFRM_API_KEY"), limits, args.max_length)
+    api_key = resolve_api_key(args.api_key if args.api_key is not None else os.environ.get("HAFRM_API_KEY"), args.no_auth, args.host)
+    limits = ServeLimits(
+        max_items=args.max_items, max_chars=args.max_chars, max_body_bytes=args.max_body_bytes, max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms, body_timeout=args.body_timeout, timeout_keep_alive=args.timeout_keep_alive,
+    )
+    serve(args.model_dir, args.host, args.port, api_key, limits, args.max_length)
     return 0
 
 
@@ -169,9 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", nargs="+", required=True, metavar="[NAME=]SOURCE", help="files, folders or hub names")
     evaluate.add_argument("--data-format", default="auto")
     evaluate.add_argument("--split", default="test")
-    evaluate.add_argument("--max-pairs", type=int)
+    evaluate.add_argument("--max-pairs", type=number_in_range(int, 1))
     evaluate.add_argument("--max-length", type=int)
-    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--batch-size", type=number_in_range(int, 1), default=8)
     evaluate.add_argument("--reference", help="reference policy (default: the base model recorded at training)")
     evaluate.add_argument("--on-bad-row", choices=("error", "skip"), default="error")
     evaluate.add_argument("--output", help="write the JSON results here too")
@@ -184,20 +214,31 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--prompt-column", default="prompt")
     score.add_argument("--response-column", default="response")
     score.add_argument("--max-length", type=int, default=512)
-    score.add_argument("--batch-size", type=int, default=8)
+    score.add_argument("--batch-size", type=number_in_range(int, 1), default=8)
     score.set_defaults(handler=command_score)
 
-    serve = commands.add_parser("serve", help="HTTP reward service (also OpenRLHF's remote reward model API)")
+    serve = commands.add_parser(
+        "serve", help="HTTP reward service (also OpenRLHF's remote reward model API)",
+        description="Authentication: with an API key (--api-key or HAFRM_API_KEY) every path but /health needs "
+        "'Authorization: Bearer KEY'. An empty key is refused. Without a key the service starts only on a loopback host "
+        "(127.0.0.1, ::1, localhost); any other host needs a key or an explicit --no-auth.",
+    )
+    positive = number_in_range(int, 1)
     serve.add_argument("model_dir")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or set HAFRM_API_KEY)")
-    serve.add_argument("--max-length", type=int, default=512)
-    serve.add_argument("--max-items", type=int, default=256)
-    serve.add_argument("--max-chars", type=int, default=100_000)
-    serve.add_argument("--max-body-bytes", type=int, default=16 * 2**20)
-    serve.add_argument("--max-batch-size", type=int, default=16)
-    serve.add_argument("--max-wait-ms", type=float, default=10.0)
+    serve.add_argument("--port", type=number_in_range(int, 1, 65535), default=8000)
+    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $HAFRM_API_KEY); an empty key is an error")
+    serve.add_argument("--no-auth", action="store_true", help="serve a non-loopback host with no authentication")
+    serve.add_argument("--max-length", type=positive, default=512, help="tokens per scored sequence")
+    serve.add_argument("--max-items", type=positive, default=256, help="sequences per request")
+    serve.add_argument("--max-chars", type=positive, default=100_000, help="characters per text")
+    serve.add_argument("--max-body-bytes", type=positive, default=16 * 2**20)
+    serve.add_argument("--max-batch-size", type=positive, default=16, help="sequences per forward pass")
+    serve.add_argument("--max-wait-ms", type=number_in_range(float, 0), default=10.0, help="how long a batch waits for more requests")
+    serve.add_argument("--body-timeout", type=number_in_range(float, 0.001), default=10.0,
+                       help="seconds to receive a request body, else 408 and the connection is closed")
+    serve.add_argument("--timeout-keep-alive", type=number_in_range(float, 0.001), default=5.0,
+                       help="seconds a connection (new or kept alive) may wait without sending a complete request head")
     serve.set_defaults(handler=command_serve)
 
     best = commands.add_parser("best-of-n", help="sample N responses per prompt, pick by reward models, score the picks against a judge")
@@ -206,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="hafrm output folder (HEAD: reward, implicit or combined) or any sequence-classification reward model")
     best.add_argument("--judge", required=True, metavar="MODEL[@HEAD]", help="the ranking the picks are checked against")
     best.add_argument("--policy", help="causal LM or hafrm output folder to sample from (default: the embedded model)")
-    best.add_argument("--n", type=int, default=4)
-    best.add_argument("--num-prompts", type=int, default=50)
+    best.add_argument("--n", type=number_in_range(int, 1), default=4)
+    best.add_argument("--num-prompts", type=number_in_range(int, 1), default=50)
     best.add_argument("--max-new-tokens", type=int, default=64)
     best.add_argument("--temperature", type=float, default=1.0)
     best.add_argument("--seed", type=int, default=0)
@@ -215,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--split", default="test")
     best.add_argument("--on-bad-row", choices=("error", "skip"), default="skip")
     best.add_argument("--max-length", type=int, default=512)
-    best.add_argument("--batch-size", type=int, default=8)
+    best.add_argument("--batch-size", type=number_in_range(int, 1), default=8)
     best.add_argument("--output", help="also write the results with every sampled candidate as JSON")
     best.set_defaults(handler=command_best_of_n)
 
@@ -225,8 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--methods", default="baseline,dpo,haf")
     report.add_argument("--seeds", default="0,1")
     report.add_argument("--data-root", help="local copies in the layout of ../shared/data (default: the hub)")
-    report.add_argument("--train-pairs", type=int)
-    report.add_argument("--test-pairs", type=int)
+    report.add_argument("--train-pairs", type=number_in_range(int, 1))
+    report.add_argument("--test-pairs", type=number_in_range(int, 1))
     report.add_argument("--skip-unavailable", action="store_true",
                         help="leave out test sets that cannot be loaded (e.g. hub-only ones while offline) instead of stopping before training")
     report.add_argument("--output", default="outputs/report")
@@ -242,8 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
-    except (DataError, FileNotFoundError, ValueError, FloatingPointError) as error:
-        print(f"hafrm {args.command}: error: {error}", file=sys.stderr)
+    except (DataError, OSError, ValueError, FloatingPointError) as error:
+        # User errors (bad data, config, paths, a diverging run): one line, no traceback.
+        # OSError covers missing files and transformers' "not a model folder or hub name".
+        print(f"hafrm {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
 
 

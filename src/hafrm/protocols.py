@@ -116,8 +116,10 @@ def run_protocol(protocol: str, datasets: list[str], methods: list[str], seeds: 
                 run_dir.mkdir(parents=True, exist_ok=True)
                 data_file = run_dir / "train.jsonl"
                 data_file.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+                # Every run is trained afresh into its own folder, so a report run again replaces its runs in place.
                 config = TrainConfig(**{**settings.overrides, "method": method, "seed": seed, "train_data": str(data_file),
-                                        "eval_data": None, "eval_fraction": 0.0, "output_dir": str(run_dir / "model")})
+                                        "eval_data": None, "eval_fraction": 0.0, "output_dir": str(run_dir / "model"),
+                                        "overwrite_output_dir": True})
                 logger.info("Training %s on %s (seed %d, %d pairs)", method, experiment.train_set, seed, len(pairs))
                 trained = train(config)
                 loaded = load_trained(trained.output_dir)  # once per run, with its reference policy

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
+from collections.abc import Iterator
 
 from hafrm.data.errors import DataError, SkipReport
 from hafrm.data.formats import ADAPTERS, SkipRow, detect_format, rename_columns
-from hafrm.data.reading import read_rows
+from hafrm.data.reading import read_sources
 
 logger = logging.getLogger(__name__)
 
@@ -31,27 +33,40 @@ def load_pairs(
         raise DataError(f"unknown data format {data_format!r}; known: auto, {', '.join(sorted(ADAPTERS))}")
     report = SkipReport()
     pairs: list[dict] = []
-    adapter = None if data_format == "auto" else ADAPTERS[data_format]
-    for where, row in read_rows(source, split=split, on_error=on_error, report=report, hub_kwargs=hub_kwargs):
-        if limit is not None and len(pairs) >= limit:
+    for rows in read_sources(source, split=split, on_error=on_error, report=report, hub_kwargs=hub_kwargs):
+        remaining = None if limit is None else limit - len(pairs)
+        if remaining == 0:
             break
-        report.rows_read += 1
-        row = rename_columns(row, column_map)
-        try:
-            adapter = adapter or ADAPTERS[detect_format(row, where)]
-            pairs.append(adapter(row, where))
-        except SkipRow as reason:
-            report.skip(str(reason), where)
-        except DataError as error:
-            if on_error == "error":
-                raise
-            report.skip(str(error).removeprefix(f"{where}: ").split(" (")[0], where)
+        adapter = None if data_format == "auto" else ADAPTERS[data_format]
+        pairs += itertools.islice(_file_pairs(rows, adapter, column_map, report, on_error), remaining)
     report.rows_used = len(pairs)
     if report.rows_skipped:
         logger.warning("%s: %s", source, report.summary())
     if not pairs:
         raise DataError(f"{source}: no usable preference pairs ({report.summary()})")
     return pairs, report
+
+
+def _file_pairs(rows, adapter, column_map: dict[str, str] | None, report: SkipReport, on_error: str) -> Iterator[dict]:
+    """The pairs of one file's rows, each read row counted as used or skipped in the report.
+
+    With no adapter the format is detected from the file's first row, per file: a folder may mix schemas.
+    """
+    for where, row in rows:
+        report.rows_read += 1
+        row = rename_columns(row, column_map)
+        try:
+            adapter = adapter or ADAPTERS[detect_format(row, where)]
+            pair = adapter(row, where)
+        except SkipRow as reason:
+            report.skip(str(reason), where)
+            continue
+        except DataError as error:
+            if on_error == "error":
+                raise
+            report.skip(str(error).removeprefix(f"{where}: ").split(" (")[0], where)
+            continue
+        yield pair
 
 
 def train_test_split(pairs: list[dict], test_fraction: float = 0.1, seed: int = 0) -> tuple[list[dict], list[dict]]:

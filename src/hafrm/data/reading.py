@@ -5,6 +5,7 @@ Each row comes with a location string ("file:line") so that every later error ca
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 from collections.abc import Iterator
@@ -20,19 +21,26 @@ def read_rows(source: str, split: str = "train", on_error: str = "error", report
 
     hub_kwargs go to `datasets.load_dataset` (e.g. data_dir="harmless-base" for Anthropic/hh-rlhf).
     """
+    for rows in read_sources(source, split, on_error, report, hub_kwargs):
+        yield from rows
+
+
+def read_sources(source: str, split: str = "train", on_error: str = "error", report: SkipReport | None = None, hub_kwargs: dict | None = None) -> Iterator[Iterator[Row]]:
+    """The rows of each file of `source` (one file, a folder's files, or a hub split) as a separate stream,
+    so that callers can tell each file's schema apart: one folder may mix formats."""
     path = Path(source)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if _is_data_file(p))
         if not files:
             raise DataError(f"{source}: no .jsonl/.json/.parquet/.csv files in this folder")
         for file in files:
-            yield from _read_file(file, on_error, report)
+            yield _read_file(file, on_error, report)
     elif path.exists():
-        yield from _read_file(path, on_error, report)
+        yield _read_file(path, on_error, report)
     elif _looks_local(source):
         raise DataError(f"{source}: no such file")
     else:
-        yield from _read_hub(source, split, hub_kwargs or {})
+        yield _read_hub(source, split, hub_kwargs or {})
 
 
 def _looks_local(source: str) -> bool:
@@ -109,10 +117,42 @@ def _read_json_array(path: Path) -> Iterator[Row]:
 def _read_tabular(path: Path, kind: str) -> Iterator[Row]:
     import datasets
 
-    table = datasets.load_dataset(kind, data_files=str(path), split="train")
+    try:
+        with _quiet_datasets():
+            table = datasets.load_dataset(kind, data_files=str(path), split="train")
+    except Exception as error:  # DatasetGenerationError wrapping a decoding, quoting or Arrow error
+        raise DataError(f"{path}: cannot read this {kind.upper()} file: {_tabular_cause(error)}") from error
     offset = 2 if kind == "csv" else 1  # CSV line 1 is the header
     for index, row in enumerate(table):
         yield f"{path}:{'line' if kind == 'csv' else 'row'} {index + offset}", row
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """No progress bar for one local file, and no log of a read error that is re-raised as one DataError line."""
+    import datasets
+
+    bars_were_off, verbosity = datasets.are_progress_bars_disabled(), datasets.logging.get_verbosity()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+        if not bars_were_off:
+            datasets.enable_progress_bars()
+
+
+def _tabular_cause(error: BaseException) -> str:
+    """One line for why pandas/Arrow could not read a file: the error that `datasets` wrapped."""
+    chain = [error]
+    while (chain[-1].__cause__ is not None or chain[-1].__context__ is not None) and len(chain) < 8:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    decoding = next((e for e in chain if isinstance(e, UnicodeDecodeError)), None)
+    if decoding is not None:
+        return f"not valid UTF-8 ({decoding.reason}); save it as UTF-8"
+    cause = chain[1] if len(chain) > 1 else chain[0]
+    return " ".join(str(cause).split()) or type(cause).__name__
 
 
 def _read_hub(source: str, split: str, hub_kwargs: dict) -> Iterator[Row]:
