@@ -22,17 +22,84 @@ def resolve_dtype(dtype: str) -> torch.dtype:
         raise ValueError(f"dtype must be auto, fp32, bf16 or fp16, got {dtype!r}") from None
 
 
+PAD_FALLBACK_TOKEN = "<|pad|>"
+
+
 def load_tokenizer(path: str):
-    """The model's tokenizer with a pad token (the EOS token when the model defines none)."""
+    """The model's tokenizer with a pad token that can never be part of a conversation (see `choose_pad_token`)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.pad_token = choose_pad_token(tokenizer)
     return tokenizer
+
+
+def choose_pad_token(tokenizer) -> str:
+    """A pad token that never appears inside a formatted conversation.
+
+    Rewards are read at the last real token. Our own code finds it from the attention mask, but
+    transformers' *ForSequenceClassification (and so every tool that loads our export) takes the last
+    token that is not the pad id: if padding is EOS, a sequence that ends in EOS (every HH-format pair,
+    every policy rollout) is read one token early. So padding must be a token no text contains. In order:
+    the tokenizer's own pad if it is not EOS/BOS and not used by the chat template; a special token named
+    like a pad; an unknown token distinct from EOS/BOS (byte-fallback tokenizers never emit it); any other
+    special token the chat template does not use; else a new `<|pad|>` token, which adds one embedding
+    row (`fit_embeddings`), as TRL's docs advise for models without one.
+    """
+    used = {tokenizer.eos_token, tokenizer.bos_token}
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+
+    def usable(token) -> bool:
+        return bool(token) and token not in used and token not in template
+
+    if usable(tokenizer.pad_token):
+        return tokenizer.pad_token
+    special = [t.content for _, t in sorted(tokenizer.added_tokens_decoder.items()) if t.special]
+    for candidate in [t for t in special if "pad" in t.lower()] + [tokenizer.unk_token] + special:
+        if usable(candidate):
+            return candidate
+    tokenizer.add_special_tokens({"pad_token": PAD_FALLBACK_TOKEN})
+    return PAD_FALLBACK_TOKEN
+
+
+def fit_embeddings(causal_lm, tokenizer) -> None:
+    """Grow the embeddings when the tokenizer gained a pad token the model has no row for.
+
+    New rows are the mean of the existing ones (deterministic, so a policy and its reference grown apart
+    stay equal); the pad row's input embedding is never attended to.
+    """
+    old = causal_lm.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) <= old:
+        return
+    causal_lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with torch.no_grad():
+        for embedding in {id(e): e for e in (causal_lm.get_input_embeddings(), causal_lm.get_output_embeddings()) if e is not None}.values():
+            embedding.weight[old:] = embedding.weight[:old].mean(dim=0)
 
 
 def load_causal_lm(path: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return load_pretrained(AutoModelForCausalLM, path, dtype)
+
+
+def load_pretrained(auto_class, path: str, dtype: torch.dtype):
+    """A model from a local folder or the hub, never unpickling when safetensors weights are there.
+
+    use_safetensors=True where the folder has .safetensors files makes pickle safety independent of library
+    defaults; a folder with only pickled weights is read with torch's weights-only unpickler, and a file it
+    refuses (objects other than tensors) is one clear error, as are a missing folder and truncated weights.
+    """
+    import pickle
+    from pathlib import Path
+
+    from hafrm.filechecks import check_model_folder, first_line
+
+    check_model_folder(str(path))
+    use_safetensors = True if any(Path(path).expanduser().glob("*.safetensors")) else None
+    try:
+        return auto_class.from_pretrained(path, dtype=dtype, use_safetensors=use_safetensors)
+    except pickle.UnpicklingError as error:
+        refused = next((line for line in str(error).splitlines() if "GLOBAL" in line), first_line(error))
+        raise ValueError(f"{path}: refused to unpickle its weights, which hold more than tensors ({refused.strip()}); "
+                         "use a safetensors copy from a trusted source") from None

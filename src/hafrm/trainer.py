@@ -16,9 +16,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
+from hafrm.filechecks import first_line, safetensors_problem, torch_file_problem
 from hafrm.losses import HafObjective
+from hafrm.scores import forward_batch, implicit_rewards
 
 STATE_FILE = "hafrm_trainable.safetensors"
+TRAINER_STATE_FILE = "trainer_state.json"
+TORCH_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt")  # the Trainer loads these with weights_only=True
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -34,12 +38,8 @@ class HafTrainer(Trainer):
     # ------------------------------------------------------------------ loss
 
     def _batch_outputs(self, model, inputs, with_logps: bool):
-        """Forward the 2B batch once; return the loss, its statistics, the outputs and the reference log-probs."""
-        outputs = model(inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"], with_logps=with_logps)
-        reference = inputs.get("reference_logps")
-        if with_logps and reference is None and self.objective.policy_loss.needs_reference:
-            unwrapped = self.accelerator.unwrap_model(model)
-            reference = unwrapped.reference_logps(inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"])
+        """Forward the batch once; return the loss, its statistics, the outputs and the reference log-probs."""
+        outputs, reference = forward_batch(model, self.objective, inputs, with_logps, self.accelerator.unwrap_model(model))
         loss, stats = self.objective(outputs.rewards, outputs.logps, outputs.token_counts, reference, inputs.get("margin"))
         return loss, stats, outputs, reference
 
@@ -70,11 +70,7 @@ class HafTrainer(Trainer):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
             loss, _, outputs, reference = self._batch_outputs(model, inputs, with_logps=self.objective.uses_policy_head)
-        rewards = outputs.rewards
-        if outputs.logps is not None:
-            implicit = self.objective.implicit_rewards(outputs.logps, outputs.token_counts, reference)
-        else:
-            implicit = torch.full_like(rewards, float("nan"))
+        rewards, implicit = outputs.rewards, implicit_rewards(self.objective, outputs, reference)
         chosen_r, rejected_r = rewards.chunk(2)
         chosen_i, rejected_i = implicit.chunk(2)
         scores = torch.stack([chosen_r, rejected_r, chosen_i, rejected_i], dim=1)
@@ -99,12 +95,49 @@ class HafTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         state_path = Path(resume_from_checkpoint) / STATE_FILE
-        if not state_path.exists():
-            raise FileNotFoundError(f"{resume_from_checkpoint} is not a complete hafrm checkpoint (no {STATE_FILE})")
+        problem = safetensors_problem(state_path)
+        if problem:
+            raise ValueError(f"{resume_from_checkpoint} is not a usable hafrm checkpoint: {problem}")
         (model or self.accelerator.unwrap_model(self.model)).load_trainable_state_dict(load_file(state_path))
 
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+
+def checkpoint_problem(folder: str | Path) -> str | None:
+    """Why the Trainer could not resume from this checkpoint folder, naming the bad file; None if it can.
+
+    Checks every file the Trainer reads on resume, the way it reads them, without loading tensors: our
+    trainable state and trainer_state.json (written last, so missing means cut off mid-write), then the
+    optimizer, scheduler, scaler and RNG states where present (transformers loads each with weights_only=True).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    if problem := safetensors_problem(folder / STATE_FILE) or trainer_state_problem(folder / TRAINER_STATE_FILE):
+        return problem
+    for path in [folder / name for name in TORCH_STATE_FILES if (folder / name).exists()]:
+        if problem := torch_file_problem(path):
+            return problem
+    for path in sorted(folder.glob("rng_state*.pth")):  # transformers allowlists numpy types for these
+        if problem := torch_file_problem(path, numpy_allowed=True):
+            return problem
+    return None
+
+
+def trainer_state_problem(path: Path) -> str | None:
+    """Why transformers' TrainerState could not be read from this file (it names neither file nor cause)."""
+    from transformers import TrainerState
+
+    if not path.is_file():
+        return f"{path} is missing"
+    try:
+        state = TrainerState.load_from_json(str(path))
+    except (OSError, UnicodeDecodeError, ValueError, TypeError) as error:  # JSONDecodeError is a ValueError
+        return f"{path} is not a valid trainer state ({first_line(error)})"
+    if not isinstance(state.global_step, int) or not isinstance(state.log_history, list):
+        return f"{path} is not a valid trainer state (global_step or log_history has the wrong type)"
+    return None
 
 
 def pairwise_metrics(prediction) -> dict[str, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +18,12 @@ from hafrm import __version__
 from hafrm.config import TrainConfig
 from hafrm.data import PairCollator, PairEncoder, SkipReport, load_pairs, train_test_split
 from hafrm.defaults import DEFAULT_EVAL_DATA, DEFAULT_TRAIN_DATA
+from hafrm.filechecks import check_model_folder, check_writable_dir
 from hafrm.losses import HafObjective, PolicyLoss
 from hafrm.model import HybridRewardModel, LoraSettings
-from hafrm.pretrained import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
+from hafrm.pretrained import fit_embeddings, load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 from hafrm.reference import add_reference_logps
-from hafrm.trainer import STATE_FILE, HafTrainer, pairwise_metrics
+from hafrm.trainer import HafTrainer, checkpoint_problem, pairwise_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +76,23 @@ def weights_dtype(config: TrainConfig) -> torch.dtype:
 
 def build_model(config: TrainConfig, model_path: str, tokenizer) -> HybridRewardModel:
     causal_lm = load_causal_lm(model_path, weights_dtype(config))
+    fit_embeddings(causal_lm, tokenizer)
     lora = LoraSettings(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules) if config.lora else None
-    model = HybridRewardModel.from_causal_lm(causal_lm, tokenizer.pad_token_id, lora)
+    model = HybridRewardModel.from_causal_lm(causal_lm, lora)
     if config.disable_dropout:
         model.disable_dropout()
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model
+
+
+def pair_collator(config: TrainConfig, model: HybridRewardModel, tokenizer) -> PairCollator:
+    """Pairs share their prompt in one row where the model's attention takes a block mask; otherwise (e.g.
+    FlashAttention, which ignores custom masks) chosen and rejected are separate rows, with a log line."""
+    share = config.share_prompt and model.shares_prompts
+    if config.share_prompt and not share:
+        logger.info("Attention %r cannot take a block mask: chosen and rejected are computed as separate rows", model.config._attn_implementation)
+    return PairCollator(tokenizer.pad_token_id, tokenizer.padding_side, share)
 
 
 def training_arguments(config: TrainConfig, has_eval: bool) -> TrainingArguments:
@@ -130,7 +142,10 @@ def training_arguments(config: TrainConfig, has_eval: bool) -> TrainingArguments
         dataloader_num_workers=0,
     )
     arguments.update(config.training_args)
-    return TrainingArguments(**arguments)
+    try:
+        return TrainingArguments(**arguments)
+    except TypeError as error:  # an unknown key in training_args
+        raise ValueError(f"training_args: {error}") from None
 
 
 def primary_metrics(method: str):
@@ -145,18 +160,70 @@ def primary_metrics(method: str):
 
 
 def resume_point(config: TrainConfig) -> str | None:
-    """'auto' resumes from the last complete checkpoint in output_dir, if any."""
+    """The checkpoint to resume from: a given one, which must be readable, or with 'auto' the newest
+    readable one in output_dir (None if there is none).
+
+    A checkpoint cut off mid-write or with an unreadable file is set aside (renamed incomplete-*) with a
+    warning naming the file, and the one before it is tried: a kill or a full disk costs a few steps, not the run.
+    """
     if config.resume_from_checkpoint != "auto":
+        problem = config.resume_from_checkpoint and checkpoint_problem(config.resume_from_checkpoint)
+        if problem:
+            raise ValueError(f"cannot resume from {config.resume_from_checkpoint}: {problem}")
         return config.resume_from_checkpoint
     if not Path(config.output_dir).is_dir():
         return None
     last = get_last_checkpoint(config.output_dir)
-    # trainer_state.json is written last, so a folder without it (or without our state) was cut off mid-write
-    while last is not None and not all((Path(last) / name).exists() for name in (STATE_FILE, "trainer_state.json")):
-        logger.warning("Ignoring incomplete checkpoint %s", last)
+    while last is not None and (problem := checkpoint_problem(last)):
+        logger.warning("Not resuming from %s: %s; setting it aside and trying the checkpoint before it", last, problem)
         Path(last).rename(Path(last).with_name(f"incomplete-{Path(last).name}"))
         last = get_last_checkpoint(config.output_dir)
     return last
+
+
+def previous_run(output_dir: str | Path) -> list[Path]:
+    """What shows that output_dir already holds a run: its exported hafrm.json and its checkpoints."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in [folder / "hafrm.json", *folder.glob("checkpoint-*")] if p.exists())
+
+
+def claim_output_dir(config: TrainConfig) -> None:
+    """Refuse to train over another run unless told to resume it or overwrite it.
+
+    Overwriting removes the old run's checkpoints: the Trainer would otherwise keep them (their step numbers
+    are higher) and delete the new ones, and a later 'auto' resume would pick them up.
+    """
+    check_writable_dir(config.output_dir)
+    existing = previous_run(config.output_dir)
+    if not existing or config.resume_from_checkpoint:
+        return
+    if not config.overwrite_output_dir:
+        raise ValueError(
+            f"output folder {config.output_dir} already holds a run ({', '.join(p.name for p in existing[:3])}); "
+            "pass --resume-from-checkpoint auto to continue it, --overwrite-output-dir to replace it, or another --output-dir"
+        )
+    for checkpoint in [p for p in existing if p.is_dir()]:
+        logger.warning("Overwriting the run in %s: removing %s", config.output_dir, checkpoint.name)
+        shutil.rmtree(checkpoint, ignore_errors=True)  # ignore_errors: other processes of a distributed run do the same
+
+
+def has_eval_set(config: TrainConfig) -> bool:
+    """Whether load_splits will build an eval set: given eval data, the shipped default, or a fraction of train."""
+    return config.eval_data is not None or config.train_data is None or config.eval_fraction > 0
+
+
+def preflight(config: TrainConfig) -> None:
+    """Every check that needs no model or data, run before anything heavy, so that a user error costs
+    seconds instead of a model load and a reference precompute: the output folder, the model folder, the
+    loss settings, the TrainingArguments, and the checkpoint to resume from."""
+    claim_output_dir(config)
+    if config.model not in (None, "", "default"):
+        check_model_folder(config.model)
+    objective_from_config(config)
+    training_arguments(config, has_eval_set(config))
+    resume_point(config)
 
 
 def final_eval_metrics(trainer: HafTrainer) -> dict:
@@ -173,6 +240,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
 
     callbacks: extra transformers.TrainerCallback objects (progress hooks, timers, early stopping).
     """
+    preflight(config)
     set_seed(config.seed)
     model_path = resolve_model_path(config.model)
     tokenizer = load_tokenizer(model_path)
@@ -181,7 +249,7 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
     model = build_model(config, model_path, tokenizer)
     objective = objective_from_config(config)
     args = training_arguments(config, eval_set is not None)
-    collator = PairCollator(tokenizer.pad_token_id, tokenizer.padding_side)
+    collator = pair_collator(config, model, tokenizer)
     if objective.uses_policy_head and objective.policy_loss.needs_reference:
         if config.reference == "precompute":
             model.to(args.device)  # the Trainer would move it later; the precomputation needs it there now
