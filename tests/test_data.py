@@ -67,7 +67,7 @@ def test_truncation_keeps_response_end_and_is_counted(tokenizer):
     long_prompt = " ".join(f"word{i}" for i in range(300))
     pair = {"prompt": [{"role": "user", "content": long_prompt}], "chosen": "The end is here.", "rejected": "No."}
     encoded = encoder.encode_pair(pair)
-    _, full_chosen = encoder.encode_response(pair["prompt"], pair["chosen"])
+    _, (full_chosen,) = encoder.split(pair["prompt"], [pair["chosen"]])
     assert encoded["truncated"]
     assert len(encoded["chosen_input_ids"]) <= 48 and len(encoded["rejected_input_ids"]) <= 48
     assert encoded["chosen_input_ids"][-len(full_chosen):] == full_chosen  # the response survives whole

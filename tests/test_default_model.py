@@ -32,11 +32,13 @@ def test_train_on_default_model_and_data_then_load_reward_model(tmp_path, tokeni
     assert main(args) == 0
     pairs, _ = load_pairs(str(DEFAULT_EVAL_DATA), limit=4)
     encoder = PairEncoder(tokenizer, 96)
-    batch = PairCollator(tokenizer.pad_token_id, "left")([encoder.encode_pair(p) for p in pairs])
+    features = [encoder.encode_pair(p) for p in pairs]
+    shared = PairCollator(tokenizer.pad_token_id)(features)
+    separate = PairCollator(tokenizer.pad_token_id, "left", share_prompt=False)(features)
     classifier = AutoModelForSequenceClassification.from_pretrained(tmp_path / "reward_model", dtype=torch.float32).eval()
     hybrid = HybridRewardModel.from_pretrained(tmp_path).eval()
     with torch.no_grad():
-        expected = hybrid(batch["input_ids"], batch["attention_mask"], with_logps=False).rewards
-        rewards = classifier(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+        expected = hybrid(shared["input_ids"], shared["segment_ids"], shared["position_ids"], with_logps=False).rewards
+        rewards = classifier(input_ids=separate["input_ids"], attention_mask=(separate["segment_ids"] != 0).long()).logits[:, 0]
     torch.testing.assert_close(rewards, expected, rtol=1e-4, atol=1e-4)
     assert json.loads((tmp_path / "hafrm.json").read_text())["base_model"] == "default"

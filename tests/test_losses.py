@@ -42,6 +42,19 @@ def test_policy_losses_match_hand_values(kind, smoothing, expected):
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_simpo_applies_label_smoothing_like_trl_cpo():
+    # TRL's CPOTrainer (loss_type="simpo"): z = beta * (logits - gamma / beta); (1 - eps) * nll(z) + eps * nll(-z)
+    loss = PolicyLoss("simpo", tau=2.0, simpo_gamma=0.5, label_smoothing=0.1)(torch.tensor([-2.0]), torch.tensor([-3.0]))
+    z = 2.0 * (1.0 - 0.5 / 2.0)
+    assert loss.item() == pytest.approx(0.9 * nll(z) + 0.1 * nll(-z), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["ipo", "hinge"])
+def test_label_smoothing_is_refused_where_it_has_no_meaning(kind):
+    with pytest.raises(ValueError, match="label_smoothing"):
+        PolicyLoss(kind, label_smoothing=0.1)
+
+
 def test_simpo_is_reference_free_and_uses_mean_logps():
     objective = HafObjective("dpo", policy_loss=PolicyLoss("simpo", tau=2.0, simpo_gamma=0.5))
     logps = torch.tensor([-4.0, -9.0])  # chosen then rejected, sums

@@ -8,35 +8,41 @@ from transformers import AutoModelForSequenceClassification
 from conftest import tiny_causal_lm
 from hafrm.data import PairCollator, PairEncoder
 from hafrm.losses import HafObjective
-from hafrm.model import HybridRewardModel, LoraSettings, last_token_index, logprob_chunk_tokens
+from hafrm.data.encoding import PAD, RESPONSE
+from hafrm.model import HybridRewardModel, LoraSettings, logprob_chunk_tokens, response_ends
 
 
-def batch_for(tokenizer, pairs, padding_side="right", max_length=96):
+def batch_for(tokenizer, pairs, padding_side="right", max_length=96, share_prompt=False):
     encoder = PairEncoder(tokenizer, max_length)
-    return PairCollator(tokenizer.pad_token_id, padding_side)([encoder.encode_pair(p) for p in pairs])
+    return PairCollator(tokenizer.pad_token_id, padding_side, share_prompt)([encoder.encode_pair(p) for p in pairs])
+
+
+def padding_mask(batch):
+    return (batch["segment_ids"] != PAD).long()
 
 
 @pytest.fixture
 def hybrid(tokenizer):
-    return HybridRewardModel.from_causal_lm(tiny_causal_lm(len(tokenizer)), tokenizer.pad_token_id)
+    return HybridRewardModel.from_causal_lm(tiny_causal_lm(len(tokenizer)))
 
 
-def test_last_token_index_left_and_right_padding():
-    ids = torch.tensor([[5, 6, 7, 0, 0], [0, 0, 5, 6, 7]])
-    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1]])
-    assert last_token_index(ids, mask, pad_token_id=0).tolist() == [2, 4]
+def test_response_ends_left_and_right_padding_and_shared_rows():
+    segments = torch.tensor([[1, 2, 2, 0, 0], [0, 0, 1, 2, 2], [1, 2, 2, 3, 3], [1, 1, 2, 3, 0]])
+    rows, ends = response_ends(segments)
+    assert rows.tolist() == [0, 1, 2, 3, 2, 3] and ends.tolist() == [2, 4, 2, 2, 4, 3]
 
 
 def test_response_logps_equal_full_logits_computation(hybrid, tokenizer, harmless_pairs):
     batch = batch_for(tokenizer, harmless_pairs[:3])
     hybrid.logprob_chunk_size = 7  # many chunks
     with torch.no_grad():
-        out = hybrid(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
-        logits = hybrid.causal_lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        out = hybrid(batch["input_ids"], batch["segment_ids"])
+        logits = hybrid.causal_lm(input_ids=batch["input_ids"], attention_mask=padding_mask(batch)).logits
     token_logps = F.log_softmax(logits[:, :-1], -1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
-    expected = (token_logps * batch["response_mask"][:, 1:]).sum(1)
+    response_mask = batch["segment_ids"][:, 1:] == RESPONSE
+    expected = (token_logps * response_mask).sum(1)
     torch.testing.assert_close(out.logps, expected, rtol=1e-5, atol=1e-4)
-    assert out.token_counts.tolist() == batch["response_mask"][:, 1:].sum(1).tolist()
+    assert out.token_counts.tolist() == response_mask.sum(1).tolist()
 
 
 def test_logprob_chunk_keeps_logits_within_budget():
@@ -53,7 +59,7 @@ def test_disable_dropout_zeroes_backbone_dropout_but_not_lora(tokenizer):
                          num_attention_heads=4, num_key_value_heads=2, attention_dropout=0.3)
     causal_lm = LlamaForCausalLM(config)
     causal_lm.model.layers[0].mlp.act_fn = torch.nn.Sequential(causal_lm.model.layers[0].mlp.act_fn, torch.nn.Dropout(0.2))
-    model = HybridRewardModel.from_causal_lm(causal_lm, tokenizer.pad_token_id, LoraSettings(r=4, alpha=8, dropout=0.1))
+    model = HybridRewardModel.from_causal_lm(causal_lm, LoraSettings(r=4, alpha=8, dropout=0.1))
     model.disable_dropout()
     attention = model.causal_lm.model.layers[0].self_attn
     assert attention.attention_dropout == 0.0
@@ -73,7 +79,7 @@ def test_rewards_do_not_depend_on_padding_side(hybrid, tokenizer, harmless_pairs
 
 
 def model_inputs(batch):
-    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "response_mask": batch["response_mask"]}
+    return {"input_ids": batch["input_ids"], "segment_ids": batch["segment_ids"], "position_ids": batch.get("position_ids")}
 
 
 def _grads(model, method, tokenizer, pairs):
@@ -114,7 +120,7 @@ def test_export_round_trip_through_sequence_classification(hybrid, tokenizer, ha
     loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "reward_model").eval()
     assert loaded.config.num_labels == 1 and hasattr(loaded, "score")
     with torch.no_grad():
-        rewards = loaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+        rewards = loaded(input_ids=batch["input_ids"], attention_mask=padding_mask(batch)).logits[:, 0]
     torch.testing.assert_close(rewards, expected, rtol=1e-5, atol=1e-6)
     reloaded = HybridRewardModel.from_pretrained(tmp_path)
     with torch.no_grad():
@@ -122,9 +128,9 @@ def test_export_round_trip_through_sequence_classification(hybrid, tokenizer, ha
 
 
 def test_lora_reference_is_unchanged_by_training(tokenizer, harmless_pairs, tmp_path):
-    model = HybridRewardModel.from_causal_lm(tiny_causal_lm(len(tokenizer)), tokenizer.pad_token_id, LoraSettings(r=4, alpha=8, dropout=0.0))
+    model = HybridRewardModel.from_causal_lm(tiny_causal_lm(len(tokenizer)), LoraSettings(r=4, alpha=8, dropout=0.0))
     batch = batch_for(tokenizer, harmless_pairs[:2])
-    before = model.reference_logps(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    before = model.reference_logps(batch["input_ids"], batch["segment_ids"])
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
     objective = HafObjective("haf")
     for _ in range(3):
@@ -135,7 +141,7 @@ def test_lora_reference_is_unchanged_by_training(tokenizer, harmless_pairs, tmp_
         optimizer.step()
     with torch.no_grad():
         policy_now = model(**model_inputs(batch)).logps
-    after = model.reference_logps(batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    after = model.reference_logps(batch["input_ids"], batch["segment_ids"])
     assert not torch.allclose(policy_now, before)  # the policy moved...
     torch.testing.assert_close(after, before)  # ...the adapter-disabled reference did not
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -143,7 +149,7 @@ def test_lora_reference_is_unchanged_by_training(tokenizer, harmless_pairs, tmp_
 
 
 def test_lora_export_merges_and_saves_adapter(tokenizer, harmless_pairs, tmp_path):
-    model = HybridRewardModel.from_causal_lm(tiny_causal_lm(len(tokenizer)), tokenizer.pad_token_id, LoraSettings(r=4, alpha=8, dropout=0.0))
+    model = HybridRewardModel.from_causal_lm(tiny_causal_lm(len(tokenizer)), LoraSettings(r=4, alpha=8, dropout=0.0))
     for name, p in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.1)  # make the adapter non-trivial
@@ -154,7 +160,57 @@ def test_lora_export_merges_and_saves_adapter(tokenizer, harmless_pairs, tmp_pat
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
     classifier = AutoModelForSequenceClassification.from_pretrained(tmp_path / "reward_model").eval()
     with torch.no_grad():
-        rewards = classifier(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+        rewards = classifier(input_ids=batch["input_ids"], attention_mask=padding_mask(batch)).logits[:, 0]
         reloaded = HybridRewardModel.from_pretrained(tmp_path)(**model_inputs(batch))
     torch.testing.assert_close(rewards, expected.rewards, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(reloaded.logps, expected.logps, rtol=1e-4, atol=1e-3)
+
+
+@pytest.fixture(params=["sdpa", "eager"])
+def attention(request):
+    return request.param
+
+
+def _pair_outputs(model, tokenizer, pairs, share_prompt, method="haf"):
+    """Rewards, log-probs, counts, loss and gradients of one batch in one layout."""
+    batch = batch_for(tokenizer, pairs, share_prompt=share_prompt, max_length=128)
+    objective = HafObjective(method)
+    out = model(**model_inputs(batch))
+    reference = torch.linspace(-60.0, -40.0, out.logps.shape[0])
+    loss, _ = objective(out.rewards, out.logps, out.token_counts, reference)
+    model.zero_grad()
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return out, loss.detach(), grads
+
+
+def test_prompt_sharing_gives_the_same_rewards_logps_losses_and_gradients(tokenizer, harmless_pairs, attention):
+    causal_lm = tiny_causal_lm(len(tokenizer))
+    causal_lm.config._attn_implementation = attention
+    model = HybridRewardModel.from_causal_lm(causal_lm)
+    pairs = harmless_pairs[:3] + [{"prompt": [{"role": "user", "content": "Hi"}], "chosen": "A much longer answer than the other one.", "rejected": "\n\nNo."}]
+    shared_batch = batch_for(tokenizer, pairs, share_prompt=True, max_length=128)
+    separate_batch = batch_for(tokenizer, pairs, share_prompt=False, max_length=128)
+    assert shared_batch["input_ids"].numel() < separate_batch["input_ids"].numel()  # the prompt is there once
+    shared, shared_loss, shared_grads = _pair_outputs(model, tokenizer, pairs, share_prompt=True)
+    separate, separate_loss, separate_grads = _pair_outputs(model, tokenizer, pairs, share_prompt=False)
+    torch.testing.assert_close(shared.rewards, separate.rewards, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(shared.logps, separate.logps, rtol=1e-5, atol=1e-4)
+    assert shared.token_counts.tolist() == separate.token_counts.tolist()
+    torch.testing.assert_close(shared_loss, separate_loss, rtol=1e-5, atol=1e-6)
+    assert shared_grads.keys() == separate_grads.keys()
+    for name in shared_grads:
+        scale = separate_grads[name].abs().max().item()  # sums in another order: tolerate fp32 rounding of the largest entry
+        torch.testing.assert_close(shared_grads[name], separate_grads[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
+
+
+def test_rejected_tokens_never_see_the_chosen_response(tokenizer, harmless_pairs):
+    model = HybridRewardModel.from_causal_lm(tiny_causal_lm(len(tokenizer))).eval()
+    pair = dict(harmless_pairs[0])
+    other = {**pair, "chosen": pair["chosen"] + " Something else entirely."}
+    with torch.no_grad():
+        first = model(**model_inputs(batch_for(tokenizer, [pair], share_prompt=True, max_length=1024)))
+        second = model(**model_inputs(batch_for(tokenizer, [other], share_prompt=True, max_length=1024)))
+    assert not torch.allclose(first.rewards[0], second.rewards[0])  # the chosen response changed...
+    torch.testing.assert_close(first.rewards[1], second.rewards[1])  # ...the rejected one's reward did not
+    torch.testing.assert_close(first.logps[1], second.logps[1])

@@ -30,11 +30,11 @@ def sample_responses(policy, tokenizer, prompts: Sequence, n: int, max_new_token
     device = next(policy.parameters()).device
     responses = []
     for prompt in prompts:
-        prompt_text, _ = encoder.texts(as_messages(prompt, "prompt"), "")
-        inputs = tokenizer(prompt_text, return_tensors="pt", add_special_tokens=not tokenizer.chat_template).to(device)
+        prompt_ids = encoder.tokenize(encoder.prompt_text(as_messages(prompt, "prompt")))
+        inputs = {"input_ids": torch.tensor([prompt_ids], device=device), "attention_mask": torch.ones(1, len(prompt_ids), dtype=torch.long, device=device)}
         output = policy.generate(**inputs, do_sample=True, temperature=temperature, max_new_tokens=max_new_tokens,
                                  num_return_sequences=n, pad_token_id=tokenizer.pad_token_id)
-        responses.append(tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
+        responses.append(tokenizer.batch_decode(output[:, len(prompt_ids) :], skip_special_tokens=True))
     return responses
 
 
@@ -60,12 +60,12 @@ def best_of_n(prompts: Sequence, candidates: list[list[str]], selector: Scorer, 
 
 def scorer_from_spec(spec: str, max_length: int = 512, batch_size: int = 8) -> Scorer:
     """MODEL[@HEAD] as a Scorer. HEAD (reward | implicit | combined) needs a hafrm output folder."""
-    from hafrm.evaluation import HEADS, score_responses
+    from hafrm.evaluation import score_responses
+    from hafrm.scores import check_head
     from hafrm.model import METADATA_FILE
 
     model, _, head = spec.rpartition("@") if "@" in spec else (spec, "", "reward")
-    if head not in HEADS:
-        raise ValueError(f"{spec}: head must be one of {', '.join(HEADS)}")
+    check_head(head)
     if (Path(model) / METADATA_FILE).exists():
         loaded = _load_trained(model)
         return lambda prompts, responses: score_responses(loaded, prompts, responses, head, max_length, batch_size).tolist()

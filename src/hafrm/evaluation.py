@@ -16,12 +16,11 @@ from hafrm.data import PairCollator, PairEncoder, SkipReport
 from hafrm.data.encoding import length_sorted_batches, pad_sequences
 from hafrm.data.formats import as_messages
 from hafrm.model import METADATA_FILE, HybridRewardModel
-from hafrm.pretrained import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
+from hafrm.scores import batch_scores, check_head, head_scores
+from hafrm.pretrained import fit_embeddings, load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 from hafrm.trainer import accuracy_from_scores
 from hafrm.training import encode_pairs, objective_from_config
 
-
-HEADS = ("reward", "implicit", "combined")
 
 
 @dataclass
@@ -59,34 +58,34 @@ def load_trained(model_dir: str | Path, reference: str | None = None, dtype: str
     config = TrainConfig(**metadata["config"])
     torch_dtype = resolve_dtype(dtype)
     model = HybridRewardModel.from_pretrained(model_dir, torch_dtype).eval()
+    tokenizer = load_tokenizer(str(model_dir / "policy"))
     objective = objective_from_config(config)
     if objective.uses_policy_head and objective.policy_loss.needs_reference:
         base = reference or resolve_model_path(None if metadata["base_model"] == "default" else metadata["base_model"])
-        model.reference_model = load_causal_lm(base, torch_dtype).eval().requires_grad_(False)
-    return LoadedModel(model, load_tokenizer(str(model_dir / "policy")), config)
+        reference_model = load_causal_lm(base, torch_dtype)
+        fit_embeddings(reference_model, tokenizer)  # the pad row training added, if it added one
+        model.reference_model = reference_model.eval().requires_grad_(False)
+    return LoadedModel(model, tokenizer, config)
 
 
-@torch.no_grad()
 def score_pairs(loaded: LoadedModel, pairs: list[dict], max_length: int | None = None, batch_size: int = 8, progress: bool = True) -> tuple[PairScores, SkipReport]:
-    """Rewards and implicit rewards of every pair, chosen and rejected scored in one forward pass."""
+    """Rewards and implicit rewards of every pair, each pair's prompt computed once for both responses."""
     tokenizer = loaded.tokenizer
     report = SkipReport(rows_read=len(pairs), rows_used=len(pairs))
     dataset = encode_pairs(pairs, PairEncoder(tokenizer, max_length or loaded.config.max_length), report)
-    collator = PairCollator(tokenizer.pad_token_id, tokenizer.padding_side)
+    collator = PairCollator(tokenizer.pad_token_id, share_prompt=loaded.model.shares_prompts)
     columns: list[list[torch.Tensor]] = [[], [], [], []]
     for batch in tqdm(DataLoader(dataset, batch_size=batch_size, collate_fn=collator), desc="scoring pairs", disable=not progress, leave=False):
-        rewards, implicit = _both_heads(loaded, batch)
+        rewards, implicit = batch_scores(loaded.model, loaded.objective, batch)
         for column, values in zip(columns, (*rewards.chunk(2), *implicit.chunk(2))):
             column.append(values)
     arrays = [torch.cat(c).numpy() for c in columns]
     return PairScores(*arrays, subsets=[p.get("subset") for p in pairs]), report
 
 
-@torch.no_grad()
 def score_responses(loaded: LoadedModel, prompts: list, responses: list[str], head: str = "reward", max_length: int | None = None, batch_size: int = 8) -> np.ndarray:
     """One score per (prompt, response) from the reward head, the implicit reward, or both combined (their sum)."""
-    if head not in HEADS:
-        raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+    check_head(head)
     if head != "reward" and not loaded.objective.uses_policy_head:
         raise ValueError(f"a {loaded.config.method} model has no trained policy head, so no {head} score; use head 'reward'")
     encoder = PairEncoder(loaded.tokenizer, max_length or loaded.config.max_length)
@@ -94,23 +93,7 @@ def score_responses(loaded: LoadedModel, prompts: list, responses: list[str], he
     scores = np.zeros(len(encoded), dtype=np.float32)
     for indices in length_sorted_batches([len(e["input_ids"]) for e in encoded], batch_size):
         chunk = [encoded[i] for i in indices]
-        batch = pad_sequences([e["input_ids"] for e in chunk], [e["prompt_length"] for e in chunk], loaded.tokenizer.pad_token_id, loaded.tokenizer.padding_side)
-        rewards, implicit = _both_heads(loaded, batch, with_implicit=head != "reward")
-        scores[indices] = {"reward": rewards, "implicit": implicit, "combined": rewards + implicit}[head].numpy()
+        batch = pad_sequences([e["input_ids"] for e in chunk], [e["prompt_length"] for e in chunk], loaded.tokenizer.pad_token_id)
+        rewards, implicit = batch_scores(loaded.model, loaded.objective, batch, with_implicit=head != "reward")
+        scores[indices] = head_scores(rewards, implicit, head).numpy()
     return scores
-
-
-def _both_heads(loaded: LoadedModel, batch: dict, with_implicit: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reward-head and implicit rewards of a batch, on the CPU; implicit is NaN without a policy head, or when
-    not asked for (which skips the LM head and the reference forward)."""
-    model, objective = loaded.model, loaded.objective
-    with_implicit = with_implicit and objective.uses_policy_head
-    device = next(model.parameters()).device
-    inputs = [batch[k].to(device) for k in ("input_ids", "attention_mask", "response_mask")]
-    outputs = model(*inputs, with_logps=with_implicit)
-    if with_implicit:
-        reference = model.reference_logps(*inputs) if objective.policy_loss.needs_reference else None
-        implicit = objective.implicit_rewards(outputs.logps, outputs.token_counts, reference)
-    else:
-        implicit = torch.full_like(outputs.rewards, float("nan"))
-    return outputs.rewards.float().cpu(), implicit.float().cpu()

@@ -31,8 +31,11 @@ class PolicyLoss:
     """A DPO-family preference loss on response log-probs.
 
     kind: sigmoid (DPO), ipo, hinge (SLiC), robust (rDPO, Chowdhury et al. 2024) or simpo (reference-free).
-    tau is DPO's beta. label_smoothing is the assumed label-flip rate (cDPO for sigmoid, rDPO for robust).
-    IPO and SimPO use length-normalised (per-token mean) log-probs; the others use sums.
+    tau is DPO's beta. label_smoothing is the assumed label-flip rate: conservative DPO (cDPO) for sigmoid and
+    simpo (as TRL's CPOTrainer applies it to SimPO), rDPO's unbiased form for robust. Note that TRL 1.16's
+    DPOTrainer ignores label_smoothing for its sigmoid loss; older TRL and hafrm apply it (cDPO). ipo and hinge
+    have no label-smoothed form and refuse it. IPO and SimPO use length-normalised (per-token mean) log-probs;
+    the others use sums.
     """
 
     kind: str = "sigmoid"
@@ -47,6 +50,8 @@ class PolicyLoss:
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
         if self.tau <= 0:
             raise ValueError(f"tau must be positive, got {self.tau}")
+        if self.label_smoothing and self.kind in ("ipo", "hinge"):
+            raise ValueError(f"label_smoothing has no meaning for the {self.kind} policy loss (use sigmoid, robust or simpo)")
 
     @property
     def needs_reference(self) -> bool:
@@ -68,15 +73,14 @@ class PolicyLoss:
         """Loss per pair from the chosen and rejected log-ratios (or log-probs for SimPO)."""
         logits = chosen_ratio - rejected_ratio
         eps = self.label_smoothing
-        if self.kind == "sigmoid":
-            return -(1 - eps) * F.logsigmoid(self.tau * logits) - eps * F.logsigmoid(-self.tau * logits)
-        if self.kind == "robust":
-            return (-(1 - eps) * F.logsigmoid(self.tau * logits) + eps * F.logsigmoid(-self.tau * logits)) / (1 - 2 * eps)
         if self.kind == "hinge":
             return torch.relu(1 - self.tau * logits)
         if self.kind == "ipo":
             return (logits - 1 / (2 * self.tau)) ** 2
-        return -F.logsigmoid(self.tau * logits - self.simpo_gamma)  # simpo
+        if self.kind == "robust":
+            return (-(1 - eps) * F.logsigmoid(self.tau * logits) + eps * F.logsigmoid(-self.tau * logits)) / (1 - 2 * eps)
+        z = self.tau * logits - (self.simpo_gamma if self.kind == "simpo" else 0.0)
+        return -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)  # sigmoid (cDPO when eps > 0) and simpo
 
 
 def hybrid_loss(reward_loss: torch.Tensor | None, policy_loss: torch.Tensor | None, alpha: float) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """The hybrid model: one causal-LM backbone (phi) shared by the policy head K and a scalar reward head F.
 
-One forward pass over the concatenated chosen+rejected batch yields both the rewards (F on the
-hidden state of the last non-pad token) and the response log-probs (K on response positions only,
-chunked, so full-vocabulary logits are never built for prompt tokens).
+One forward pass yields both the rewards (F on the hidden state of each response's last token) and the
+response log-probs (K on response positions only, chunked, so full-vocabulary logits are never built for
+prompt tokens). With prompt sharing a pair is one row, [prompt | chosen | rejected], under a block mask.
 
 Saved outputs are plain Hugging Face formats:
   reward_model/   AutoModelForSequenceClassification (num_labels=1, head named `score`)
@@ -25,6 +25,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from hafrm.data.encoding import PAD, PROMPT, REJECTED, RESPONSE
+from hafrm.export import save_causal_lm, save_sequence_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -50,17 +53,76 @@ class LoraSettings:
     target_modules: str | list[str] = "all-linear"
 
 
-def last_token_index(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_token_id: int | None) -> torch.Tensor:
-    """Index of the last real token of each row, for left or right padding.
+# ---------------------------------------------------------------------- sequence layout
+#
+# A batch row is [prompt | response] or, with prompt sharing, [prompt | chosen | rejected]: the prompt is computed
+# once for both responses. segment_ids (B, T) say which part each token is (data/encoding.py writes them); the
+# rejected response sees the prompt and itself, never the chosen one, and its positions continue from the prompt.
 
-    Same rule as transformers' *ForSequenceClassification (last token that is not the pad id), so a
-    saved reward model gives the same rewards; attention_mask also excludes padding whatever its id.
+
+def response_ends(segment_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where rewards are read: (rows, positions) of the last token of every response, chosen (or single) responses
+    of all rows first, then rejected ones. This is the one rule for every path (training, evaluation, scoring,
+    serving, RLHF rewards): the last token of the formatted conversation. The pad token never occurs in text
+    (`pretrained.choose_pad_token`), so transformers' *ForSequenceClassification, which reads the last non-pad
+    token, reads the same token in an exported model."""
+    positions = torch.arange(segment_ids.shape[1], device=segment_ids.device)
+    rows, ends = [], []
+    for segment in (RESPONSE, REJECTED):
+        inside = segment_ids == segment
+        present = inside.any(dim=1)
+        rows.append(present.nonzero().squeeze(1))
+        ends.append((positions * inside).argmax(dim=1)[present])
+    return torch.cat(rows), torch.cat(ends)
+
+
+def response_tokens(segment_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every response token the policy head scores: (row, predicting position, token position, response index).
+
+    A token is predicted from the position before it, except the first rejected token, which is predicted from
+    the last prompt token (the rejected response continues the prompt, not the chosen one). A response's first
+    token with no prompt before it is not scored. The response index follows `response_ends`' order.
     """
-    real = attention_mask.bool()
-    if pad_token_id is not None:
-        real = real & (input_ids != pad_token_id)
-    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-    return (positions * real).argmax(dim=-1)
+    batch, width = segment_ids.shape
+    positions = torch.arange(width, device=segment_ids.device).expand(batch, width)
+    is_prompt = segment_ids == PROMPT
+    last_prompt = torch.where(is_prompt.any(dim=1, keepdim=True), (positions * is_prompt).amax(dim=1, keepdim=True), -1)
+    previous = torch.cat([segment_ids.new_full((batch, 1), PAD), segment_ids[:, :-1]], dim=1)
+    first_rejected = (segment_ids == REJECTED) & (previous != REJECTED)
+    predictor = torch.where(first_rejected, last_prompt, positions - 1)
+    predicted_from = segment_ids.gather(1, predictor.clamp(min=0))
+    scored = (segment_ids >= RESPONSE) & (predictor >= 0) & (predicted_from != PAD)
+    rows, columns = scored.nonzero(as_tuple=True)
+    has_response, has_rejected = (segment_ids == RESPONSE).any(dim=1), (segment_ids == REJECTED).any(dim=1)
+    response_index = torch.cumsum(has_response, 0) - 1
+    rejected_index = has_response.sum() + torch.cumsum(has_rejected, 0) - 1
+    output = torch.where(segment_ids[rows, columns] == REJECTED, rejected_index[rows], response_index[rows])
+    return rows, predictor[rows, columns], columns, output
+
+
+def attention_mask_for(segment_ids: torch.Tensor, attn_implementation: str, dtype: torch.dtype):
+    """The attention mask the backbone takes: the 2D padding mask when no row shares its prompt (the model adds
+    causality itself), else a 4D block mask in the form the attention implementation reads."""
+    if not (segment_ids == REJECTED).any():
+        return (segment_ids != PAD).long()
+    width = segment_ids.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=segment_ids.device).tril()
+    query, key = segment_ids[:, :, None], segment_ids[:, None, :]
+    allowed = causal & (key != PAD) & ~((query == REJECTED) & (key == RESPONSE))
+    allowed |= torch.eye(width, dtype=torch.bool, device=segment_ids.device)  # pad rows attend to themselves: no empty row
+    if attn_implementation == "flex_attention":
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        def mask_mod(b, h, q, k):
+            return allowed[b, q, k]
+
+        return create_block_mask(mask_mod, segment_ids.shape[0], None, width, width, device=segment_ids.device)
+    if attn_implementation == "sdpa":
+        return allowed[:, None]
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+SHARED_PROMPT_ATTENTION = ("sdpa", "eager", "flex_attention")  # implementations that honour a custom 4D mask
 
 
 def _token_logps(hidden: torch.Tensor, targets: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
@@ -73,15 +135,14 @@ def logprob_chunk_tokens(vocab_size: int) -> int:
     return max(16, LOGIT_CHUNK_BYTES // (4 * vocab_size))
 
 
-def response_logps(hidden: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor, lm_head: nn.Module, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probs of response tokens and their counts, computing the LM head only on response positions.
+def response_logps(hidden: torch.Tensor, input_ids: torch.Tensor, segment_ids: torch.Tensor, lm_head: nn.Module, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) summed log-probs of each response's tokens and (N,) their counts, in `response_ends`' order.
 
-    Under autograd each chunk is recomputed in backward rather than keeping its (chunk x vocab) logits.
+    The LM head runs only on the positions that predict response tokens, in chunks; under autograd each chunk is
+    recomputed in backward rather than keeping its (chunk x vocab) logits.
     """
-    predicts_response = response_mask[:, 1:]
-    hidden = hidden[:, :-1][predicts_response]
-    targets = input_ids[:, 1:][predicts_response]
-    rows = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(predicts_response)[predicts_response]
+    rows, predictors, targets, outputs = response_tokens(segment_ids)
+    hidden, targets = hidden[rows, predictors], input_ids[rows, targets]
     pieces = []
     for start in range(0, hidden.shape[0], chunk_size):
         h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
@@ -90,25 +151,26 @@ def response_logps(hidden: torch.Tensor, input_ids: torch.Tensor, response_mask:
         else:
             pieces.append(_token_logps(h, t, lm_head))
     token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0)
-    logps = torch.zeros(input_ids.shape[0], dtype=token_logps.dtype, device=input_ids.device).index_add(0, rows, token_logps)
-    return logps, predicts_response.sum(dim=1)
+    count = int((segment_ids == RESPONSE).any(dim=1).sum() + (segment_ids == REJECTED).any(dim=1).sum())
+    logps = torch.zeros(count, dtype=token_logps.dtype, device=input_ids.device).index_add(0, outputs, token_logps)
+    counts = torch.zeros(count, dtype=torch.long, device=input_ids.device).index_add(0, outputs, torch.ones_like(outputs))
+    return logps, counts
 
 
 class HybridRewardModel(nn.Module):
     """Causal LM (optionally PEFT-wrapped) plus a linear reward head on its last hidden state."""
 
-    def __init__(self, policy: nn.Module, score: nn.Linear, pad_token_id: int | None, logprob_chunk_size: int | None = None):
+    def __init__(self, policy: nn.Module, score: nn.Linear, logprob_chunk_size: int | None = None):
         super().__init__()
         self.policy = policy
         self.score = score
-        self.pad_token_id = pad_token_id
         self.logprob_chunk_size = logprob_chunk_size or logprob_chunk_tokens(self.causal_lm.get_output_embeddings().out_features)
         self.reference_model: nn.Module | None = None
 
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_causal_lm(cls, causal_lm: nn.Module, pad_token_id: int | None, lora: LoraSettings | None = None, score: nn.Linear | None = None) -> "HybridRewardModel":
+    def from_causal_lm(cls, causal_lm: nn.Module, lora: LoraSettings | None = None, score: nn.Linear | None = None) -> "HybridRewardModel":
         """Attach a fresh reward head (std 1/sqrt(hidden+1)) and, if asked, LoRA adapters to a causal LM."""
         if score is None:
             hidden = causal_lm.config.get_text_config().hidden_size
@@ -118,19 +180,19 @@ class HybridRewardModel(nn.Module):
             from peft import LoraConfig, get_peft_model
 
             causal_lm = get_peft_model(causal_lm, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules, task_type="CAUSAL_LM"))
-        return cls(causal_lm, score, pad_token_id)
+        return cls(causal_lm, score)
 
     @classmethod
     def from_pretrained(cls, output_dir: str | Path, dtype: torch.dtype = torch.float32) -> "HybridRewardModel":
         """Load a directory written by `export` (its policy/ and reward head)."""
-        from transformers import AutoModelForCausalLM
+        from hafrm.pretrained import load_causal_lm
 
         output_dir = Path(output_dir)
-        causal_lm = AutoModelForCausalLM.from_pretrained(output_dir / "policy", dtype=dtype)
+        causal_lm = load_causal_lm(str(output_dir / "policy"), dtype)
         weight = load_file(output_dir / REWARD_HEAD_FILE)["weight"].to(dtype)
         score = nn.Linear(weight.shape[1], 1, bias=False, dtype=dtype)
         score.weight.data.copy_(weight)
-        return cls(causal_lm, score, causal_lm.config.pad_token_id)
+        return cls(causal_lm, score)
 
     # ------------------------------------------------------------------ structure
 
@@ -150,6 +212,11 @@ class HybridRewardModel(nn.Module):
     @property
     def config(self):
         return self.causal_lm.config
+
+    @property
+    def shares_prompts(self) -> bool:
+        """Whether a pair can be one row [prompt | chosen | rejected]: the attention must honour a block mask."""
+        return self.config._attn_implementation in SHARED_PROMPT_ATTENTION
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         self.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs or {"use_reentrant": False})
@@ -171,20 +238,23 @@ class HybridRewardModel(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor | None = None, with_logps: bool = True) -> HybridOutput:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        last = last_token_index(input_ids, attention_mask, self.pad_token_id)
-        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        rewards = self.score(pooled.to(self.score.weight.dtype)).squeeze(-1).float()
+    def hidden_states(self, body: nn.Module, input_ids: torch.Tensor, segment_ids: torch.Tensor, position_ids: torch.Tensor | None) -> torch.Tensor:
+        """(B, T, H) last hidden states of a backbone for a batch in the layout of `segment_ids`."""
+        mask = attention_mask_for(segment_ids, self.config._attn_implementation, self.score.weight.dtype)
+        return body(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False).last_hidden_state
+
+    def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor, position_ids: torch.Tensor | None = None, with_logps: bool = True) -> HybridOutput:
+        """Rewards (and response log-probs) of every response in the batch, in `response_ends`' order."""
+        hidden = self.hidden_states(self.backbone, input_ids, segment_ids, position_ids)
+        rows, ends = response_ends(segment_ids)
+        rewards = self.score(hidden[rows, ends].to(self.score.weight.dtype)).squeeze(-1).float()
         if not with_logps:
             return HybridOutput(rewards, None, None)
-        if response_mask is None:
-            raise ValueError("response_mask is needed to compute response log-probs")
-        logps, counts = response_logps(hidden, input_ids, response_mask, self.causal_lm.get_output_embeddings(), self.logprob_chunk_size)
+        logps, counts = response_logps(hidden, input_ids, segment_ids, self.causal_lm.get_output_embeddings(), self.logprob_chunk_size)
         return HybridOutput(rewards, logps, counts)
 
     @torch.no_grad()
-    def reference_logps(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    def reference_logps(self, input_ids: torch.Tensor, segment_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Response log-probs under the reference policy: the frozen copy, or the base with LoRA adapters off."""
         if self.reference_model is not None:
             reference = self.reference_model
@@ -195,9 +265,8 @@ class HybridRewardModel(nn.Module):
         else:
             raise RuntimeError("no reference policy: precompute reference log-probs, use LoRA, or keep a frozen copy")
         with context, _eval_mode(reference):
-            body = getattr(reference, reference.base_model_prefix)
-            hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-            logps, _ = response_logps(hidden, input_ids, response_mask, reference.get_output_embeddings(), self.logprob_chunk_size)
+            hidden = self.hidden_states(getattr(reference, reference.base_model_prefix), input_ids, segment_ids, position_ids)
+            logps, _ = response_logps(hidden, input_ids, segment_ids, reference.get_output_embeddings(), self.logprob_chunk_size)
         return logps
 
     # ------------------------------------------------------------------ checkpoints (training state)
@@ -223,10 +292,9 @@ class HybridRewardModel(nn.Module):
         if self.is_peft:
             self.policy.save_pretrained(output_dir / "adapter")
             self.policy = self.policy.merge_and_unload()
-        save_sequence_classifier(self.causal_lm, self.score, tokenizer, output_dir / "reward_model")
+        save_sequence_classifier(self.causal_lm, self.score, tokenizer, output_dir / "reward_model", metadata)
         if save_policy:
-            self.causal_lm.save_pretrained(output_dir / "policy")
-            tokenizer.save_pretrained(output_dir / "policy")
+            save_causal_lm(self.causal_lm, tokenizer, output_dir / "policy")
         (output_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
         return output_dir
 
@@ -239,24 +307,3 @@ def _eval_mode(module: nn.Module):
         yield
     finally:
         module.train(was_training)
-
-
-def save_sequence_classifier(causal_lm: nn.Module, score: nn.Linear, tokenizer, directory: Path) -> None:
-    """Save backbone + reward head as an AutoModelForSequenceClassification (num_labels=1, head `score`).
-
-    The classifier is built on the meta device and takes the trained tensors by assignment, so no
-    second copy of the weights is allocated.
-    """
-    from transformers import AutoModelForSequenceClassification
-
-    config = copy.deepcopy(causal_lm.config)
-    config.num_labels = 1
-    config.pad_token_id = tokenizer.pad_token_id
-    config.architectures = None
-    with torch.device("meta"):
-        classifier = AutoModelForSequenceClassification.from_config(config, dtype=causal_lm.dtype)
-    body = getattr(causal_lm, causal_lm.base_model_prefix)
-    getattr(classifier, classifier.base_model_prefix).load_state_dict(body.state_dict(), assign=True)
-    classifier.score.load_state_dict(score.state_dict(), assign=True)
-    classifier.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)

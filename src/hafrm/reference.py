@@ -52,7 +52,7 @@ def compute_reference_logps(model, dataset, collator, batch_size: int, device: t
     results = []
     for batch in tqdm(loader, desc=description, leave=False):
         batch = {k: v.to(device) for k, v in batch.items()}
-        out = model(batch["input_ids"], batch["attention_mask"], batch["response_mask"], with_logps=True)
+        out = model(batch["input_ids"], batch["segment_ids"], batch.get("position_ids"), with_logps=True)
         chosen, rejected = out.logps.float().cpu().chunk(2)
         results.append(torch.stack([chosen, rejected], dim=1))
     model.train(was_training)

@@ -7,15 +7,20 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from hafrm.data.encoding import PairEncoder, length_sorted_batches, pad_sequences
+from hafrm.data.encoding import PAD, PairEncoder, length_sorted_batches, pad_sequences
 from hafrm.data.errors import DataError
 from hafrm.data.formats import SkipRow, as_messages, as_response, require
 from hafrm.data.reading import read_rows
-from hafrm.pretrained import load_tokenizer, resolve_dtype
+from hafrm.model import response_ends
+from hafrm.pretrained import load_pretrained, load_tokenizer, resolve_dtype
 
 
 class RewardScorer:
-    """Loads `reward_model/` of a hafrm output (or any sequence-classification reward model) and scores texts."""
+    """Loads `reward_model/` of a hafrm output (or any sequence-classification reward model) and scores texts.
+
+    Decoder reward models (a `score` head on a causal backbone, as hafrm exports) are read with the same rule as
+    training, `model.response_ends`; other classifiers (e.g. encoders) by their own logits.
+    """
 
     def __init__(self, model_dir: str | Path, max_length: int = 512, dtype: str = "fp32", device: str | None = None):
         from transformers import AutoModelForSequenceClassification
@@ -25,9 +30,8 @@ class RewardScorer:
             model_dir = model_dir / "reward_model"
         self.tokenizer = load_tokenizer(str(model_dir))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=resolve_dtype(dtype)).to(self.device).eval()
-        if self.model.config.pad_token_id is None:
-            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.model = load_pretrained(AutoModelForSequenceClassification, str(model_dir), resolve_dtype(dtype)).to(self.device).eval()
+        self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.encoder = PairEncoder(self.tokenizer, max_length)
 
     def encode(self, prompt, response: str) -> list[int]:
@@ -35,9 +39,15 @@ class RewardScorer:
         return self.encoder.encode_single(as_messages(prompt, "input"), response)["input_ids"]
 
     def encode_text(self, text: str) -> list[int]:
-        """Token ids of an already formatted conversation (OpenRLHF queries), keeping its end."""
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return ids[-self.encoder.max_length :]
+        """Token ids of an already formatted conversation (OpenRLHF queries): padding stripped, a turn that
+        ended at EOS completed as training formatted it (`PairEncoder.normalise_rollout`)."""
+        return self.encoder.encode_text(text)
+
+    def encode_completion(self, prompt, completion: str) -> list[int]:
+        """A TRL-style (prompt, completion): a prompt that is already formatted text is continued, not templated again."""
+        if isinstance(prompt, str) and self.encoder.is_formatted(prompt):
+            return self.encoder.encode_text(prompt + completion, finished=True)
+        return self.encode(prompt, completion)
 
     def score(self, prompts: list, responses: list[str], batch_size: int = 8, progress: bool = False) -> list[float]:
         """Reward of each (prompt, response); prompts are strings or chat-message lists."""
@@ -49,26 +59,43 @@ class RewardScorer:
         rewards = [0.0] * len(sequences)
         for chunk in tqdm(length_sorted_batches([len(s) for s in sequences], batch_size), desc="scoring", disable=not progress, leave=False):
             batch = pad_sequences([sequences[i] for i in chunk], [0] * len(chunk), self.tokenizer.pad_token_id, self.tokenizer.padding_side)
-            logits = self.model(input_ids=batch["input_ids"].to(self.device), attention_mask=batch["attention_mask"].to(self.device)).logits
-            for i, value in zip(chunk, logits[:, 0].float().cpu().tolist()):
+            values = self._rewards(batch["input_ids"].to(self.device), batch["segment_ids"].to(self.device))
+            for i, value in zip(chunk, values.float().cpu().tolist()):
                 rewards[i] = value
         return rewards
 
+    def _rewards(self, input_ids: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
+        attention_mask = (segment_ids != PAD).long()
+        score = getattr(self.model, "score", None)
+        if isinstance(score, torch.nn.Linear) and score.out_features == 1:
+            hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            rows, ends = response_ends(segment_ids)
+            return score(hidden[rows, ends].to(score.weight.dtype)).squeeze(-1)
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
 
-def score_file(scorer: RewardScorer, source: str, batch_size: int = 8, prompt_column: str = "prompt", response_column: str = "response") -> list[dict]:
-    """Rows of a JSONL/CSV/Parquet file with a 'reward' field added."""
+
+def read_scoring_rows(source: str, prompt_column: str = "prompt", response_column: str = "response") -> list[tuple[dict, list, str]]:
+    """(row, prompt messages, response) of every row of a JSONL/CSV/Parquet file, all checked before any model is
+    loaded: a missing column or an empty response is an error naming the file and line."""
     rows = []
     for where, row in read_rows(source):
         require(row, (prompt_column, response_column), where)
-        rows.append((where, row))
-    sequences = [scorer.encode(as_messages(row[prompt_column], where), response_text(row[response_column], response_column, where)) for where, row in rows]
-    rewards = scorer.score_ids(sequences, batch_size, progress=True)
-    return [{**row, "reward": reward} for (_, row), reward in zip(rows, rewards)]
+        rows.append((row, as_messages(row[prompt_column], where), response_text(row[response_column], response_column, where)))
+    return rows
+
+
+def score_rows(scorer: RewardScorer, rows: list[tuple[dict, list, str]], batch_size: int = 8) -> list[dict]:
+    """The rows with a 'reward' field added."""
+    rewards = scorer.score_ids([scorer.encode(prompt, response) for _, prompt, response in rows], batch_size, progress=True)
+    return [{**row, "reward": reward} for (row, _, _), reward in zip(rows, rewards)]
 
 
 def response_text(value, column: str, where: str) -> str:
     """A response to score; unlike training pairs, an empty one is an error here, not a skip."""
     try:
-        return as_response(value, column, where)
+        text = as_response(value, column, where)
     except SkipRow as reason:
         raise DataError(f"{where}: {reason}") from None
+    if not text.strip():
+        raise DataError(f"{where}: empty response in column '{column}'")
+    return text

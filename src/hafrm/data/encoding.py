@@ -9,17 +9,30 @@ end, where the reward is read, is always kept.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
 from hafrm.data.formats import Messages
 
 HH_ROLES = {"user": "Human", "assistant": "Assistant", "system": "System"}
+HH_ASSISTANT_PREFIX = "\n\nAssistant:"
+
+# What each token of a batch row is (see model.py's sequence layout): padding, prompt, a response (the chosen one
+# of a pair, or the only one), or the rejected response of a pair sharing its prompt.
+PAD, PROMPT, RESPONSE, REJECTED = 0, 1, 2, 3
 
 
 class PairEncoder:
-    """Format prompt + response with the tokenizer's chat template (or HH text without one) and tokenize."""
+    """Format conversations with the tokenizer's chat template (or HH text without one) and tokenize them.
+
+    A conversation is tokenized whole, once, so its ids are those of `apply_chat_template` on the whole
+    conversation (what TRL's RewardTrainer, RewardBench and every serving path see). The prompt is the longest
+    prefix of whole tokens it shares with the prompt-only text; a token that merges across the boundary belongs
+    to the response (as TRL's DPO split does). The chosen and rejected sequences of a pair share that prefix.
+    """
 
     def __init__(self, tokenizer, max_length: int = 512):
         if max_length < 8:
@@ -27,24 +40,83 @@ class PairEncoder:
         self.tokenizer = tokenizer
         self.max_length = max_length
 
-    def texts(self, prompt: Messages, response: str) -> tuple[str, str]:
-        """(prompt_text, response_text): their concatenation is the full formatted conversation."""
-        if self.tokenizer.chat_template:
-            prompt_text = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-            full = self.tokenizer.apply_chat_template(
-                prompt + [{"role": "assistant", "content": response}], tokenize=False
-            )
-            if full.startswith(prompt_text):
-                return prompt_text, full[len(prompt_text) :]
-            return prompt_text, response + (self.tokenizer.eos_token or "")
-        history = "".join(f"\n\n{HH_ROLES.get(m['role'], m['role'])}: {m['content']}" for m in prompt)
-        return history + "\n\nAssistant:", " " + response + (self.tokenizer.eos_token or "")
+    # ------------------------------------------------------------------ text
 
-    def encode_response(self, prompt: Messages, response: str) -> tuple[list[int], list[int]]:
-        prompt_text, response_text = self.texts(prompt, response)
-        prompt_ids = self.tokenizer(prompt_text, add_special_tokens=not self.tokenizer.chat_template)["input_ids"]
-        response_ids = self.tokenizer(response_text, add_special_tokens=False)["input_ids"]
-        return prompt_ids, response_ids
+    def prompt_text(self, prompt: Messages) -> str:
+        """The prompt as formatted text, ending where the assistant's answer starts."""
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        history = "".join(f"\n\n{HH_ROLES.get(m['role'], m['role'])}: {m['content']}" for m in prompt)
+        return history + HH_ASSISTANT_PREFIX
+
+    def conversation_text(self, prompt: Messages, response: str) -> str:
+        """The whole conversation, prompt then response and the turn end the format puts after it."""
+        prompt_text = self.prompt_text(prompt)
+        if self.tokenizer.chat_template:
+            full = self.tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}], tokenize=False)
+            if full.startswith(prompt_text):
+                return full
+        return prompt_text + (" " if not self.tokenizer.chat_template else "") + response + (self.tokenizer.eos_token or "")
+
+    @cached_property
+    def assistant_prefix(self) -> str:
+        """What the format writes before an assistant's answer (e.g. `<|im_start|>assistant\\n`, HH's `\\n\\nAssistant:`)."""
+        if not self.tokenizer.chat_template:
+            return HH_ASSISTANT_PREFIX
+        messages = [{"role": "user", "content": "x"}]
+        with_prefix = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        without = self.tokenizer.apply_chat_template(messages, add_generation_prompt=False, tokenize=False)
+        return with_prefix[len(without) :] if with_prefix.startswith(without) else ""
+
+    @cached_property
+    def turn_end(self) -> str:
+        """What the format writes after an assistant's answer (e.g. `<|im_end|>\\n`, or the EOS token)."""
+        sentinel = "\u2063hafrm\u2063"
+        full = self.conversation_text([{"role": "user", "content": "x"}], sentinel)
+        return full[full.rindex(sentinel) + len(sentinel) :]
+
+    def is_formatted(self, text: str) -> bool:
+        """A prompt that is already formatted text (it ends where the assistant's answer starts)."""
+        return bool(self.assistant_prefix) and text.endswith(self.assistant_prefix)
+
+    def normalise_rollout(self, text: str, finished: bool = False) -> str:
+        """A formatted conversation as training formatted it.
+
+        Drops leading pad/EOS strings (left padding that RL trainers such as OpenRLHF decode with the text) and
+        trailing ones (right padding). A turn that ended at EOS, or is `finished` (a completion decoded without
+        special tokens), gets the rest of the format's turn end, so `...answer<|im_end|>` scores as
+        `...answer<|im_end|>\\n`. A rollout cut off before EOS is scored as given.
+        """
+        eos = self.tokenizer.eos_token
+        fillers = "|".join(re.escape(t) for t in {self.tokenizer.pad_token, eos} if t)
+        if fillers:
+            text = re.sub(f"\\A(?:{fillers})+", "", text)
+            body = re.sub(f"(?:{fillers})+\\Z", "", text)
+            finished = finished or bool(eos and eos in text[len(body) :])
+            text = body
+        turn_end = self.turn_end
+        specials = self.tokenizer.all_special_tokens
+        for cut in range(len(turn_end), 0, -1):
+            head = turn_end[:cut]
+            if text.endswith(head) and (cut == len(turn_end) or any(head.endswith(t) for t in specials)):
+                return text + turn_end[cut:]
+        return text + turn_end if finished else text
+
+    # ------------------------------------------------------------------ tokens
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of formatted text. A chat template writes its own special tokens; plain HH text gets the
+        tokenizer's usual ones (e.g. BOS) unless it already starts with them."""
+        bos = self.tokenizer.bos_token
+        add_special = not self.tokenizer.chat_template and not (bos and text.startswith(bos))
+        return self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
+
+    def split(self, prompt: Messages, responses: list[str]) -> tuple[list[int], list[list[int]]]:
+        """(shared prompt ids, one id list per response): each conversation tokenized whole, then split by position."""
+        prompt_alone = self.tokenize(self.prompt_text(prompt))
+        conversations = [self.tokenize(self.conversation_text(prompt, r)) for r in responses]
+        shared = min(common_prefix_length(prompt_alone, ids) for ids in conversations)
+        return conversations[0][:shared], [ids[shared:] for ids in conversations]
 
     def truncate(self, prompt_ids: list[int], responses: list[list[int]]) -> tuple[list[int], list[list[int]], bool]:
         """Cut a shared prompt and its responses to max_length, keeping every response's end."""
@@ -58,8 +130,7 @@ class PairEncoder:
 
     def encode_pair(self, pair: dict) -> dict:
         """Token ids of chosen and rejected sequences and where each response starts."""
-        prompt_ids, chosen = self.encode_response(pair["prompt"], pair["chosen"])
-        _, rejected = self.encode_response(pair["prompt"], pair["rejected"])
+        prompt_ids, (chosen, rejected) = self.split(pair["prompt"], [pair["chosen"], pair["rejected"]])
         prompt_ids, (chosen, rejected), truncated = self.truncate(prompt_ids, [chosen, rejected])
         return {
             "chosen_input_ids": prompt_ids + chosen,
@@ -67,28 +138,61 @@ class PairEncoder:
             "prompt_length": len(prompt_ids),
             "margin": float(pair.get("margin") or 0.0),
             "truncated": truncated,
-            "length": len(prompt_ids) + max(len(chosen), len(rejected)),
+            "length": len(prompt_ids) + len(chosen) + len(rejected),  # of the shared-prompt row; batches group by it
         }
 
     def encode_single(self, prompt: Messages, response: str) -> dict:
         """One prompt/response sequence for scoring."""
-        prompt_ids, response_ids = self.encode_response(prompt, response)
+        prompt_ids, (response_ids,) = self.split(prompt, [response])
         prompt_ids, (response_ids,), _ = self.truncate(prompt_ids, [response_ids])
         return {"input_ids": prompt_ids + response_ids, "prompt_length": len(prompt_ids)}
 
+    def encode_text(self, text: str, finished: bool = False) -> list[int]:
+        """Token ids of an already formatted conversation (an RL rollout), normalised and cut from the left."""
+        return self.tokenize(self.normalise_rollout(text, finished))[-self.max_length :]
 
-def pad_sequences(sequences: list[list[int]], prompt_lengths: list[int], pad_id: int, padding_side: str) -> dict:
-    """Pad to a common length; response_mask marks response tokens (what the policy head scores)."""
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    """How many leading ids two sequences share."""
+    length = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        length += 1
+    return length
+
+
+def pad_sequences(sequences: list[list[int]], prompt_lengths: list[int], pad_id: int, padding_side: str = "right") -> dict:
+    """One sequence per row, padded to a common length; segment_ids mark prompt, response and padding."""
     width = max(len(s) for s in sequences)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    response_mask = torch.zeros((len(sequences), width), dtype=torch.bool)
+    segment_ids = torch.full((len(sequences), width), PAD, dtype=torch.long)
     for row, (ids, prompt_length) in enumerate(zip(sequences, prompt_lengths)):
         start = width - len(ids) if padding_side == "left" else 0
         input_ids[row, start : start + len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, start : start + len(ids)] = 1
-        response_mask[row, start + prompt_length : start + len(ids)] = True
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
+        segment_ids[row, start : start + prompt_length] = PROMPT
+        segment_ids[row, start + prompt_length : start + len(ids)] = RESPONSE
+    return {"input_ids": input_ids, "segment_ids": segment_ids}
+
+
+def shared_prompt_rows(features: list[dict], pad_id: int) -> dict:
+    """One row per pair, [prompt | chosen | rejected], right-padded; rejected positions continue from the prompt."""
+    rows = []
+    for f in features:
+        length = f["prompt_length"]
+        prompt, chosen, rejected = f["chosen_input_ids"][:length], f["chosen_input_ids"][length:], f["rejected_input_ids"][length:]
+        segments = [PROMPT] * length + [RESPONSE] * len(chosen) + [REJECTED] * len(rejected)
+        positions = list(range(length + len(chosen))) + list(range(length, length + len(rejected)))
+        rows.append((prompt + chosen + rejected, segments, positions))
+    width = max(len(ids) for ids, _, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    segment_ids = torch.full((len(rows), width), PAD, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, (ids, segments, positions) in enumerate(rows):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        segment_ids[row, : len(ids)] = torch.tensor(segments)
+        position_ids[row, : len(ids)] = torch.tensor(positions)
+    return {"input_ids": input_ids, "segment_ids": segment_ids, "position_ids": position_ids}
 
 
 def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -99,15 +203,22 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
 
 @dataclass
 class PairCollator:
-    """Stack chosen rows then rejected rows into one batch of 2B sequences for a single forward pass."""
+    """A batch of B pairs for one forward pass whose outputs are the B chosen responses, then the B rejected ones.
+
+    share_prompt: one row per pair, [prompt | chosen | rejected] (the prompt is computed once); otherwise 2B rows,
+    chosen sequences then rejected ones, for attention implementations that cannot take a block mask.
+    """
 
     pad_token_id: int
     padding_side: str = "right"
+    share_prompt: bool = True
 
     def __call__(self, features: list[dict]) -> dict:
-        sequences = [f["chosen_input_ids"] for f in features] + [f["rejected_input_ids"] for f in features]
-        prompt_lengths = [f["prompt_length"] for f in features] * 2
-        batch = pad_sequences(sequences, prompt_lengths, self.pad_token_id, self.padding_side)
+        if self.share_prompt:
+            batch = shared_prompt_rows(features, self.pad_token_id)
+        else:
+            sequences = [f["chosen_input_ids"] for f in features] + [f["rejected_input_ids"] for f in features]
+            batch = pad_sequences(sequences, [f["prompt_length"] for f in features] * 2, self.pad_token_id, self.padding_side)
         batch["margin"] = torch.tensor([f["margin"] for f in features], dtype=torch.float32)
         if "reference_chosen_logps" in features[0]:
             batch["reference_logps"] = torch.tensor(

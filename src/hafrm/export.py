@@ -1,0 +1,107 @@
+"""Hugging Face folders out: the reward model as an AutoModelForSequenceClassification, the policy as an
+AutoModelForCausalLM, each with its tokenizer (whose pad token is the one training used) and, for the reward
+model, a model card. Folders are made readable by the transformers 4.x releases that tools such as RewardBench pin
+(`portable.make_portable`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hafrm.portable import make_portable
+
+
+def save_sequence_classifier(causal_lm: nn.Module, score: nn.Linear, tokenizer, directory: Path, metadata: dict) -> None:
+    """Save backbone + reward head as an AutoModelForSequenceClassification (num_labels=1, head `score`).
+
+    The classifier is built on the meta device and takes the trained tensors by assignment, so no
+    second copy of the weights is allocated.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    config = copy.deepcopy(causal_lm.config)
+    config.num_labels = 1
+    config.problem_type = "regression"  # a raw reward: pipelines must not squash it with a sigmoid
+    config.pad_token_id = tokenizer.pad_token_id
+    config.architectures = None
+    with torch.device("meta"):
+        classifier = AutoModelForSequenceClassification.from_config(config, dtype=causal_lm.dtype)
+    body = getattr(causal_lm, causal_lm.base_model_prefix)
+    getattr(classifier, classifier.base_model_prefix).load_state_dict(body.state_dict(), assign=True)
+    classifier.score.load_state_dict(score.state_dict(), assign=True)
+    classifier.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    make_portable(directory)
+    (directory / "README.md").write_text(model_card(metadata))
+
+
+def save_causal_lm(causal_lm: nn.Module, tokenizer, directory: Path) -> None:
+    """Save the policy (LM head K on the shared backbone) with the tokenizer and pad id training used."""
+    causal_lm.config.pad_token_id = tokenizer.pad_token_id
+    causal_lm.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    make_portable(directory)
+
+
+def model_card(metadata: dict) -> str:
+    """README.md of reward_model/: what it is, how it was trained, how well it did, how to load it."""
+    config = metadata.get("config", {})
+    method = config.get("method", "?")
+    objective = {
+        "haf": f"HAF: Bradley-Terry reward loss + alpha ({config.get('alpha')}) x {config.get('policy_loss')} policy loss, tau {config.get('tau')}",
+        "baseline": "Bradley-Terry reward loss only (the baseline reward model)",
+        "dpo": f"{config.get('policy_loss')} policy loss only (tau {config.get('tau')}); rank by the implicit reward, not this head",
+    }.get(method, method)
+    metrics = metadata.get("eval_metrics") or {}
+    metric_lines = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()) or "| (no evaluation) | |"
+    data = metadata.get("data", {})
+    return f"""---
+library_name: transformers
+pipeline_tag: text-classification
+tags: [reward-model, hafrm, haf-rm]
+base_model: {metadata.get("base_model", "unknown")}
+---
+
+# Reward model trained with hafrm
+
+A scalar reward model (`AutoModelForSequenceClassification`, one output, `problem_type: regression`) trained with
+the Hybrid Alignment Framework (HAF-RM, arXiv 2407.04185) by hafrm {metadata.get("hafrm_version", "")}.
+
+- Base model: `{metadata.get("base_model", "unknown")}`
+- Method: `{method}`: {objective}
+- Training data: `{config.get("train_data") or "hafrm's shipped HH-RLHF harmless sample"}`; evaluation data: `{config.get("eval_data") or "held out / shipped sample"}`
+- Pairs used: {data.get("rows_used", "?")} of {data.get("rows_read", "?")} read; max length {config.get("max_length")}, learning rate {config.get("learning_rate")}, batch {config.get("batch_size")}, seed {config.get("seed")}
+
+## Evaluation (pairwise accuracy on held-out pairs)
+
+| metric | value |
+|---|---|
+{metric_lines}
+
+## Use
+
+The reward is read at the last token of the formatted conversation (the pad token never occurs in text).
+Format the conversation as training did: with the tokenizer's chat template (below), or, for a tokenizer without
+one, as Anthropic HH text `"\\n\\nHuman: ...\\n\\nAssistant: answer"` followed by the EOS token.
+
+```python
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+model = AutoModelForSequenceClassification.from_pretrained("PATH")
+tokenizer = AutoTokenizer.from_pretrained("PATH")
+text = tokenizer.apply_chat_template([{{"role": "user", "content": "Hi"}}, {{"role": "assistant", "content": "Hello!"}}], tokenize=False)
+reward = model(**tokenizer(text, return_tensors="pt", add_special_tokens=False)).logits[0, 0].item()
+```
+
+`hafrm score`, `hafrm serve` and `hafrm.rlhf.reward_function` read it the same way.
+
+## Training configuration
+
+```json
+{json.dumps(config, indent=2, default=str)}
+```
+"""
