@@ -9,7 +9,8 @@ from conftest import SHARED_DATA
 from hafrm.cli import main
 from hafrm.data.catalog import group_members, load_named
 from hafrm.protocols import RunResult, experiments
-from hafrm.report import accuracy_table, mcnemar_p, mean_spread
+from hafrm.metrics import mcnemar_p
+from hafrm.report import accuracy_table, mean_spread
 from hafrm.rewardbench import section_scores, subset_accuracies
 
 

@@ -18,7 +18,7 @@ from hafrm.data.formats import as_messages
 from hafrm.model import METADATA_FILE, HybridRewardModel
 from hafrm.scores import batch_scores, check_head, head_scores
 from hafrm.pretrained import fit_embeddings, load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
-from hafrm.trainer import accuracy_from_scores
+from hafrm.metrics import accuracy_from_scores
 from hafrm.training import encode_pairs, objective_from_config
 
 

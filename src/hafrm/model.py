@@ -28,6 +28,7 @@ from torch.utils.checkpoint import checkpoint
 
 from hafrm.data.encoding import PAD, PROMPT, REJECTED, RESPONSE
 from hafrm.export import save_causal_lm, save_sequence_classifier
+from hafrm.trunk import FrozenTrunk
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +167,7 @@ class HybridRewardModel(nn.Module):
         self.score = score
         self.logprob_chunk_size = logprob_chunk_size or logprob_chunk_tokens(self.causal_lm.get_output_embeddings().out_features)
         self.reference_model: nn.Module | None = None
+        self.trunk: FrozenTrunk | None = None
 
     # ------------------------------------------------------------------ construction
 
@@ -232,6 +234,10 @@ class HybridRewardModel(nn.Module):
             if isinstance(getattr(module, "attention_dropout", None), float):
                 module.attention_dropout = 0.0
 
+    def freeze_trunk(self, num_layers: int) -> None:
+        """Freeze the embeddings and the bottom num_layers layers (freeze tuning); their output can be replayed."""
+        self.trunk = FrozenTrunk(self.backbone, num_layers)
+
     def keep_frozen_reference(self) -> None:
         """Keep a frozen copy of the initial policy as the DPO reference (full fine-tuning, no precomputation)."""
         self.reference_model = copy.deepcopy(self.causal_lm).eval().requires_grad_(False)
@@ -243,9 +249,13 @@ class HybridRewardModel(nn.Module):
         mask = attention_mask_for(segment_ids, self.config._attn_implementation, self.score.weight.dtype)
         return body(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False).last_hidden_state
 
-    def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor, position_ids: torch.Tensor | None = None, with_logps: bool = True) -> HybridOutput:
-        """Rewards (and response log-probs) of every response in the batch, in `response_ends`' order."""
-        hidden = self.hidden_states(self.backbone, input_ids, segment_ids, position_ids)
+    def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor, position_ids: torch.Tensor | None = None, with_logps: bool = True, trunk_states: torch.Tensor | None = None) -> HybridOutput:
+        """Rewards (and response log-probs) of every response in the batch, in `response_ends`' order.
+
+        trunk_states: (B, T, H) cached output of the frozen trunk for this batch; the frozen layers then replay it.
+        """
+        with self.trunk.replaying(trunk_states) if trunk_states is not None else nullcontext():
+            hidden = self.hidden_states(self.backbone, input_ids, segment_ids, position_ids)
         rows, ends = response_ends(segment_ids)
         rewards = self.score(hidden[rows, ends].to(self.score.weight.dtype)).squeeze(-1).float()
         if not with_logps:

@@ -14,17 +14,17 @@ import os
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
+from hafrm.data.encoding import batches_by_length
 from hafrm.defaults import cache_dir
 
 logger = logging.getLogger(__name__)
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """A cheap content hash: config plus the first values of every parameter tensor."""
-    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    """A cheap content hash: config (where the module has one) plus the first values of every parameter tensor."""
+    config = getattr(model, "config", None)
+    digest = hashlib.sha256(config.to_json_string(use_diff=False).encode() if config is not None else b"")
     for name, parameter in model.named_parameters():
         digest.update(name.encode())
         digest.update(parameter.detach().flatten()[:64].float().cpu().numpy().tobytes())
@@ -39,8 +39,10 @@ def data_fingerprint(dataset) -> str:
     return digest.hexdigest()
 
 
-def cache_key(model: torch.nn.Module, dataset) -> str:
-    return hashlib.sha256(json.dumps([model_fingerprint(model), data_fingerprint(dataset)]).encode()).hexdigest()[:24]
+def cache_key(*parts) -> str:
+    """Cache file name from fingerprints: modules (their weights) and tokenized data sets, plus any plain values."""
+    values = [model_fingerprint(p) if isinstance(p, torch.nn.Module) else data_fingerprint(p) if hasattr(p, "column_names") else p for p in parts]
+    return hashlib.sha256(json.dumps(values).encode()).hexdigest()[:24]
 
 
 @torch.no_grad()
@@ -48,20 +50,17 @@ def compute_reference_logps(model, dataset, collator, batch_size: int, device: t
     """Summed response log-probs of the current policy for chosen then rejected, shape (len(dataset), 2)."""
     was_training = model.training
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collator, shuffle=False)
-    results = []
-    for batch in tqdm(loader, desc=description, leave=False):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        out = model(batch["input_ids"], batch["segment_ids"], batch.get("position_ids"), with_logps=True)
-        chosen, rejected = out.logps.float().cpu().chunk(2)
-        results.append(torch.stack([chosen, rejected], dim=1))
+    logps = torch.zeros(len(dataset), 2)
+    for indices, batch in batches_by_length(dataset, collator, batch_size, device, description):
+        out = model(batch["input_ids"], batch["segment_ids"], batch.get("position_ids"), with_logps=True, trunk_states=batch.get("trunk_states"))
+        logps[indices] = torch.stack(out.logps.float().cpu().chunk(2), dim=1)
     model.train(was_training)
-    return torch.cat(results)
+    return logps
 
 
 def add_reference_logps(model, dataset, collator, batch_size: int, device: torch.device, name: str):
     """Attach reference_chosen_logps / reference_rejected_logps columns, from the disk cache when present."""
-    key = cache_key(model, dataset)
+    key = cache_key(model.causal_lm, dataset)  # the policy alone: the reward head's seed does not change these
     path = cache_dir() / "reference_logps" / f"{key}.safetensors"
     if path.exists():
         logger.info("Reference log-probs for %s read from cache %s", name, path)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from hafrm.protocols import METHOD_ORDER, RunResult, dataset_title
-from hafrm.trainer import pair_correctness
+from hafrm.metrics import mcnemar_p, pair_correctness
 
 HEADS = (("reward_accuracy", "reward head"), ("implicit_accuracy", "implicit (DPO)"), ("combined_accuracy", "combined"))
 
@@ -60,13 +60,6 @@ def rewardbench_table(results: list[RunResult]) -> str:
     for (train_set, method, head), values in rows.items():
         lines.append(f"| {dataset_title(train_set)} | {method} | {head} | " + " | ".join(mean_spread(values[s]) for s in sections) + " |")
     return "\n".join(lines)
-
-
-def mcnemar_p(better: int, worse: int) -> float:
-    """Exact two-sided McNemar test: with no real difference, each pair the two decide differently goes either way at 1/2."""
-    discordant = better + worse
-    tail = sum(math.comb(discordant, k) for k in range(min(better, worse) + 1)) / 2**discordant
-    return min(1.0, 2 * tail)
 
 
 def per_pair_correctness(result: RunResult, test_set: str) -> dict[str, np.ndarray] | None:

@@ -20,7 +20,7 @@ def forward_batch(model, objective: HafObjective, batch: dict, with_logps: bool,
     """Outputs of one forward pass and the reference log-probs the policy loss compares against: precomputed ones
     from the batch, else from `reference_source` (the unwrapped model: frozen copy, or LoRA base with adapters off)."""
     inputs = (batch["input_ids"], batch["segment_ids"], batch.get("position_ids"))
-    outputs = model(*inputs, with_logps=with_logps)
+    outputs = model(*inputs, with_logps=with_logps, trunk_states=batch.get("trunk_states"))
     reference = batch.get("reference_logps")
     if with_logps and reference is None and objective.policy_loss.needs_reference:
         reference = (reference_source or model).reference_logps(*inputs)

@@ -138,29 +138,3 @@ def trainer_state_problem(path: Path) -> str | None:
     if not isinstance(state.global_step, int) or not isinstance(state.log_history, list):
         return f"{path} is not a valid trainer state (global_step or log_history has the wrong type)"
     return None
-
-
-def pairwise_metrics(prediction) -> dict[str, float]:
-    """Pairwise accuracies of the reward head, the implicit DPO reward, and both combined.
-
-    combined = reward + implicit reward: both heads are Bradley-Terry models on their own logit
-    scale, so adding them multiplies the two preference odds (a product of experts).
-    """
-    scores = np.asarray(prediction.predictions, dtype=np.float64)
-    return accuracy_from_scores(scores[:, 0], scores[:, 1], scores[:, 2], scores[:, 3])
-
-
-def pair_correctness(chosen_rewards, rejected_rewards, chosen_implicit, rejected_implicit) -> dict[str, np.ndarray]:
-    """Per pair, whether each head ranks chosen above rejected; no implicit or combined head without implicit rewards."""
-    chosen_rewards, rejected_rewards = np.asarray(chosen_rewards), np.asarray(rejected_rewards)
-    chosen_implicit, rejected_implicit = np.asarray(chosen_implicit), np.asarray(rejected_implicit)
-    correct = {"reward": chosen_rewards > rejected_rewards}
-    if not np.isnan(chosen_implicit).any():
-        correct["implicit"] = chosen_implicit > rejected_implicit
-        correct["combined"] = (chosen_rewards + chosen_implicit) > (rejected_rewards + rejected_implicit)
-    return correct
-
-
-def accuracy_from_scores(chosen_rewards, rejected_rewards, chosen_implicit, rejected_implicit) -> dict[str, float]:
-    correct = pair_correctness(chosen_rewards, rejected_rewards, chosen_implicit, rejected_implicit)
-    return {f"{head}_accuracy": float(np.mean(values)) for head, values in correct.items()}

@@ -201,6 +201,16 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
+def batches_by_length(dataset, collator, batch_size: int, device, description: str):
+    """(indices, batch on device) over an encoded pair data set in batches of similar length, for passes whose
+    results are put back in the data set's order by index (reference log-probs, frozen-trunk states)."""
+    from tqdm.auto import tqdm
+
+    for indices in tqdm(length_sorted_batches(dataset["length"], batch_size), desc=description, leave=False):
+        batch = collator([dataset[i] for i in indices])
+        yield indices, {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+
 @dataclass
 class PairCollator:
     """A batch of B pairs for one forward pass whose outputs are the B chosen responses, then the B rejected ones.
@@ -212,10 +222,13 @@ class PairCollator:
     pad_token_id: int
     padding_side: str = "right"
     share_prompt: bool = True
+    trunk: object | None = None  # a trunk.TrunkStore: cached frozen-trunk states of shared rows, by pair_index
 
     def __call__(self, features: list[dict]) -> dict:
         if self.share_prompt:
             batch = shared_prompt_rows(features, self.pad_token_id)
+            if self.trunk is not None:
+                batch["trunk_states"] = self.trunk.batch([f["pair_index"] for f in features], batch["input_ids"].shape[1])
         else:
             sequences = [f["chosen_input_ids"] for f in features] + [f["rejected_input_ids"] for f in features]
             batch = pad_sequences(sequences, [f["prompt_length"] for f in features] * 2, self.pad_token_id, self.padding_side)

@@ -1,0 +1,134 @@
+"""Freeze tuning with a cached trunk: the embeddings and the bottom N layers are frozen, so their output for a
+given pair never changes; it is computed once per data set and model, kept on disk (content-hash key, like the
+reference log-probs) and replayed, so training runs only the top layers and the heads.
+
+The frozen layers keep their place and parameter names (checkpoints and exports are unchanged); while a batch
+carries cached trunk states, the first frozen layer returns them and the others pass them through, so the model's
+own forward (masks, rotary embeddings) runs as always. A trunk is reused across epochs, methods, seeds and
+evaluations: its key covers only the frozen weights, the tokenized pairs and the row layout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from hafrm.data.encoding import batches_by_length
+from hafrm.defaults import cache_dir
+from hafrm.reference import cache_key
+
+logger = logging.getLogger(__name__)
+
+
+class _TrunkReached(Exception):
+    """Raised by the last frozen layer while the trunk is computed, so the layers above never run."""
+
+
+class FrozenTrunk:
+    """The embeddings and bottom `num_layers` layers of a backbone, frozen, with a replay slot."""
+
+    def __init__(self, backbone: nn.Module, num_layers: int):
+        layers = backbone.layers
+        if not 0 < num_layers < len(layers):
+            raise ValueError(f"freeze_layers must be between 1 and {len(layers) - 1} (the model has {len(layers)} layers), got {num_layers}")
+        self.backbone, self.num_layers = backbone, num_layers
+        self.modules = nn.ModuleList([backbone.get_input_embeddings(), *layers[:num_layers]])
+        self.modules.requires_grad_(False)
+        self.replayed: torch.Tensor | None = None
+        self.capture = False
+        for index, layer in enumerate(layers[:num_layers]):
+            layer.forward = self._replaying_forward(layer.forward, first=index == 0, last=index == num_layers - 1)
+
+    def _replaying_forward(self, real_forward, first: bool, last: bool):
+        def forward(hidden_states, *args, **kwargs):
+            if self.replayed is not None:
+                return self.replayed if first else hidden_states
+            output = real_forward(hidden_states, *args, **kwargs)
+            if last and self.capture:
+                raise _TrunkReached(output)
+            return output
+
+        return forward
+
+    @contextmanager
+    def replaying(self, hidden: torch.Tensor | None):
+        """Within this block the frozen layers output `hidden` (B, T, H) instead of computing it."""
+        self.replayed = hidden
+        try:
+            yield
+        finally:
+            self.replayed = None
+
+    @torch.no_grad()
+    def compute(self, run_backbone) -> torch.Tensor:
+        """(B, T, H) output of the last frozen layer; `run_backbone()` runs the backbone on the batch."""
+        self.capture = True
+        try:
+            run_backbone()
+        except _TrunkReached as reached:
+            return reached.args[0]
+        finally:
+            self.capture = False
+        raise RuntimeError("the backbone never reached its last frozen layer")
+
+
+class TrunkStore:
+    """Cached trunk states of every pair, (tokens, H) rows one pair after another; pair i is rows offsets[i]:offsets[i+1]."""
+
+    def __init__(self, states: torch.Tensor, offsets: torch.Tensor):
+        self.states, self.offsets = states, offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def pair(self, index: int) -> torch.Tensor:
+        return self.states[self.offsets[index] : self.offsets[index + 1]]
+
+    def batch(self, indices: list[int], width: int) -> torch.Tensor:
+        """(B, width, H) states of these pairs' rows, right-padded with zeros like the token rows."""
+        out = self.states.new_zeros(len(indices), width, self.states.shape[1])
+        for row, index in enumerate(indices):
+            states = self.pair(index)
+            out[row, : states.shape[0]] = states
+        return out
+
+
+def compute_trunk_states(model, dataset, collator, batch_size: int, device: torch.device) -> TrunkStore:
+    """Trunk states of every pair of a data set, in its order, each pair's row without padding. Pairs are run in
+    batches of similar length (little padding) and put back in order."""
+    was_training = model.training
+    model.eval()
+    pieces: list[torch.Tensor | None] = [None] * len(dataset)
+    for indices, batch in batches_by_length(dataset, collator, batch_size, device, "frozen trunk"):
+        states = model.trunk.compute(lambda: model.hidden_states(model.backbone, batch["input_ids"], batch["segment_ids"], batch.get("position_ids")))
+        for index, row, row_segments in zip(indices, states.float().cpu(), batch["segment_ids"].cpu()):
+            pieces[index] = row[: int((row_segments != 0).sum())].clone()
+    model.train(was_training)
+    lengths = [len(p) for p in pieces]
+    offsets = torch.zeros(len(lengths) + 1, dtype=torch.long)
+    offsets[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.long), 0)
+    return TrunkStore(torch.cat(pieces), offsets)
+
+
+def cached_trunk_states(model, datasets: list, collator, batch_size: int, device: torch.device) -> TrunkStore:
+    """Trunk states of the given data sets, one store with pair indices running through them in order, read from
+    the disk cache when the same frozen weights have seen the same pairs in the same layout."""
+    key = cache_key(model.trunk.modules, model.config.to_json_string(use_diff=False), model.trunk.num_layers, collator.share_prompt, *datasets)
+    path = cache_dir() / "trunk" / f"{key}.safetensors"
+    if path.exists():
+        logger.info("Frozen-trunk states read from cache %s", path)
+        tensors = load_file(path)
+        return TrunkStore(tensors["states"], tensors["offsets"])
+    stores = [compute_trunk_states(model, d, collator, batch_size, device) for d in datasets]
+    offsets = torch.cat([stores[0].offsets] + [s.offsets[1:] + sum(len(t.states) for t in stores[:i]) for i, s in enumerate(stores) if i > 0])
+    store = TrunkStore(torch.cat([s.states for s in stores]), offsets)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    save_file({"states": store.states.contiguous(), "offsets": store.offsets}, temporary)
+    os.replace(temporary, path)
+    return store
