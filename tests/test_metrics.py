@@ -28,3 +28,36 @@ def test_correctness_from_trainer_predictions():
     assert correct["implicit"].tolist() == [True, True]
     assert correct["combined"].tolist() == [True, False]  # 1.2 > 0.1; 0.3 < 1.1
     assert set(correctness_from_predictions(np.array([[1.0, 0.0, np.nan, np.nan]]))) == {"reward"}
+
+
+def test_paired_bootstrap_interval_contains_the_mean_and_narrows_with_more_pairs():
+    from hafrm.metrics import paired_bootstrap_interval
+
+    rng = np.random.default_rng(1)
+    before = rng.random(400) < 0.6
+    after = before | (rng.random(400) < 0.2)  # only gains
+    mean, low, high = paired_bootstrap_interval(after, before)
+    assert mean == pytest.approx(after.mean() - before.mean())
+    assert 0 < low < mean < high
+    _, low_small, high_small = paired_bootstrap_interval(after[:50], before[:50])
+    assert high_small - low_small > high - low
+    assert paired_bootstrap_interval(before, before) == (0.0, 0.0, 0.0)
+
+
+def test_discordant_counts():
+    from hafrm.metrics import discordant_counts
+
+    assert discordant_counts([1, 1, 0, 0], [0, 1, 1, 0]) == (1, 1)
+
+
+def test_pair_scores_round_trip(tmp_path):
+    from hafrm.evaluation import PairScores, scores_file
+
+    scores = PairScores.from_predictions(np.array([[1.0, 0.5, 0.2, 0.3], [0.0, 1.0, np.nan, np.nan]]))
+    scores.subsets = ["chat", None]
+    scores.save(scores_file(tmp_path, "hh-harmless"))
+    loaded = PairScores.load(tmp_path / "scores-hh-harmless.npz")
+    for name in PairScores.ARRAYS:
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(scores, name))
+    assert loaded.subsets == ["chat", None]
+    assert loaded.correctness()["reward"].tolist() == [True, False]

@@ -18,7 +18,7 @@ from hafrm.data.formats import as_messages
 from hafrm.model import METADATA_FILE, HybridRewardModel
 from hafrm.scores import batch_scores, check_head, head_scores
 from hafrm.pretrained import fit_embeddings, load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
-from hafrm.metrics import accuracy_from_scores
+from hafrm.metrics import accuracy_from_scores, pair_correctness
 from hafrm.training import encode_pairs, objective_from_config
 
 
@@ -33,8 +33,36 @@ class PairScores:
     rejected_implicit: np.ndarray
     subsets: list[str | None] = field(default_factory=list)
 
+    ARRAYS = ("chosen_rewards", "rejected_rewards", "chosen_implicit", "rejected_implicit")
+
     def metrics(self) -> dict[str, float]:
         return accuracy_from_scores(self.chosen_rewards, self.rejected_rewards, self.chosen_implicit, self.rejected_implicit)
+
+    def correctness(self) -> dict[str, np.ndarray]:
+        return pair_correctness(self.chosen_rewards, self.rejected_rewards, self.chosen_implicit, self.rejected_implicit)
+
+    @classmethod
+    def from_predictions(cls, predictions) -> "PairScores":
+        """From the Trainer's prediction rows [r_w, r_l, implicit_w, implicit_l]."""
+        columns = np.asarray(predictions, dtype=np.float32)
+        return cls(*(columns[:, i] for i in range(4)))
+
+    def save(self, path: str | Path) -> None:
+        """One .npz per model and test set; `load` reads it back (report, merge and statistics rely on this layout)."""
+        subsets = np.asarray([s or "" for s in self.subsets], dtype=str)
+        np.savez(path, **{name: getattr(self, name) for name in self.ARRAYS}, subsets=subsets)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PairScores":
+        with np.load(path, allow_pickle=False) as stored:
+            arrays = [stored[name] for name in cls.ARRAYS]
+            subsets = [s or None for s in stored["subsets"].tolist()] if "subsets" in stored else []
+        return cls(*arrays, subsets=subsets)
+
+
+def scores_file(folder: str | Path, test_set: str) -> Path:
+    """Where a model's per-pair scores on a test set are kept (written by protocols, read by reports)."""
+    return Path(folder) / f"scores-{test_set}.npz"
 
 
 @dataclass

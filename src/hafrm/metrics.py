@@ -68,3 +68,19 @@ def mcnemar_p(better: int, worse: int) -> float:
     discordant = better + worse
     tail = sum(math.comb(discordant, k) for k in range(min(better, worse) + 1)) / 2**discordant
     return min(1.0, 2 * tail)
+
+
+def paired_bootstrap_interval(after, before, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of after - before over pairs with a 95% percentile interval from resampling pairs (both arrays are
+    per-pair scores on the same pairs, e.g. correctness or its mean over seeds)."""
+    difference = np.asarray(after, dtype=float) - np.asarray(before, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = difference[rng.integers(0, len(difference), size=(resamples, len(difference)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(difference.mean()), float(low), float(high)
+
+
+def discordant_counts(ours, theirs) -> tuple[int, int]:
+    """Pairs we get right that they get wrong, and the other way round."""
+    ours, theirs = np.asarray(ours, dtype=bool), np.asarray(theirs, dtype=bool)
+    return int((ours & ~theirs).sum()), int((~ours & theirs).sum())

@@ -18,7 +18,7 @@ import numpy as np
 from hafrm.config import TrainConfig
 from hafrm.data.catalog import CATALOG, PAPER_DATASETS, group_members, load_named, mixed
 from hafrm.data.errors import DataError
-from hafrm.evaluation import LoadedModel, load_trained, score_pairs
+from hafrm.evaluation import LoadedModel, load_trained, score_pairs, scores_file
 from hafrm.rewardbench import section_scores, subset_accuracies
 from hafrm.training import train
 
@@ -87,10 +87,9 @@ def load_test_sets(experiment: Experiment, settings: ProtocolSettings, seed: int
 
 
 def evaluate_test_set(loaded: LoadedModel, model_dir: Path, name: str, pairs: list[dict]) -> dict:
-    """Accuracies on one test set; per-pair scores are kept in scores-<name>.npz for the plots."""
+    """Accuracies on one test set; per-pair scores are kept (`scores_file`) for the statistics and plots."""
     scores, _ = score_pairs(loaded, pairs)
-    np.savez(model_dir / f"scores-{name}.npz", chosen_rewards=scores.chosen_rewards, rejected_rewards=scores.rejected_rewards,
-             chosen_implicit=scores.chosen_implicit, rejected_implicit=scores.rejected_implicit)
+    scores.save(scores_file(model_dir, name))
     metrics = {**scores.metrics(), "pairs": len(pairs)}
     if name == "reward-bench":
         for head, (chosen, rejected) in {"reward": (scores.chosen_rewards, scores.rejected_rewards), "implicit": (scores.chosen_implicit, scores.rejected_implicit)}.items():

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from hafrm.protocols import METHOD_ORDER, RunResult, dataset_title
-from hafrm.metrics import mcnemar_p, pair_correctness
+from hafrm.evaluation import PairScores, scores_file
+from hafrm.metrics import discordant_counts, mcnemar_p
 
 HEADS = (("reward_accuracy", "reward head"), ("implicit_accuracy", "implicit (DPO)"), ("combined_accuracy", "combined"))
 
@@ -64,11 +65,8 @@ def rewardbench_table(results: list[RunResult]) -> str:
 
 def per_pair_correctness(result: RunResult, test_set: str) -> dict[str, np.ndarray] | None:
     """Each head's right/wrong per test pair, from the scores the run kept; None when they are not on this machine."""
-    path = Path(result.output_dir) / f"scores-{test_set}.npz"
-    if not path.exists():
-        return None
-    scores = np.load(path)
-    return pair_correctness(scores["chosen_rewards"], scores["rejected_rewards"], scores["chosen_implicit"], scores["rejected_implicit"])
+    path = scores_file(result.output_dir, test_set)
+    return PairScores.load(path).correctness() if path.exists() else None
 
 
 def paired_table(results: list[RunResult]) -> str:
@@ -85,7 +83,7 @@ def paired_table(results: list[RunResult]) -> str:
             if ours is None or theirs is None:
                 continue
             for head, correct in ours.items():
-                better, worse = int((correct & ~theirs["reward"]).sum()), int((~correct & theirs["reward"]).sum())
+                better, worse = discordant_counts(correct, theirs["reward"])
                 lines.append(f"| {dataset_title(r.train_set)} | {r.seed} | {dataset_title(test_set)} | {r.method} | {head} | {len(correct)} | "
                              f"{better} | {worse} | {mcnemar_p(better, worse):.2g} |")
     return "\n".join(lines) if len(lines) > 2 else ""
@@ -131,10 +129,10 @@ def plot_scores(results: list[RunResult], path_distributions: Path, path_scatter
     figure, axes = plt.subplots(1, len(first), figsize=(4.5 * len(first), 3.6), squeeze=False)
     for axis, (method, r) in zip(axes[0], first.items()):
         test_set = next(iter(r.test_metrics))
-        scores = np.load(Path(r.output_dir) / f"scores-{test_set}.npz")
+        scores = PairScores.load(scores_file(r.output_dir, test_set))
         key = "implicit" if method == "dpo" else "rewards"
-        chosen = scores["chosen_implicit" if key == "implicit" else "chosen_rewards"]
-        rejected = scores["rejected_implicit" if key == "implicit" else "rejected_rewards"]
+        chosen = scores.chosen_implicit if key == "implicit" else scores.chosen_rewards
+        rejected = scores.rejected_implicit if key == "implicit" else scores.rejected_rewards
         bins = np.linspace(min(chosen.min(), rejected.min()), max(chosen.max(), rejected.max()), 30)
         axis.hist(chosen, bins=bins, alpha=0.6, label="chosen")
         axis.hist(rejected, bins=bins, alpha=0.6, label="rejected")
@@ -146,9 +144,9 @@ def plot_scores(results: list[RunResult], path_distributions: Path, path_scatter
     if "haf" in first:
         r = first["haf"]
         test_set = next(iter(r.test_metrics))
-        scores = np.load(Path(r.output_dir) / f"scores-{test_set}.npz")
+        scores = PairScores.load(scores_file(r.output_dir, test_set))
         figure, axis = plt.subplots(figsize=(5, 4.2))
-        axis.scatter(scores["chosen_rewards"] - scores["rejected_rewards"], scores["chosen_implicit"] - scores["rejected_implicit"], s=8, alpha=0.6)
+        axis.scatter(scores.chosen_rewards - scores.rejected_rewards, scores.chosen_implicit - scores.rejected_implicit, s=8, alpha=0.6)
         axis.axhline(0, color="grey", lw=0.8)
         axis.axvline(0, color="grey", lw=0.8)
         axis.set_xlabel("reward-head margin r(y_w) - r(y_l)")
