@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 # Tests never use the hub: a hub fallback fails at once instead of retrying for a minute.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -42,7 +40,7 @@ def tokenizer(default_model_dir):
     return load_tokenizer(str(default_model_dir))
 
 
-def tiny_causal_lm(vocab_size: int, tie: bool = False, seed: int = 0):
+def _tiny_causal_lm(vocab_size: int, tie: bool = False, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -54,10 +52,16 @@ def tiny_causal_lm(vocab_size: int, tie: bool = False, seed: int = 0):
 
 
 @pytest.fixture(scope="session")
+def tiny_causal_lm():
+    """Makes a tiny randomly initialised Llama: tiny_causal_lm(vocab_size, tie=False, seed=0)."""
+    return _tiny_causal_lm
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     """A saved tiny model folder usable anywhere a model name is accepted (CLI, configs)."""
     folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_causal_lm(len(tokenizer)).save_pretrained(folder)
+    _tiny_causal_lm(len(tokenizer)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -71,6 +75,12 @@ def harmless_pairs():
     return pairs
 
 
-def write_jsonl(path: Path, rows) -> Path:
+def _write_jsonl(path: Path, rows) -> Path:
     path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
     return path
+
+
+@pytest.fixture(scope="session")
+def write_jsonl():
+    """Writes rows (dicts, or raw strings for broken lines) as a JSONL file: write_jsonl(path, rows) -> path."""
+    return _write_jsonl

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from conftest import tiny_causal_lm
 from hafrm.bestofn import best_of_n, sample_responses, top_k_recall
 
 
@@ -19,7 +18,7 @@ def test_best_of_n_with_identical_selector_and_judge_is_perfect():
     assert result["top1_recall"] == 1.0 and result["picks"] == [1, 0]
 
 
-def test_sampling_gives_n_responses_per_prompt(tokenizer):
+def test_sampling_gives_n_responses_per_prompt(tokenizer, tiny_causal_lm):
     policy = tiny_causal_lm(len(tokenizer)).eval()
     responses = sample_responses(policy, tokenizer, ["Hi", "Tell me a joke"], n=3, max_new_tokens=5)
     assert [len(group) for group in responses] == [3, 3]

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from hafrm.cli import main
-from hafrm.data import DataError, load_pairs
+from hafrm.data import load_pairs
 from hafrm.defaults import DEFAULT_TRAIN_DATA
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

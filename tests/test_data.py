@@ -2,23 +2,25 @@
 
 import gzip
 import json
+from pathlib import Path
 
 import pytest
 
-from conftest import SHARED_DATA, write_jsonl
 from hafrm.data import DataError, PairEncoder, load_pairs, train_test_split
 from hafrm.data.formats import parse_hh_dialogue
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # real data sets; tests skip without them
 
 GOOD = {"prompt": "Hi?", "chosen": "Hello!", "rejected": "Go away."}
 
 
-def test_missing_column_names_file_and_row(tmp_path):
+def test_missing_column_names_file_and_row(tmp_path, write_jsonl):
     path = write_jsonl(tmp_path / "d.jsonl", [GOOD, {"prompt": "Hi?", "chosen": "Hello!"}])
     with pytest.raises(DataError, match=r"d\.jsonl:2: missing column\(s\) 'rejected'"):
         load_pairs(str(path))
 
 
-def test_malformed_json_names_line_or_is_counted(tmp_path):
+def test_malformed_json_names_line_or_is_counted(tmp_path, write_jsonl):
     path = write_jsonl(tmp_path / "d.jsonl", [GOOD, "{not json", GOOD])
     with pytest.raises(DataError, match=r"d\.jsonl:2: malformed JSON"):
         load_pairs(str(path))
@@ -26,7 +28,7 @@ def test_malformed_json_names_line_or_is_counted(tmp_path):
     assert len(pairs) == 2 and report.rows_read == 3 and report.rows_skipped == 1
 
 
-def test_ties_and_empty_responses_are_skipped_and_counted(tmp_path):
+def test_ties_and_empty_responses_are_skipped_and_counted(tmp_path, write_jsonl):
     rows = [GOOD, {**GOOD, "rejected": GOOD["chosen"]}, {**GOOD, "chosen": "   "}, {**GOOD, "chosen": None}]
     pairs, report = load_pairs(str(write_jsonl(tmp_path / "d.jsonl", rows)))
     assert len(pairs) == 1
@@ -35,20 +37,20 @@ def test_ties_and_empty_responses_are_skipped_and_counted(tmp_path):
     assert "d.jsonl:2" in report.summary()
 
 
-def test_wrong_type_is_a_clear_error(tmp_path):
+def test_wrong_type_is_a_clear_error(tmp_path, write_jsonl):
     path = write_jsonl(tmp_path / "d.jsonl", [{**GOOD, "chosen": 5}])
     with pytest.raises(DataError, match=r"d\.jsonl:1: column 'chosen' must be a string"):
         load_pairs(str(path))
 
 
-def test_unknown_schema_and_missing_file(tmp_path):
+def test_unknown_schema_and_missing_file(tmp_path, write_jsonl):
     with pytest.raises(DataError, match="cannot tell the data format"):
         load_pairs(str(write_jsonl(tmp_path / "d.jsonl", [{"question": "a", "answer": "b"}])))
     with pytest.raises(DataError, match="no such file"):
         load_pairs(str(tmp_path / "absent.jsonl"))
 
 
-def test_column_map_renames(tmp_path):
+def test_column_map_renames(tmp_path, write_jsonl):
     path = write_jsonl(tmp_path / "d.jsonl", [{"question": "Q", "good": "A", "bad": "B"}])
     pairs, _ = load_pairs(str(path), column_map={"prompt": "question", "chosen": "good", "rejected": "bad"})
     assert pairs == [{"prompt": [{"role": "user", "content": "Q"}], "chosen": "A", "rejected": "B"}]
@@ -119,7 +121,7 @@ def test_pku_uses_safer_response_and_arena_drops_ties():
     assert ties > 0 and report.skipped["tie"] == ties
 
 
-def test_alpaca_farm_preference_picks_the_chosen_output_and_appends_the_input(tmp_path):
+def test_alpaca_farm_preference_picks_the_chosen_output_and_appends_the_input(tmp_path, write_jsonl):
     """Rows in the schema of tatsu-lab/alpaca_farm alpaca_human_preference (the real file is hub-only)."""
     rows = [
         {"instruction": "Name a fruit.", "input": "", "output_1": "Apple.", "output_2": "A car.", "preference": 1},

@@ -5,10 +5,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification
 
-from conftest import tiny_causal_lm
 from hafrm.data import PairCollator, PairEncoder
-from hafrm.losses import HafObjective
 from hafrm.data.encoding import PAD, RESPONSE
+from hafrm.losses import HafObjective
 from hafrm.model import HybridRewardModel, LoraSettings, logprob_chunk_tokens, response_ends
 
 
@@ -22,7 +21,7 @@ def padding_mask(batch):
 
 
 @pytest.fixture
-def hybrid(tokenizer):
+def hybrid(tokenizer, tiny_causal_lm):
     return HybridRewardModel.from_causal_lm(tiny_causal_lm(len(tokenizer)))
 
 
@@ -127,7 +126,7 @@ def test_export_round_trip_through_sequence_classification(hybrid, tokenizer, ha
         torch.testing.assert_close(reloaded(**model_inputs(batch), with_logps=False).rewards, expected)
 
 
-def test_lora_reference_is_unchanged_by_training(tokenizer, harmless_pairs, tmp_path):
+def test_lora_reference_is_unchanged_by_training(tokenizer, harmless_pairs, tmp_path, tiny_causal_lm):
     model = HybridRewardModel.from_causal_lm(tiny_causal_lm(len(tokenizer)), LoraSettings(r=4, alpha=8, dropout=0.0))
     batch = batch_for(tokenizer, harmless_pairs[:2])
     before = model.reference_logps(batch["input_ids"], batch["segment_ids"])
@@ -148,7 +147,7 @@ def test_lora_reference_is_unchanged_by_training(tokenizer, harmless_pairs, tmp_
     assert trainable and all("lora_" in n or n == "score.weight" for n in trainable)
 
 
-def test_lora_export_merges_and_saves_adapter(tokenizer, harmless_pairs, tmp_path):
+def test_lora_export_merges_and_saves_adapter(tokenizer, harmless_pairs, tmp_path, tiny_causal_lm):
     model = HybridRewardModel.from_causal_lm(tiny_causal_lm(len(tokenizer)), LoraSettings(r=4, alpha=8, dropout=0.0))
     for name, p in model.named_parameters():
         if "lora_B" in name:
@@ -184,7 +183,7 @@ def _pair_outputs(model, tokenizer, pairs, share_prompt, method="haf"):
     return out, loss.detach(), grads
 
 
-def test_prompt_sharing_gives_the_same_rewards_logps_losses_and_gradients(tokenizer, harmless_pairs, attention):
+def test_prompt_sharing_gives_the_same_rewards_logps_losses_and_gradients(tokenizer, harmless_pairs, attention, tiny_causal_lm):
     causal_lm = tiny_causal_lm(len(tokenizer))
     causal_lm.config._attn_implementation = attention
     model = HybridRewardModel.from_causal_lm(causal_lm)
@@ -204,7 +203,7 @@ def test_prompt_sharing_gives_the_same_rewards_logps_losses_and_gradients(tokeni
         torch.testing.assert_close(shared_grads[name], separate_grads[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
 
 
-def test_rejected_tokens_never_see_the_chosen_response(tokenizer, harmless_pairs):
+def test_rejected_tokens_never_see_the_chosen_response(tokenizer, harmless_pairs, tiny_causal_lm):
     model = HybridRewardModel.from_causal_lm(tiny_causal_lm(len(tokenizer))).eval()
     pair = dict(harmless_pairs[0])
     other = {**pair, "chosen": pair["chosen"] + " Something else entirely."}

@@ -1,17 +1,19 @@
 """Protocols, RewardBench weighting and the report, on the tiny model and the real local data."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA
 from hafrm.cli import main
 from hafrm.data.catalog import group_members, load_named
-from hafrm.protocols import RunResult, experiments
 from hafrm.metrics import mcnemar_p
+from hafrm.protocols import RunResult, experiments
 from hafrm.report import accuracy_table, mean_spread
 from hafrm.rewardbench import section_scores, subset_accuracies
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # real data sets; tests skip without them
 
 
 def test_section_scores_use_rewardbench_weights():

@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from conftest import tiny_causal_lm
 from hafrm.cli import main
 from hafrm.data import DataError, load_pairs
 from hafrm.defaults import DEFAULT_EVAL_DATA, DEFAULT_TRAIN_DATA
@@ -29,7 +28,7 @@ line = st.one_of(row.map(lambda r: json.dumps(r).encode()), st.binary(max_size=6
 @given(lines=st.lists(line, min_size=1, max_size=12))
 def test_every_row_is_used_or_counted(tmp_path, lines):
     path = tmp_path / "fuzz.jsonl"
-    path.write_bytes(b"\n".join(l.replace(b"\n", b" ") for l in lines) + b"\n")
+    path.write_bytes(b"\n".join(text.replace(b"\n", b" ") for text in lines) + b"\n")
     try:
         pairs, report = load_pairs(str(path), on_error="skip")
     except DataError as error:
@@ -62,7 +61,7 @@ def test_same_seed_same_result_to_the_last_digit(tiny_model_dir, tmp_path):
     assert torch.equal(*heads)
 
 
-def test_nan_loss_stops_with_the_step(tokenizer, tmp_path, capsys):
+def test_nan_loss_stops_with_the_step(tokenizer, tmp_path, capsys, tiny_causal_lm):
     model = tiny_causal_lm(len(tokenizer))
     with torch.no_grad():
         model.model.norm.weight.fill_(float("nan"))
@@ -95,11 +94,11 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_model_dir, tmp_path)
 
 
 def test_incomplete_checkpoint_is_set_aside(tmp_path):
+    from safetensors.torch import save_file
+
     from hafrm.config import TrainConfig
     from hafrm.trainer import STATE_FILE
     from hafrm.training import resume_point
-
-    from safetensors.torch import save_file
 
     complete, cut_off = tmp_path / "checkpoint-2", tmp_path / "checkpoint-3"
     for folder in (complete, cut_off):

@@ -5,14 +5,13 @@ import math
 import pytest
 from datasets import Dataset
 
-from conftest import tiny_causal_lm
 from hafrm.model import HybridRewardModel
 from hafrm.rlhf import reward_function
 from hafrm.scoring import RewardScorer
 
 
 @pytest.fixture(scope="module")
-def reward_dir(tokenizer, tmp_path_factory):
+def reward_dir(tokenizer, tmp_path_factory, tiny_causal_lm):
     folder = tmp_path_factory.mktemp("rm")
     HybridRewardModel.from_causal_lm(tiny_causal_lm(len(tokenizer), seed=3)).export(folder, tokenizer, {})
     return folder

@@ -26,9 +26,8 @@ LIMITS = ServeLimits(max_items=8, max_chars=2000, max_body_bytes=50_000, max_bat
 
 
 @pytest.fixture(scope="module")
-def served_model(tiny_model_dir, tokenizer, tmp_path_factory):
+def served_model(tiny_model_dir, tokenizer, tmp_path_factory, tiny_causal_lm):
     """Export the tiny model as a hafrm output folder."""
-    from conftest import tiny_causal_lm
 
     from hafrm.model import HybridRewardModel
 

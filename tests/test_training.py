@@ -2,16 +2,17 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
-from conftest import write_jsonl
 from hafrm.cli import main
 from hafrm.config import TrainConfig
 from hafrm.defaults import DEFAULT_EVAL_DATA, DEFAULT_TRAIN_DATA
 from hafrm.evaluation import load_trained, score_pairs, score_responses
 from hafrm.scoring import RewardScorer
+from hafrm.training import train
 
 
 def tiny_args(model_dir, output_dir, *extra):
@@ -51,7 +52,7 @@ def test_standalone_eval_matches_trainer_eval(trained_haf, harmless_pairs):
         assert value == pytest.approx(trainer_metrics[f"eval_{name}"]), name
 
 
-def test_score_cli_uses_saved_sequence_classifier(trained_haf, tmp_path, capsys):
+def test_score_cli_uses_saved_sequence_classifier(trained_haf, tmp_path, capsys, write_jsonl):
     rows = [{"prompt": "How do I bake bread?", "response": "Mix flour, water, yeast; knead; bake."}, {"prompt": "Hi", "response": "Hello"}]
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     assert main(["score", str(trained_haf), "--input", str(source), "--output", str(tmp_path / "out.jsonl")]) == 0
@@ -128,7 +129,7 @@ def test_yaml_config_with_cli_override(tiny_model_dir, tmp_path):
     assert (tmp_path / "out" / "adapter" / "adapter_config.json").exists()
 
 
-def test_unknown_yaml_field_and_bad_data_are_clear_errors(tiny_model_dir, tmp_path, capsys):
+def test_unknown_yaml_field_and_bad_data_are_clear_errors(tiny_model_dir, tmp_path, capsys, write_jsonl):
     config_file = tmp_path / "run.yaml"
     config_file.write_text("methd: haf\n")
     assert main(["train", "--config", str(config_file)]) == 2
@@ -154,3 +155,64 @@ def test_config_rejects_bad_values():
         TrainConfig(batch_size=10, micro_batch_size=4)
     with pytest.raises(ValueError, match="reference"):
         TrainConfig(reference="none")
+
+
+def test_frozen_trunk_cache_gives_the_same_model_as_computing_the_trunk(tiny_model_dir, tmp_path, write_jsonl):
+    """freeze_layers trains only the top layers and heads; replaying the cached trunk changes no number."""
+    from safetensors.torch import load_file
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", [
+        {"prompt": f"Question {i}?", "chosen": f"A careful answer number {i}.", "rejected": f"No {i}."} for i in range(16)
+    ])
+    results = {}
+    for cache in (True, False):
+        config = TrainConfig(model=str(tiny_model_dir), method="haf", train_data=str(data), eval_fraction=0.25, max_length=64,
+                             batch_size=4, micro_batch_size=2, max_steps=3, learning_rate=1e-3, freeze_layers=1, trunk_cache=cache,
+                             output_dir=str(tmp_path / f"cache-{cache}"))
+        results[cache] = (train(config).metrics, load_file(tmp_path / f"cache-{cache}" / "reward_model" / "model.safetensors"))
+    (metrics_cached, weights_cached), (metrics_live, weights_live) = results[True], results[False]
+    assert metrics_cached["eval_reward_accuracy"] == metrics_live["eval_reward_accuracy"]
+    assert metrics_cached["eval_loss"] == pytest.approx(metrics_live["eval_loss"], rel=1e-5)
+    base = load_file(tiny_model_dir / "model.safetensors")
+    for name, tensor in weights_cached.items():
+        torch.testing.assert_close(tensor, weights_live[name], rtol=1e-5, atol=1e-6, msg=name)
+    # the frozen trunk (embeddings, layer 0) is the base model's; the top layer and the head moved
+    torch.testing.assert_close(weights_cached["model.layers.0.mlp.up_proj.weight"], base["model.layers.0.mlp.up_proj.weight"])
+    torch.testing.assert_close(weights_cached["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
+    assert not torch.allclose(weights_cached["model.layers.1.mlp.up_proj.weight"], base["model.layers.1.mlp.up_proj.weight"])
+
+
+def test_subset_during_training_full_eval_and_comparison_with_the_untrained_model(tiny_model_dir, tmp_path):
+    from hafrm.data import load_pairs
+
+    output = tmp_path / "run"
+    config = TrainConfig(model=str(tiny_model_dir), method="haf", train_data=str(DEFAULT_TRAIN_DATA), eval_data=str(DEFAULT_EVAL_DATA),
+                         max_train_pairs=8, max_eval_pairs=12, eval_during_training_pairs=4, compare_to_untrained=True,
+                         max_length=64, batch_size=4, micro_batch_size=2, learning_rate=1e-3, eval_steps=1, output_dir=str(output))
+    metrics = train(config).metrics
+    comparison = metrics["compared_to_untrained"]["reward"]
+    assert comparison["pairs"] == 12  # the final evaluation and the comparison use the whole eval set
+    accuracy, low, high = comparison["after"]
+    assert low <= accuracy <= high and accuracy == metrics["eval_reward_accuracy"]
+    assert comparison["difference"][0] == pytest.approx(comparison["after"][0] - comparison["before"][0])
+    pairs, _ = load_pairs(str(DEFAULT_EVAL_DATA), limit=12)
+    scores, _ = score_pairs(load_trained(output), pairs, progress=False)
+    assert scores.metrics()["reward_accuracy"] == pytest.approx(metrics["eval_reward_accuracy"])
+
+
+def test_named_eval_sets_evaluated_at_given_steps_with_per_pair_scores_kept(tiny_model_dir, tmp_path):
+    from hafrm.evaluation import PairScores
+    from hafrm.training import train
+
+    rows = [{"prompt": f"Question {i}?", "chosen": f"A careful answer number {i}.", "rejected": f"No {i}."} for i in range(12)]
+    config = TrainConfig(model=str(tiny_model_dir), method="haf", max_length=64, batch_size=2, micro_batch_size=2, max_steps=4,
+                         learning_rate=1e-3, eval_at_steps=[1, 4], keep_eval_scores=True, freeze_layers=1, output_dir=str(tmp_path / "run"))
+    result = train(config, train_data=rows[:8], eval_data={"near": rows[8:], "far": rows[:3]})
+    kept = sorted(p.name for p in (tmp_path / "run" / "eval-scores").glob("*.npz"))
+    assert kept == ["step-1-far.npz", "step-1-near.npz", "step-4-far.npz", "step-4-near.npz"]  # the last one is not redone
+    evaluations = [e for e in result.log_history if "eval_near_reward_accuracy" in e]
+    assert [e["step"] for e in evaluations] == [1, 4]
+    assert result.metrics["eval_far_reward_accuracy"] == next(e for e in result.log_history if "eval_far_reward_accuracy" in e and e["step"] == 4)["eval_far_reward_accuracy"]
+    scores = PairScores.load(tmp_path / "run" / "eval-scores" / "step-4-near.npz")
+    assert len(scores.chosen_rewards) == 4 and not np.isnan(scores.chosen_implicit).any()
+    assert scores.metrics()["reward_accuracy"] == pytest.approx(evaluations[-1]["eval_near_reward_accuracy"])

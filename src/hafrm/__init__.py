@@ -2,6 +2,56 @@
 
 A reward head and the language-model (policy) head share one transformer backbone; training adds
 alpha * (DPO policy loss) to the Bradley-Terry reward loss so the shared backbone is shaped by both.
+
+    from hafrm import TrainConfig, train, load
+    result = train(TrainConfig(model="path/to/model", max_steps=100), train_data=rows)
+    model = load(result.output_dir)
+    model.score(["How do I bake bread?"], ["Mix flour, water and yeast; knead; bake."], head="combined")
+
+The names below are imported when first used, so `import hafrm` does not load torch or transformers.
 """
 
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    "TrainConfig": "hafrm.config",
+    "ALIASES": "hafrm.config",
+    "train": "hafrm.training",
+    "TrainResult": "hafrm.training",
+    "HafTrainer": "hafrm.trainer",
+    "HafObjective": "hafrm.losses",
+    "PolicyLoss": "hafrm.losses",
+    "HybridRewardModel": "hafrm.model",
+    "LoadedModel": "hafrm.evaluation",
+    "PairScores": "hafrm.evaluation",
+    "load_pairs": "hafrm.data",
+    "load_tokenizer": "hafrm.pretrained",
+    "RewardScorer": "hafrm.scoring",
+}
+
+__all__ = ["__version__", "load", *_LAZY]
+
+
+def load(model_dir, reference: str | None = None, dtype: str = "fp32"):
+    """A trained hafrm output folder as a `LoadedModel`, ready to score with both heads: `.score(prompts, responses,
+    head="reward" | "implicit" | "combined")` and `.score_pairs(pairs)`. The implicit reward needs the reference
+    policy: the base model recorded at training, or `reference` (a model folder or hub name)."""
+    from hafrm.evaluation import load_trained
+
+    return load_trained(model_dir, reference=reference, dtype=dtype)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'hafrm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -61,8 +61,8 @@ def best_of_n(prompts: Sequence, candidates: list[list[str]], selector: Scorer, 
 def scorer_from_spec(spec: str, max_length: int = 512, batch_size: int = 8) -> Scorer:
     """MODEL[@HEAD] as a Scorer. HEAD (reward | implicit | combined) needs a hafrm output folder."""
     from hafrm.evaluation import score_responses
-    from hafrm.scores import check_head
     from hafrm.model import METADATA_FILE
+    from hafrm.scores import check_head
 
     model, _, head = spec.rpartition("@") if "@" in spec else (spec, "", "reward")
     check_head(head)

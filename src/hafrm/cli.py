@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -11,6 +12,7 @@ import types
 import typing
 from pathlib import Path
 
+from hafrm import __version__
 from hafrm.config import TrainConfig
 from hafrm.data.errors import DataError
 from hafrm.filechecks import check_writable_dir, check_writable_file
@@ -24,34 +26,122 @@ def _parse_value(kind):
     base = typing.get_origin(options[0]) or options[0]
     if base is dict:
         return json.loads
-    if any((typing.get_origin(o) or o) is list for o in options):
-        return lambda text: text.split(",") if "," in text else text
+    lists = [o for o in options if typing.get_origin(o) is list]
+    if lists:
+        item = typing.get_args(lists[0])[0]
+        if len(options) == 1:  # only a list: "16,32,64" or "16"
+            return lambda text: [item(part) for part in text.split(",")]
+        return lambda text: [item(part) for part in text.split(",")] if "," in text else text
     return base
 
 
+def _add_option(group, name: str, **options) -> None:
+    """--name-with-dashes, shown in --help; and --name_with_underscores (as TRL's and transformers' scripts write
+    options), accepted but not listed."""
+    group.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, **options)
+    if "_" in name:
+        group.add_argument("--" + name, dest=name, default=argparse.SUPPRESS, **{**options, "help": argparse.SUPPRESS})
+
+
+def _text_to_bool(text: str) -> bool:
+    """transformers' HfArgumentParser spelling of booleans: `--use_peft`, `--use_peft true`, `--use_peft false`."""
+    if text.lower() in ("true", "yes", "1"):
+        return True
+    if text.lower() in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
+def _shown_default(value) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One --flag per TrainConfig field; only flags given on the command line override the YAML file."""
+    """One --flag per TrainConfig field, documented from the field's metadata, with its default and choices; and
+    one per alias (TRL, transformers and LLaMA-Factory names). Only flags given on the command line override the
+    YAML file. Choices are shown, not enforced by argparse: TrainConfig checks them, so that a bad value is one
+    error line naming the field, as in a YAML file."""
+    from hafrm.config import ALIASES, alias_help
+
     hints = typing.get_type_hints(TrainConfig)
-    group = parser.add_argument_group("training options (override --config)")
-    for name in TrainConfig.field_names():
-        flag = "--" + name.replace("_", "-")
+    defaults = TrainConfig()
+    group = parser.add_argument_group(
+        "training options (override --config; each is also a YAML key, and takes --its_underscore_spelling)"
+    )
+    for field in dataclasses.fields(TrainConfig):
+        name = field.name
+        text = f"{field.metadata['help']} (default: {_shown_default(getattr(defaults, name))})".replace("%", "%%")
+        choices = TrainConfig.choices(name)
+        metavar = "{" + ",".join(choices) + "}" if choices else name.upper()
         if hints[name] is bool:
-            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+            _add_option(group, name, action=argparse.BooleanOptionalAction, help=text)
         else:
-            group.add_argument(flag, dest=name, type=_parse_value(hints[name]), default=argparse.SUPPRESS, metavar=name.upper())
+            _add_option(group, name, type=_parse_value(hints[name]), metavar=metavar, help=text)
+    aliases = parser.add_argument_group(
+        "the ecosystem's names for the same options (YAML keys too); README: 'Other tools' names'"
+    )
+    for alias in ALIASES.values():
+        kind = hints.get(alias.target)
+        if alias.name in ("use_peft", "precompute_ref_log_probs"):  # TRL's booleans, spelled as HfArgumentParser reads them
+            options = dict(type=_text_to_bool, nargs="?", const=True, metavar="BOOL")
+        elif alias.name == "gradient_accumulation_steps":
+            options = dict(type=int, metavar="STEPS")
+        elif alias.name == "center_rewards_coefficient":
+            options = dict(type=float, metavar="COEF")
+        elif alias.convert is not None:
+            options = dict(metavar=alias.name.upper())
+        else:
+            options = dict(type=_parse_value(kind), metavar=alias.name.upper())
+        _add_option(aliases, alias.name, help=alias_help(alias).replace("%", "%%"), **options)
+
+
+def given_options(args: argparse.Namespace) -> dict:
+    """The training options given on the command line, in our names or the ecosystem's."""
+    from hafrm.config import ALIASES
+
+    return {name: getattr(args, name) for name in [*TrainConfig.field_names(), *ALIASES] if hasattr(args, name)}
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    overrides = {name: getattr(args, name) for name in TrainConfig.field_names() if hasattr(args, name)}
-    return TrainConfig.from_yaml(args.config, **overrides) if args.config else TrainConfig(**overrides)
+    overrides = given_options(args)
+    return TrainConfig.from_yaml(args.config, **overrides) if args.config else TrainConfig.from_dict(overrides)
 
 
 def command_train(args: argparse.Namespace) -> int:
+    from hafrm.defaults import DEMO_TRAINING
     from hafrm.training import train
 
-    result = train(config_from_args(args))
+    demo = not args.config and not given_options(args)
+    if demo:
+        logger.info("No options given: the first-run demo (%s); any option or --config runs with the paper's defaults",
+                    ", ".join(f"{k}={v}" for k, v in DEMO_TRAINING.items()))
+    result = train(TrainConfig(**DEMO_TRAINING) if demo else config_from_args(args))
     print(json.dumps({"output_dir": str(result.output_dir), "eval": result.metrics, "data": result.data_report}, indent=2))
+    comparison = result.metrics.get("compared_to_untrained", {}).get("reward")
+    if comparison:
+        print(comparison_summary(comparison))
     return 0
+
+
+def comparison_summary(comparison: dict) -> str:
+    """The reward head before and after training, in words a first-time user reads."""
+
+    def percent(values) -> str:
+        value, low, high = (100 * v for v in values)
+        return f"{value:.1f}% [{low:.1f}, {high:.1f}]"
+
+    difference, low, high = (100 * v for v in comparison["difference"])
+    verdict = "the gain is clear of zero" if low > 0 else "the interval includes zero: no gain shown" if high >= 0 else "training made it worse"
+    return (
+        f"Reward-head accuracy on {comparison['pairs']} held-out pairs (95% intervals):\n"
+        f"  untrained:  {percent(comparison['before'])}\n"
+        f"  trained:    {percent(comparison['after'])}\n"
+        f"  difference: {difference:+.1f} points [{low:+.1f}, {high:+.1f}] on the same pairs; {verdict}"
+    )
 
 
 def command_eval(args: argparse.Namespace) -> int:
@@ -186,6 +276,7 @@ def command_serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hafrm", description="Train and use reward models with the Hybrid Alignment Framework (HAF-RM).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--log-level", default="INFO")
     commands = parser.add_subparsers(dest="command", required=True)
 

@@ -1,82 +1,108 @@
-"""One configuration object for training: defaults from the paper, a YAML file, then CLI overrides."""
+"""One configuration object for training: defaults from the paper, a YAML file, then CLI overrides; and the
+TRL / transformers / LLaMA-Factory names of the fields that mean the same (`ALIASES`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from hafrm.data.formats import ADAPTERS
 from hafrm.losses import METHODS, POLICY_LOSSES
 
 
 @dataclass
 class TrainConfig:
-    """Everything `hafrm train` needs. Defaults follow the paper's Table 5 where it gives one."""
+    """Everything `hafrm train` needs. Defaults follow the paper's Table 5 where it gives one.
+
+    Each field's documentation is its `metadata["help"]`: `hafrm train --help` shows it with the default and,
+    for fields with a fixed set of values, the choices (from `_RULES` below, which also validates them).
+    """
 
     # model
-    model: str | None = None  # HF hub name or local folder; None = embedded SmolLM2-135M-Instruct
-    lora: bool = False
-    lora_r: int = 64
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0  # dropout on LoRA inputs; on CPU it cost ~19% of a LoRA step (benchmarks/)
-    lora_target_modules: str | list[str] = "all-linear"
-    dtype: str = "auto"  # auto: bf16 on a GPU that supports it, else fp32 (bf16 is ~25x slower on CPU); fp16: autocast
-    gradient_checkpointing: bool = False
-    disable_dropout: bool = True  # zero the backbone's dropout, as TRL's trainers do by default
-    share_prompt: bool = True  # one row per pair, [prompt | chosen | rejected]: the shared prompt is computed once
+    model: str | None = field(default=None, metadata={"help": "HF hub name or local model folder; unset: the embedded SmolLM2-135M-Instruct"})
+    lora: bool = field(default=False, metadata={"help": "train PEFT LoRA adapters on the backbone instead of all its weights"})
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank (paper: 64 for Mistral-7B)"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha (paper: 16)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on LoRA inputs; on CPU it cost ~19% of a LoRA step (benchmarks/)"})
+    lora_target_modules: str | list[str] = field(
+        default="all-linear", metadata={"help": "modules LoRA adapts: 'all-linear' or comma-separated module names"}
+    )
+    dtype: str = field(default="auto", metadata={"help": "weights dtype; auto: bf16 on a GPU that supports it, else fp32 (bf16 is ~25x slower on CPU); "
+                     "fp16: fp16 autocast over fp32 weights"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward pass: less memory, one more forward pass of compute"})
+    disable_dropout: bool = field(default=True, metadata={"help": "zero the backbone's dropout, as TRL's reward and DPO trainers do by default"})
+    share_prompt: bool = field(default=True, metadata={"help": "one row per pair, [prompt | chosen | rejected]: the shared prompt is computed once"})
+    freeze_layers: int = field(default=0, metadata={"help": "freeze the embeddings and this many bottom layers; train the rest and both heads"})
+    trunk_cache: bool = field(default=True, metadata={"help": "with freeze_layers: compute the frozen trunk once per data set and model, then replay it"})
     # objective
-    method: str = "haf"  # haf | baseline | dpo
-    alpha: float = 0.2
-    tau: float = 0.1
-    policy_loss: str = "sigmoid"  # sigmoid | ipo | hinge | robust | simpo
-    label_smoothing: float = 0.0  # label-flip rate: cDPO for sigmoid (TRL 1.16 ignores it there), rDPO for robust, simpo as TRL CPO; refused for ipo/hinge
-    simpo_gamma: float = 0.5
-    center_rewards_coef: float = 0.0
-    use_margin: bool = False
-    reference: str = "precompute"  # precompute (cached on disk) | live (LoRA: adapters off; full: frozen copy)
+    method: str = field(default="haf", metadata={"help": "haf: reward + alpha * policy loss; baseline: Bradley-Terry reward loss only; dpo: policy loss only"})
+    alpha: float = field(default=0.2, metadata={"help": "weight of the policy loss in the haf objective"})
+    tau: float = field(default=0.1, metadata={"help": "DPO's beta: scale of the policy log-ratios in the policy loss and the implicit reward"})
+    policy_loss: str = field(default="sigmoid", metadata={"help": "policy loss: sigmoid (DPO), ipo, hinge (SLiC), robust (rDPO), simpo (reference-free)"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "label-flip rate in [0, 0.5): cDPO for sigmoid (TRL 1.16 ignores it there), rDPO for robust, "
+                     "simpo as TRL's CPO; refused for ipo and hinge"})
+    simpo_gamma: float = field(default=0.5, metadata={"help": "SimPO's target reward margin gamma (policy_loss simpo only)"})
+    center_rewards_coef: float = field(default=0.0, metadata={"help": "weight of (r_chosen + r_rejected)^2 in the reward loss, keeping rewards centred at zero"})
+    use_margin: bool = field(default=False, metadata={"help": "subtract the data's 'margin' column from the reward difference in the Bradley-Terry loss"})
+    reference: str = field(default="precompute", metadata={"help": "reference log-probs: precompute (once, cached on disk) or live "
+                     "(LoRA: adapters off; full fine-tuning: a frozen copy)"})
     # data
-    train_data: str | None = None  # file, folder or hub name; None = shipped HH-RLHF harmless sample
-    eval_data: str | None = None
-    data_format: str = "auto"
-    column_map: dict[str, str] = field(default_factory=dict)
-    eval_fraction: float = 0.1  # held out from train_data when no eval_data is given
-    max_length: int = 512
-    max_train_pairs: int | None = None
-    max_eval_pairs: int | None = None
-    on_bad_row: str = "error"  # error | skip
+    train_data: str | None = field(default=None, metadata={"help": "training pairs: a file, a folder or a hub name owner/name[:config]; "
+                     "unset: the shipped HH-RLHF harmless sample"})
+    eval_data: str | None = field(default=None, metadata={"help": "evaluation pairs, as train_data; unset: eval_fraction of train_data (or the shipped test sample)"})
+    data_format: str = field(default="auto", metadata={"help": "schema of the data; auto: detected from each file's columns"})
+    column_map: dict[str, str] = field(default_factory=dict, metadata={"help": "rename columns before reading, as JSON, e.g. '{\"prompt\": \"question\"}'"})
+    eval_fraction: float = field(default=0.1, metadata={"help": "fraction of train_data held out for evaluation when no eval_data is given (0: none)"})
+    max_length: int = field(default=512, metadata={"help": "tokens per sequence; longer pairs lose prompt tokens from the left, the response end is kept"})
+    max_train_pairs: int | None = field(default=None, metadata={"help": "use at most this many training pairs (the first ones)"})
+    max_eval_pairs: int | None = field(default=None, metadata={"help": "cap on the eval set (every evaluation, the final one included)"})
+    eval_during_training_pairs: int | None = field(default=None, metadata={"help": "evaluations during training use a seeded sample this size; the final one uses the whole eval set"})
+    compare_to_untrained: bool = field(default=False, metadata={"help": "also evaluate the untrained model: accuracy before and after with 95% intervals "
+                     "and the paired difference"})
+    eval_at_steps: list[int] | None = field(default=None, metadata={"help": "evaluate (and checkpoint) at exactly these optimiser steps, e.g. 16,32,64,128,256 for a "
+                                                                  "learning curve; the last step's model is the result"})
+    keep_eval_scores: bool = field(default=False, metadata={"help": "keep every evaluation's per-pair scores in OUTPUT_DIR/eval-scores/step-N-NAME.npz, "
+                                                          "so statistics can be recomputed later"})
+    on_bad_row: str = field(default="error", metadata={"help": "a row that does not fit the schema: error (stop, naming file and line) or skip (count it)"})
     # optimisation (AdamW)
-    learning_rate: float = 1e-5
-    batch_size: int = 16  # global pairs per optimiser step
-    micro_batch_size: int = 4  # pairs per device per forward pass
-    epochs: float = 1.0
-    max_steps: int = -1
-    warmup_ratio: float = 0.03
-    lr_scheduler: str = "cosine"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    group_by_length: bool = True
+    learning_rate: float = field(default=1e-5, metadata={"help": "peak AdamW learning rate (paper: 1e-5 to 3e-5)"})
+    batch_size: int = field(default=16, metadata={"help": "global pairs per optimiser step (gradient accumulation makes it up)"})
+    micro_batch_size: int = field(default=4, metadata={"help": "pairs per device per forward pass"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the training pairs (fractions allowed)"})
+    max_steps: int = field(default=-1, metadata={"help": "optimiser steps to train for; -1: as many as epochs take"})
+    warmup_ratio: float = field(default=0.03, metadata={"help": "fraction of the optimiser steps spent warming the learning rate up linearly from 0"})
+    lr_scheduler: str = field(default="cosine", metadata={"help": "learning-rate schedule after warmup (any transformers scheduler)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient norm to this (0: no clipping)"})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation, data order and the eval split"})
+    group_by_length: bool = field(default=True, metadata={"help": "batch pairs of similar length together (less padding)"})
     # bookkeeping
-    output_dir: str = "outputs/hafrm"
-    eval_steps: int | None = None  # None: evaluate once per epoch
-    save_steps: int | None = None
-    save_total_limit: int | None = 2
-    logging_steps: int = 5
-    report_to: str | list[str] = "none"  # tensorboard, wandb, mlflow, ... (any transformers integration)
-    run_name: str | None = None
-    resume_from_checkpoint: str | None = None  # a checkpoint folder, or auto: the newest readable one in output_dir
-    overwrite_output_dir: bool = False  # replace a finished or checkpointed run in output_dir (else refused)
-    training_args: dict = field(default_factory=dict)  # extra transformers.TrainingArguments, e.g. deepspeed
+    output_dir: str = field(default="outputs/hafrm", metadata={"help": "folder for checkpoints and the exported models"})
+    eval_steps: int | None = field(default=None, metadata={"help": "evaluate (and checkpoint) every this many steps; unset: once per epoch"})
+    save_steps: int | None = field(default=None, metadata={"help": "checkpoint every this many steps; unset: with each evaluation, or once per epoch"})
+    save_total_limit: int | None = field(default=2, metadata={"help": "keep at most this many checkpoints (the best one is always kept)"})
+    early_stopping_patience: int | None = field(default=None, metadata={"help": "stop after this many evaluations without a better eval accuracy; unset: never stop early"})
+    logging_steps: int = field(default=5, metadata={"help": "log the loss and reward statistics every this many steps"})
+    report_to: str | list[str] = field(default="none", metadata={"help": "experiment trackers, comma-separated: tensorboard, wandb, mlflow, ... (any transformers one)"})
+    run_name: str | None = field(default=None, metadata={"help": "run name shown by the trackers"})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint folder to resume from, or auto: the newest readable one in output_dir"})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "replace a finished or checkpointed run in output_dir (else refused)"})
+    training_args: dict = field(default_factory=dict, metadata={"help": "any other transformers.TrainingArguments, as JSON, e.g. '{\"deepspeed\": \"ds.json\"}'"})
 
     def __post_init__(self):
         for name in self.field_names():
             setattr(self, name, self.validated(name, getattr(self, name)))
+        if self.freeze_layers and self.lora:
+            raise ValueError("freeze_layers trains the top layers in full; it does not combine with lora")
         if self.batch_size % self.micro_batch_size:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})")
 
@@ -85,19 +111,36 @@ class TrainConfig:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def from_yaml(cls, path: str | Path, **overrides) -> "TrainConfig":
-        """Read a YAML mapping of config fields; `overrides` (e.g. from the CLI) win over the file."""
+    def from_yaml(cls, path: str | Path, **overrides) -> TrainConfig:
+        """Read a YAML mapping of config fields (ours or the ecosystem's names, see `ALIASES`); `overrides` (e.g.
+        from the CLI, which may use either names too) win over the file."""
         values = read_yaml(path)
-        unknown = sorted(set(values) - set(cls.field_names()))
+        unknown = sorted(set(values) - set(cls.field_names()) - set(ALIASES))
         if unknown:
-            raise ValueError(f"{path}: unknown config field(s) {', '.join(unknown)}; known: {', '.join(cls.field_names())}")
-        for name, value in values.items():  # the file's own values, so that an error names the file
-            if name not in overrides:
-                try:
-                    cls.validated(name, value)
-                except ValueError as error:
-                    raise ValueError(f"{path}: {error}") from None
-        return cls(**{**values, **overrides})
+            raise ValueError(
+                f"{path}: unknown config field(s) {', '.join(unknown)}; known: {', '.join(cls.field_names())} "
+                f"and the aliases {', '.join(ALIASES)}"
+            )
+        return cls(**merge_config_values((str(path), values), (None, overrides)))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        """A config from a mapping that may use the ecosystem's names (`ALIASES`) as well as ours."""
+        unknown = sorted(set(values) - set(cls.field_names()) - set(ALIASES))
+        if unknown:
+            raise ValueError(f"unknown config field(s) {', '.join(unknown)}")
+        return cls(**merge_config_values((None, values)))
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        """The documentation of field `name` (its `metadata["help"]`)."""
+        return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
+
+    @classmethod
+    def choices(cls, name: str) -> tuple[str, ...] | None:
+        """The allowed values of field `name` where they are a fixed set (from the validation rules), else None."""
+        rule = _RULES.get(name)
+        return rule.choices if rule else None
 
     @classmethod
     def validated(cls, name: str, value):
@@ -108,41 +151,83 @@ class TrainConfig:
             raise ValueError(f"{name} must be {_describe(kind)}, got {value!r}")
         if kind is float or float in typing.get_args(kind):
             value = float(value) if isinstance(value, int) else value
-        limit = _RANGES.get(name)
-        if value is not None and limit and not limit[0](value):
-            raise ValueError(f"{name} must be {limit[1]}, got {value!r}")
+        rule = _RULES.get(name)
+        if value is not None and rule and not rule.check(value):
+            raise ValueError(f"{name} must be {rule.text}, got {value!r}")
         return value
+
+    def objective(self):
+        """The training objective these settings describe (losses.HafObjective)."""
+        from hafrm.losses import HafObjective, PolicyLoss
+
+        policy = PolicyLoss(kind=self.policy_loss, tau=self.tau, label_smoothing=self.label_smoothing, simpo_gamma=self.simpo_gamma)
+        return HafObjective(method=self.method, alpha=self.alpha, policy_loss=policy, center_rewards_coef=self.center_rewards_coef, use_margin=self.use_margin)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-# Allowed values of fields, beyond their type (None always passes: it means "not set"). Loss parameters
-# (alpha, tau, label_smoothing) are checked where the loss is built, which `hafrm train` does first thing.
-_RANGES = {
-    "method": (lambda v: v in METHODS, f"one of {', '.join(METHODS)}"),
-    "policy_loss": (lambda v: v in POLICY_LOSSES, f"one of {', '.join(POLICY_LOSSES)}"),
-    "reference": (lambda v: v in ("precompute", "live"), "'precompute' or 'live'"),
-    "lora_r": (lambda v: v >= 1, "at least 1"),
-    "lora_alpha": (lambda v: v > 0, "positive"),
-    "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "eval_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "max_length": (lambda v: v >= 8, "at least 8"),
-    "max_train_pairs": (lambda v: v >= 1, "at least 1"),
-    "max_eval_pairs": (lambda v: v >= 1, "at least 1"),
-    "learning_rate": (lambda v: v >= 0, "non-negative"),
-    "batch_size": (lambda v: v >= 1, "at least 1"),
-    "micro_batch_size": (lambda v: v >= 1, "at least 1"),
-    "epochs": (lambda v: v > 0, "positive"),
-    "max_steps": (lambda v: v == -1 or v >= 1, "-1 (train for `epochs`) or at least 1"),
-    "warmup_ratio": (lambda v: v >= 0, "non-negative"),
-    "weight_decay": (lambda v: v >= 0, "non-negative"),
-    "max_grad_norm": (lambda v: v >= 0, "non-negative (0: no clipping)"),
-    "eval_steps": (lambda v: v >= 1, "at least 1"),
-    "save_steps": (lambda v: v >= 1, "at least 1"),
-    "save_total_limit": (lambda v: v >= 1, "at least 1"),
-    "logging_steps": (lambda v: v >= 1, "at least 1"),
-    "on_bad_row": (lambda v: v in ("error", "skip"), "'error' or 'skip'"),
+@dataclass(frozen=True)
+class _Rule:
+    """What a field's value must be beyond its type: `check` it, and say `text` when it fails. A rule made by
+    `_one_of` also lists its `choices`, which `--help` shows."""
+
+    check: Callable[[object], bool]
+    text: str
+    choices: tuple[str, ...] | None = None
+
+
+def _one_of(values: tuple[str, ...], text: str | None = None) -> _Rule:
+    values = tuple(values)
+    return _Rule(lambda v: v in values, text or "one of " + ", ".join(values), values)
+
+
+def _at_least(low, text: str | None = None) -> _Rule:
+    return _Rule(lambda v: v >= low, text or f"at least {low}")
+
+
+# transformers' SchedulerType values (5.24), written out because importing transformers.trainer_utils costs every
+# `hafrm` command seconds; tests/test_interface.py checks that the list still matches.
+_SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
+    "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay", "greedy",
+)
+_DTYPES = ("auto", "fp32", "bf16", "fp16", "float32", "bfloat16", "float16")  # the names resolve_dtype reads
+
+# Allowed values of fields, beyond their type (None always passes: it means "not set"); the one list of allowed
+# values, read by validation and by `--help`. Loss parameters (alpha, tau, label_smoothing) are checked where the
+# loss is built, which `hafrm train` does first thing.
+_RULES = {
+    "method": _one_of(METHODS),
+    "policy_loss": _one_of(POLICY_LOSSES),
+    "reference": _one_of(("precompute", "live"), "'precompute' or 'live'"),
+    "dtype": _one_of(_DTYPES, "auto, fp32, bf16 or fp16 (or float32, bfloat16, float16)"),
+    "data_format": _one_of(("auto", *sorted(ADAPTERS))),
+    "lr_scheduler": _one_of(_SCHEDULERS),
+    "on_bad_row": _one_of(("error", "skip"), "'error' or 'skip'"),
+    "lora_r": _at_least(1),
+    "freeze_layers": _at_least(0, "0 (off) or a number of bottom layers"),
+    "lora_alpha": _Rule(lambda v: v > 0, "positive"),
+    "lora_dropout": _Rule(lambda v: 0 <= v < 1, "in [0, 1)"),
+    "eval_fraction": _Rule(lambda v: 0 <= v < 1, "in [0, 1)"),
+    "max_length": _at_least(8),
+    "max_train_pairs": _at_least(1),
+    "max_eval_pairs": _at_least(1),
+    "eval_during_training_pairs": _at_least(1),
+    "learning_rate": _at_least(0, "non-negative"),
+    "batch_size": _at_least(1),
+    "micro_batch_size": _at_least(1),
+    "epochs": _Rule(lambda v: v > 0, "positive"),
+    "max_steps": _Rule(lambda v: v == -1 or v >= 1, "-1 (train for `epochs`) or at least 1"),
+    "warmup_ratio": _Rule(lambda v: 0 <= v <= 1, "in [0, 1] (a fraction of the optimiser steps)"),
+    "weight_decay": _at_least(0, "non-negative"),
+    "max_grad_norm": _at_least(0, "non-negative (0: no clipping)"),
+    "eval_steps": _at_least(1),
+    "save_steps": _at_least(1),
+    "save_total_limit": _at_least(1),
+    "early_stopping_patience": _at_least(1),
+    "logging_steps": _at_least(1),
+    "eval_at_steps": _Rule(lambda v: len(v) > 0 and all(step >= 1 for step in v), "optimiser steps of at least 1"),
 }
 
 
@@ -175,7 +260,7 @@ def _describe(kind) -> str:
         return " or ".join(_describe(option) for option in typing.get_args(kind))
     names = {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
     if typing.get_origin(kind) is list:
-        return "a list of strings"
+        return f"a list of {_describe(typing.get_args(kind)[0]).removeprefix('a ').removeprefix('an ')}s"
     if typing.get_origin(kind) is dict:
         return "a mapping of strings"
     return names.get(kind, kind.__name__)
@@ -203,3 +288,155 @@ def read_yaml(path: str | Path) -> dict:
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of config fields")
     return values
+
+
+# ---------------------------------------------------------------- the ecosystem's names for our fields
+
+
+@dataclass(frozen=True)
+class Alias:
+    """Another tool's name for one of our fields, where it means the same; `convert` maps its values to ours."""
+
+    name: str
+    target: str
+    origin: str
+    convert: Callable[[object], object] | None = None
+    note: str = ""
+
+
+# TRL's DPO loss names that are ours too (same formula, same use of beta and label_smoothing); its other losses
+# (exo_pair, nca_pair, bco_pair, sppo_hard, aot, apo_*, discopop, sft, sigmoid_norm, ...) are not implemented here.
+_TRL_LOSSES = ("sigmoid", "ipo", "hinge", "robust")
+# LLaMA-Factory's pref_loss: sigmoid, hinge and ipo are TRL's; its simpo is SimPO with simpo_gamma, as ours.
+_LLAMAFACTORY_LOSSES = ("sigmoid", "hinge", "ipo", "simpo")
+
+
+def _loss_name(tool: str, field_name: str, known: tuple[str, ...]) -> Callable[[object], str]:
+    def convert(value) -> str:
+        if isinstance(value, list) and len(value) == 1:  # TRL >= 0.20 takes a list of losses; its default is ["sigmoid"]
+            value = value[0]
+        if isinstance(value, str) and value in known:
+            return value
+        raise ValueError(
+            f"{field_name} {value!r} ({tool}) has no counterpart in hafrm; the {tool} losses it implements are "
+            f"{', '.join(known)} (policy_loss also takes {', '.join(p for p in POLICY_LOSSES if p not in known)})"
+        )
+
+    return convert
+
+
+def _reference_mode(value) -> str:
+    if not isinstance(value, bool):
+        raise ValueError(f"precompute_ref_log_probs must be true or false, got {value!r}")
+    return "precompute" if value else "live"
+
+
+def _finetuning_type(value) -> bool:
+    if value not in ("lora", "full"):
+        raise ValueError(f"finetuning_type {value!r} (LLaMA-Factory) has no counterpart here: use lora or full "
+                         "(for freezing bottom layers, freeze_layers)")
+    return value == "lora"
+
+
+ALIASES: dict[str, Alias] = {alias.name: alias for alias in (
+    Alias("beta", "tau", "TRL DPOConfig"),
+    Alias("pref_beta", "tau", "LLaMA-Factory"),
+    Alias("loss_type", "policy_loss", "TRL DPOConfig", _loss_name("TRL", "loss_type", _TRL_LOSSES),
+          "sigmoid, ipo, hinge, robust; others refused"),
+    Alias("pref_loss", "policy_loss", "LLaMA-Factory", _loss_name("LLaMA-Factory", "pref_loss", _LLAMAFACTORY_LOSSES),
+          "sigmoid, hinge, ipo, simpo; others refused"),
+    Alias("model_name_or_path", "model", "TRL ModelConfig, LLaMA-Factory"),
+    Alias("dataset_name", "train_data", "TRL ScriptArguments"),
+    Alias("num_train_epochs", "epochs", "transformers TrainingArguments"),
+    Alias("lr_scheduler_type", "lr_scheduler", "transformers TrainingArguments"),
+    Alias("per_device_train_batch_size", "micro_batch_size", "transformers TrainingArguments"),
+    Alias("gradient_accumulation_steps", "batch_size", "transformers TrainingArguments", None,
+          "batch_size = per-device batch x this x processes"),
+    Alias("center_rewards_coefficient", "center_rewards_coef", "TRL RewardConfig", lambda v: 0.0 if v is None else v),
+    Alias("precompute_ref_log_probs", "reference", "TRL DPOConfig", _reference_mode, "true: precompute, false: live"),
+    Alias("use_peft", "lora", "TRL ModelConfig"),
+    Alias("finetuning_type", "lora", "LLaMA-Factory", _finetuning_type, "lora or full"),
+    Alias("lora_rank", "lora_r", "LLaMA-Factory"),
+    Alias("cutoff_len", "max_length", "LLaMA-Factory"),
+    Alias("torch_dtype", "dtype", "TRL ModelConfig (before 0.20)"),
+)}
+
+
+def alias_help(alias: Alias) -> str:
+    """One line for `--help` and the README: whose name it is and what it sets."""
+    note = f"; {alias.note}" if alias.note else ""
+    return f"{alias.origin}: sets {alias.target}{note}"
+
+
+def world_size() -> int:
+    """Processes of this (possibly distributed) run, as torchrun and accelerate launch set it."""
+    return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def _in_our_names(values: dict) -> dict:
+    """`values` with each alias replaced by our field and value; gradient_accumulation_steps is left for the caller."""
+    ours: dict = {}
+    given_as: dict[str, str] = {}
+    for name, value in values.items():
+        alias = ALIASES.get(name)
+        if name == "gradient_accumulation_steps":
+            continue
+        target = alias.target if alias else name
+        if target in ours:
+            raise ValueError(f"{target} is given twice (as {given_as[target]} and as {name}); give one of them")
+        if alias is not None:
+            value = alias.convert(value) if alias.convert else value
+            try:
+                TrainConfig.validated(target, value)
+            except ValueError as error:
+                raise ValueError(f"{name} ({alias.origin}'s name for {target}): {error}") from None
+        ours[target], given_as[target] = value, name
+    return ours
+
+
+def merge_config_values(*sources: tuple[str | None, dict]) -> dict:
+    """Our field values from (where, mapping) sources, each in our names or the ecosystem's (`ALIASES`); a later
+    source wins (a YAML file, then the command line). A value is checked, naming `where`, unless a later source
+    replaces it.
+
+    Batch sizes in transformers' words: per_device_train_batch_size is micro_batch_size, and batch_size is
+    per_device_train_batch_size x gradient_accumulation_steps x processes, with TRL's default of 1 accumulation
+    step when either name is used and no batch_size is given.
+    """
+    converted = []
+    for where, values in sources:
+        try:
+            ours = _in_our_names(values)
+            steps = values.get("gradient_accumulation_steps")
+            if steps is not None and ("batch_size" in ours):
+                raise ValueError("batch_size and gradient_accumulation_steps both set the global batch; give one of them")
+            if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+                raise ValueError(f"gradient_accumulation_steps must be an integer of at least 1, got {steps!r}")
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}" if where else str(error)) from None
+        converted.append((where, ours, steps, "per_device_train_batch_size" in values or steps is not None))
+    merged: dict = {}
+    accumulation, batch_names = None, False
+    for index, (where, ours, steps, uses_batch_names) in enumerate(converted):
+        later = set().union(*(c[1] for c in converted[index + 1:]))
+        for name, value in ours.items():
+            if name not in later:
+                try:
+                    ours[name] = TrainConfig.validated(name, value)
+                except ValueError as error:
+                    raise ValueError(f"{where}: {error}" if where else str(error)) from None
+        if steps is not None:
+            accumulation = steps
+            merged.pop("batch_size", None)
+        elif "batch_size" in ours:
+            accumulation = None
+        batch_names |= uses_batch_names
+        merged.update(ours)
+    if accumulation is not None or (batch_names and "batch_size" not in merged):
+        micro = merged.get("micro_batch_size", _default("micro_batch_size"))
+        merged["batch_size"] = micro * (accumulation or 1) * world_size()
+    return merged
+
+
+def _default(name: str):
+    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)

@@ -23,6 +23,16 @@ RESOURCES = Path(__file__).parent / "resources"
 DEFAULT_TRAIN_DATA = RESOURCES / "hh_harmless_train_500.jsonl.gz"
 DEFAULT_EVAL_DATA = RESOURCES / "hh_harmless_test_500.jsonl.gz"
 
+# `hafrm train` with no options: the default model and data, sized so a 2-core CPU finishes in about ten minutes
+# (docs/benchmark.md has the measured time). Any option or config file runs with the paper's defaults instead.
+DEMO_TRAINING = dict(
+    freeze_layers=22,  # train the top 8 of SmolLM2's 30 layers; the trunk below is computed once and replayed
+    max_length=256,
+    learning_rate=3e-5,
+    epochs=2.0,
+    compare_to_untrained=True,
+)
+
 
 def cache_dir() -> Path:
     """Where hafrm keeps converted models and cached reference log-probs (HAFRM_CACHE overrides)."""

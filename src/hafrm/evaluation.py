@@ -13,14 +13,12 @@ from tqdm.auto import tqdm
 
 from hafrm.config import TrainConfig
 from hafrm.data import PairCollator, PairEncoder, SkipReport
-from hafrm.data.encoding import length_sorted_batches, pad_sequences
+from hafrm.data.encoding import encode_pairs, length_sorted_batches, pad_sequences
 from hafrm.data.formats import as_messages
-from hafrm.model import METADATA_FILE, HybridRewardModel
-from hafrm.scores import batch_scores, check_head, head_scores
-from hafrm.pretrained import fit_embeddings, load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 from hafrm.metrics import accuracy_from_scores, pair_correctness
-from hafrm.training import encode_pairs, objective_from_config
-
+from hafrm.model import METADATA_FILE, HybridRewardModel
+from hafrm.pretrained import fit_embeddings, load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
+from hafrm.scores import batch_scores, check_head, head_scores
 
 
 @dataclass
@@ -42,7 +40,7 @@ class PairScores:
         return pair_correctness(self.chosen_rewards, self.rejected_rewards, self.chosen_implicit, self.rejected_implicit)
 
     @classmethod
-    def from_predictions(cls, predictions) -> "PairScores":
+    def from_predictions(cls, predictions) -> PairScores:
         """From the Trainer's prediction rows [r_w, r_l, implicit_w, implicit_l]."""
         columns = np.asarray(predictions, dtype=np.float32)
         return cls(*(columns[:, i] for i in range(4)))
@@ -53,7 +51,7 @@ class PairScores:
         np.savez(path, **{name: getattr(self, name) for name in self.ARRAYS}, subsets=subsets)
 
     @classmethod
-    def load(cls, path: str | Path) -> "PairScores":
+    def load(cls, path: str | Path) -> PairScores:
         with np.load(path, allow_pickle=False) as stored:
             arrays = [stored[name] for name in cls.ARRAYS]
             subsets = [s or None for s in stored["subsets"].tolist()] if "subsets" in stored else []
@@ -73,7 +71,15 @@ class LoadedModel:
 
     @property
     def objective(self):
-        return objective_from_config(self.config)
+        return self.config.objective()
+
+    def score(self, prompts: list, responses: list[str], head: str = "reward", batch_size: int = 8) -> np.ndarray:
+        """One score per (prompt, response): head reward, implicit (tau * log-ratio) or combined (their sum)."""
+        return score_responses(self, prompts, responses, head, batch_size=batch_size)
+
+    def score_pairs(self, pairs: list[dict], batch_size: int = 8) -> PairScores:
+        """Both heads' scores of canonical pairs ({prompt, chosen, rejected}); `.metrics()` gives the accuracies."""
+        return score_pairs(self, pairs, batch_size=batch_size, progress=False)[0]
 
 
 def load_trained(model_dir: str | Path, reference: str | None = None, dtype: str = "fp32") -> LoadedModel:
@@ -87,7 +93,7 @@ def load_trained(model_dir: str | Path, reference: str | None = None, dtype: str
     torch_dtype = resolve_dtype(dtype)
     model = HybridRewardModel.from_pretrained(model_dir, torch_dtype).eval()
     tokenizer = load_tokenizer(str(model_dir / "policy"))
-    objective = objective_from_config(config)
+    objective = config.objective()
     if objective.uses_policy_head and objective.policy_loss.needs_reference:
         base = reference or resolve_model_path(None if metadata["base_model"] == "default" else metadata["base_model"])
         reference_model = load_causal_lm(base, torch_dtype)

@@ -172,7 +172,7 @@ class HybridRewardModel(nn.Module):
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_causal_lm(cls, causal_lm: nn.Module, lora: LoraSettings | None = None, score: nn.Linear | None = None) -> "HybridRewardModel":
+    def from_causal_lm(cls, causal_lm: nn.Module, lora: LoraSettings | None = None, score: nn.Linear | None = None) -> HybridRewardModel:
         """Attach a fresh reward head (std 1/sqrt(hidden+1)) and, if asked, LoRA adapters to a causal LM."""
         if score is None:
             hidden = causal_lm.config.get_text_config().hidden_size
@@ -185,7 +185,7 @@ class HybridRewardModel(nn.Module):
         return cls(causal_lm, score)
 
     @classmethod
-    def from_pretrained(cls, output_dir: str | Path, dtype: torch.dtype = torch.float32) -> "HybridRewardModel":
+    def from_pretrained(cls, output_dir: str | Path, dtype: torch.dtype = torch.float32) -> HybridRewardModel:
         """Load a directory written by `export` (its policy/ and reward head)."""
         from hafrm.pretrained import load_causal_lm
 

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from hafrm.protocols import METHOD_ORDER, RunResult, dataset_title
 from hafrm.evaluation import PairScores, scores_file
 from hafrm.metrics import discordant_counts, mcnemar_p
+from hafrm.protocols import METHOD_ORDER, RunResult, dataset_title
 
 HEADS = (("reward_accuracy", "reward head"), ("implicit_accuracy", "implicit (DPO)"), ("combined_accuracy", "combined"))
 

@@ -11,16 +11,22 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import Trainer
+from transformers import Trainer, TrainingArguments
 
+from hafrm.data import PairCollator, PairEncoder, load_pairs
+from hafrm.data.encoding import encode_pairs
 from hafrm.filechecks import first_line, safetensors_problem, torch_file_problem
 from hafrm.losses import HafObjective
+from hafrm.model import HybridRewardModel
+from hafrm.pretrained import fit_embeddings
 from hafrm.scores import forward_batch, implicit_rewards
 
 STATE_FILE = "hafrm_trainable.safetensors"
+EVAL_SCORES_DIR = "eval-scores"  # per-pair scores of every evaluation: step-<N>-<eval set>.npz (PairScores)
 TRAINER_STATE_FILE = "trainer_state.json"
 TORCH_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt")  # the Trainer loads these with weights_only=True
 
@@ -29,11 +35,122 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf; training stops instead of silently diverging."""
 
 
-class HafTrainer(Trainer):
-    def __init__(self, *args, objective: HafObjective, **kwargs):
-        super().__init__(*args, **kwargs)
+class _TrainableStateCheckpoints:
+    """Checkpoints of the hybrid model's trainable state only (LoRA weights + reward head, or everything under
+    full fine-tuning), written atomically, for a Trainer.
+
+    These override private transformers.Trainer methods (checked against transformers 5.24; tests/test_interface.py
+    fails when their signatures change): the Trainer has no public hook for how a model that is not a
+    PreTrainedModel is written to and read from a checkpoint. `save_model` is public but would have to repeat the
+    DeepSpeed/FSDP state gathering it does before calling `_save`; resuming (`_load_from_checkpoint`) and reloading the
+    best checkpoint (`_load_best_model`) have no public counterpart at all. They are kept here, together and small.
+    """
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Write the trainable state to a temporary file and rename it into place (atomic on POSIX)."""
+        output_dir = Path(output_dir or self.args.output_dir)
+        if not self.args.should_save:
+            return
+        output_dir.mkdir(parents=True, exist_ok=True)
+        model = self.accelerator.unwrap_model(self.model)
+        temporary = output_dir / f".{STATE_FILE}.tmp"
+        trainable = model.trainable_state_dict()
+        if state_dict:  # gathered by the Trainer under DeepSpeed/FSDP, where local parameters are shards
+            trainable = {name: state_dict[name].contiguous() for name in trainable}
+        save_file(trainable, temporary)
+        os.replace(temporary, output_dir / STATE_FILE)
+        torch.save(self.args, output_dir / "training_args.bin")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        state_path = Path(resume_from_checkpoint) / STATE_FILE
+        problem = safetensors_problem(state_path)
+        if problem:
+            raise ValueError(f"{resume_from_checkpoint} is not a usable hafrm checkpoint: {problem}")
+        (model or self.accelerator.unwrap_model(self.model)).load_trainable_state_dict(load_file(state_path))
+
+    def _load_best_model(self) -> None:
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+
+class HafTrainer(_TrainableStateCheckpoints, Trainer):
+    """A transformers.Trainer for the hybrid objective, constructed like TRL's trainers::
+
+        tokenizer = hafrm.pretrained.load_tokenizer("path/to/causal-lm")
+        trainer = HafTrainer(model=AutoModelForCausalLM.from_pretrained("path/to/causal-lm"),
+                             args=TrainingArguments("out"), train_dataset=rows, processing_class=tokenizer)
+        trainer.train()
+
+    model: a HybridRewardModel, or a causal LM (given a fresh reward head, and an embedding row for the tokenizer's
+        pad token where it has none).
+    args: transformers.TrainingArguments; remove_unused_columns is turned off (the collator reads every column).
+    train_dataset, eval_dataset: preference rows in any schema hafrm reads (a datasets.Dataset or a list of dicts),
+        tokenized here with processing_class up to max_length; or sets already encoded by hafrm.data.PairEncoder.
+    processing_class: the tokenizer; load it with hafrm.pretrained.load_tokenizer, which picks a pad token that no
+        text contains (the reward is read at the last non-pad token).
+    objective: the loss (default HafObjective(): haf, alpha 0.2, tau 0.1, sigmoid DPO loss).
+    When the policy loss needs a reference and the data carries no precomputed reference log-probs, the reference
+    is the LoRA base with adapters off, else a frozen copy of the initial policy (as TRL's DPOTrainer keeps one).
+
+    The Trainer drives optimisation, logging, evaluation and checkpoints (so Accelerate, DeepSpeed and FSDP work
+    unchanged); this subclass says how a batch becomes a loss, how evaluation becomes pairwise accuracies, and how
+    the trainable state is checkpointed. `hafrm.train` builds all of this from a TrainConfig.
+    """
+
+    def __init__(
+        self,
+        model=None,
+        args: TrainingArguments | None = None,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        *,
+        objective: HafObjective | None = None,
+        max_length: int = 512,
+        compute_metrics=None,
+        eval_scores_dir: str | Path | None = None,
+        **kwargs,
+    ):
+        objective = objective or HafObjective()
+        if model is not None and not isinstance(model, HybridRewardModel):
+            if processing_class is not None:
+                fit_embeddings(model, processing_class)
+            model = HybridRewardModel.from_causal_lm(model)
+        if args is None:
+            args = TrainingArguments(output_dir="trainer_output")
+        args.remove_unused_columns = False
+        train_dataset = self._encoded(train_dataset, "train_dataset", processing_class, max_length)
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {k: self._encoded(v, f"eval_dataset[{k}]", processing_class, max_length) for k, v in eval_dataset.items()}
+        else:
+            eval_dataset = self._encoded(eval_dataset, "eval_dataset", processing_class, max_length)
+        if data_collator is None and processing_class is not None and model is not None:
+            data_collator = PairCollator(processing_class.pad_token_id, processing_class.padding_side, model.shares_prompts)
+        if compute_metrics is None:
+            from hafrm.training import primary_metrics
+
+            compute_metrics = primary_metrics(objective.method)
+        precomputed = train_dataset is not None and "reference_chosen_logps" in train_dataset.column_names
+        if objective.uses_policy_head and objective.policy_loss.needs_reference and model is not None and not precomputed:
+            if not model.is_peft and model.reference_model is None:
+                model.keep_frozen_reference()
+        super().__init__(
+            model=model, args=args, data_collator=data_collator, train_dataset=train_dataset, eval_dataset=eval_dataset,
+            processing_class=processing_class, compute_metrics=compute_metrics, **kwargs,
+        )
         self.objective = objective
+        self.eval_scores_dir = Path(eval_scores_dir) if eval_scores_dir is not None else None
         self._train_stats: dict[str, list[float]] = defaultdict(list)
+
+    @staticmethod
+    def _encoded(data, name: str, tokenizer, max_length: int):
+        """A set encoded for the collator: as given if it already is, else preference rows read and tokenized."""
+        if data is None or (isinstance(data, datasets.Dataset) and "chosen_input_ids" in data.column_names):
+            return data
+        if tokenizer is None:
+            raise ValueError(f"{name} holds preference rows: pass processing_class (the tokenizer) to encode them")
+        pairs, report = load_pairs(data, name=name)
+        return encode_pairs(pairs, PairEncoder(tokenizer, max_length), report)
 
     # ------------------------------------------------------------------ loss
 
@@ -57,13 +174,28 @@ class HafTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the running means of the reward/policy statistics to each training log line."""
+        """Add the running means of the reward/policy statistics to each training log line, averaged over all
+        processes (each has seen as many batches since the last line, so the mean of their means is the mean)."""
         if "loss" in logs and self._train_stats:
-            logs.update({key: float(np.mean(values)) for key, values in self._train_stats.items()})
+            keys = sorted(self._train_stats)
+            local = torch.tensor([float(np.mean(self._train_stats[k])) for k in keys], device=self.accelerator.device)
+            gathered = self.accelerator.reduce(local, reduction="mean")
+            logs.update({key: float(value) for key, value in zip(keys, gathered.tolist())})
             self._train_stats.clear()
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------ evaluation
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+        """Trainer.evaluation_loop, keeping each evaluation's per-pair scores when eval_scores_dir is set."""
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if self.eval_scores_dir is not None and self.is_world_process_zero() and output.predictions is not None:
+            from hafrm.evaluation import PairScores
+
+            name = metric_key_prefix.removeprefix("eval_") if metric_key_prefix != "eval" else "eval"
+            self.eval_scores_dir.mkdir(parents=True, exist_ok=True)
+            PairScores.from_predictions(output.predictions).save(self.eval_scores_dir / f"step-{self.state.global_step}-{name}.npz")
+        return output
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Return per-pair [r_w, r_l, implicit_w, implicit_l] as the 'logits' for compute_metrics."""
@@ -75,33 +207,6 @@ class HafTrainer(Trainer):
         chosen_i, rejected_i = implicit.chunk(2)
         scores = torch.stack([chosen_r, rejected_r, chosen_i, rejected_i], dim=1)
         return loss.detach(), scores, torch.zeros(scores.shape[0], device=scores.device)
-
-    # ------------------------------------------------------------------ checkpoints
-
-    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """Write the trainable state to a temporary folder and rename it into place (atomic on POSIX)."""
-        output_dir = Path(output_dir or self.args.output_dir)
-        if not self.args.should_save:
-            return
-        output_dir.mkdir(parents=True, exist_ok=True)
-        model = self.accelerator.unwrap_model(self.model)
-        temporary = output_dir / f".{STATE_FILE}.tmp"
-        trainable = model.trainable_state_dict()
-        if state_dict:  # gathered by the Trainer under DeepSpeed/FSDP, where local parameters are shards
-            trainable = {name: state_dict[name].contiguous() for name in trainable}
-        save_file(trainable, temporary)
-        os.replace(temporary, output_dir / STATE_FILE)
-        torch.save(self.args, output_dir / "training_args.bin")
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        state_path = Path(resume_from_checkpoint) / STATE_FILE
-        problem = safetensors_problem(state_path)
-        if problem:
-            raise ValueError(f"{resume_from_checkpoint} is not a usable hafrm checkpoint: {problem}")
-        (model or self.accelerator.unwrap_model(self.model)).load_trainable_state_dict(load_file(state_path))
-
-    def _load_best_model(self) -> None:
-        self._load_from_checkpoint(self.state.best_model_checkpoint)
 
 
 def checkpoint_problem(folder: str | Path) -> str | None:

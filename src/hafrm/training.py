@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -11,19 +13,21 @@ from pathlib import Path
 
 import datasets
 import torch
-from transformers import TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from hafrm import __version__
-from hafrm.config import TrainConfig
+from hafrm.config import TrainConfig, world_size
 from hafrm.data import PairCollator, PairEncoder, SkipReport, load_pairs, train_test_split
+from hafrm.data.encoding import encode_pairs
 from hafrm.defaults import DEFAULT_EVAL_DATA, DEFAULT_TRAIN_DATA
 from hafrm.filechecks import check_model_folder, check_writable_dir
-from hafrm.losses import HafObjective, PolicyLoss
+from hafrm.metrics import accuracy_interval, correctness_from_predictions, paired_difference, pairwise_metrics
 from hafrm.model import HybridRewardModel, LoraSettings
 from hafrm.pretrained import fit_embeddings, load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 from hafrm.reference import add_reference_logps
-from hafrm.trainer import HafTrainer, checkpoint_problem, pairwise_metrics
+from hafrm.trainer import EVAL_SCORES_DIR, HafTrainer, checkpoint_problem
+from hafrm.trunk import cached_trunk_states
 
 logger = logging.getLogger(__name__)
 
@@ -36,36 +40,29 @@ class TrainResult:
     log_history: list[dict]
 
 
-def objective_from_config(config: TrainConfig) -> HafObjective:
-    policy = PolicyLoss(config.policy_loss, config.tau, config.label_smoothing, config.simpo_gamma)
-    return HafObjective(config.method, config.alpha, policy, config.center_rewards_coef, config.use_margin)
+Rows = datasets.Dataset | list[dict]  # preference data in memory, in any schema a file may have
 
 
-def encode_pairs(pairs: list[dict], encoder: PairEncoder, report: SkipReport) -> datasets.Dataset:
-    """Tokenize canonical pairs into a datasets.Dataset; count pairs cut to max_length in the report."""
-    encoded = [encoder.encode_pair(p) for p in pairs]
-    report.truncated += sum(e.pop("truncated") for e in encoded)
-    return datasets.Dataset.from_list(encoded)
-
-
-def load_splits(config: TrainConfig, encoder: PairEncoder) -> tuple[datasets.Dataset, datasets.Dataset | None, SkipReport]:
-    """Train and eval sets: given files, the shipped default, or a seeded split of the train file."""
-    train_source = config.train_data or str(DEFAULT_TRAIN_DATA)
-    eval_source = config.eval_data or (str(DEFAULT_EVAL_DATA) if config.train_data is None else None)
+def load_splits(config: TrainConfig, encoder: PairEncoder, train_rows: Rows | None = None, eval_rows=None) -> tuple[datasets.Dataset, dict, SkipReport]:
+    """The train set and the named eval sets: given files or rows in memory (eval_rows may also be a mapping of
+    test-set names to rows), the shipped default, or a seeded split of the train data. One unnamed eval set is
+    called "eval"; no eval set gives an empty mapping."""
     options = dict(data_format=config.data_format, column_map=config.column_map, on_error=config.on_bad_row)
-    train_pairs, report = load_pairs(train_source, limit=config.max_train_pairs, **options)
-    if eval_source is not None:
-        eval_pairs, eval_report = load_pairs(eval_source, split="test", limit=config.max_eval_pairs, **options)
+    train_source = train_rows if train_rows is not None else config.train_data or str(DEFAULT_TRAIN_DATA)
+    train_pairs, report = load_pairs(train_source, limit=config.max_train_pairs, name="train_data", **options)
+    own_train_data = config.train_data is not None or train_rows is not None
+    eval_source = eval_rows if eval_rows is not None else config.eval_data or (str(DEFAULT_EVAL_DATA) if not own_train_data else None)
+    eval_pairs: dict[str, list[dict]] = {}
+    for name, source in (eval_source.items() if isinstance(eval_source, dict) else [("eval", eval_source)] if eval_source is not None else []):
+        eval_pairs[name], eval_report = load_pairs(source, split="test", limit=config.max_eval_pairs, name=name, **options)
         report.merge(eval_report)
-    elif config.eval_fraction > 0:
-        train_pairs, eval_pairs = train_test_split(train_pairs, config.eval_fraction, config.seed)
-        eval_pairs = eval_pairs[: config.max_eval_pairs]
-    else:
-        eval_pairs = []
+    if eval_source is None and config.eval_fraction > 0:
+        train_pairs, held_out = train_test_split(train_pairs, config.eval_fraction, config.seed)
+        eval_pairs["eval"] = held_out[: config.max_eval_pairs]
     train_set = encode_pairs(train_pairs, encoder, report)
-    eval_set = encode_pairs(eval_pairs, encoder, report) if eval_pairs else None
+    eval_sets = {name: encode_pairs(pairs, encoder, report) for name, pairs in eval_pairs.items() if pairs}
     logger.info("Data: %s", report.summary())
-    return train_set, eval_set, report
+    return train_set, eval_sets, report
 
 
 def weights_dtype(config: TrainConfig) -> torch.dtype:
@@ -79,11 +76,23 @@ def build_model(config: TrainConfig, model_path: str, tokenizer) -> HybridReward
     fit_embeddings(causal_lm, tokenizer)
     lora = LoraSettings(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules) if config.lora else None
     model = HybridRewardModel.from_causal_lm(causal_lm, lora)
+    if config.freeze_layers:
+        model.freeze_trunk(config.freeze_layers)
     if config.disable_dropout:
         model.disable_dropout()
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model
+
+
+def replay_frozen_trunk(model: HybridRewardModel, collator: PairCollator, sets: list, batch_size: int, device) -> list:
+    """Number the pairs through all sets and give the collator their cached frozen-trunk states to replay."""
+    numbered, start = [], 0
+    for dataset in sets:
+        numbered.append(dataset.add_column("pair_index", list(range(start, start + len(dataset)))))
+        start += len(dataset)
+    collator.trunk = cached_trunk_states(model, sets, collator, batch_size, device)
+    return numbered
 
 
 def pair_collator(config: TrainConfig, model: HybridRewardModel, tokenizer) -> PairCollator:
@@ -95,17 +104,41 @@ def pair_collator(config: TrainConfig, model: HybridRewardModel, tokenizer) -> P
     return PairCollator(tokenizer.pad_token_id, tokenizer.padding_side, share)
 
 
-def training_arguments(config: TrainConfig, has_eval: bool) -> TrainingArguments:
-    """Map the config onto TrainingArguments; config.training_args passes anything else through."""
-    world_size = max(1, int(os.environ.get("WORLD_SIZE", "1")))
-    per_step = config.micro_batch_size * world_size
+def optimizer_steps(config: TrainConfig, train_pairs: int) -> int:
+    """Optimiser steps of the run, counted as transformers' Trainer counts them: max_steps, or epochs x the
+    updates per epoch (each process's batches of micro_batch_size pairs, ceil-divided by accumulation)."""
+    if config.max_steps > 0:
+        return config.max_steps
+    per_forward = config.micro_batch_size * world_size()
+    accumulation = config.batch_size // per_forward
+    batches = math.ceil(train_pairs / per_forward)
+    return math.ceil(config.epochs * max(math.ceil(batches / accumulation), 1))
+
+
+def warmup_steps(config: TrainConfig, train_pairs: int | None) -> int:
+    """Warmup as a step count: warmup_ratio of the optimiser steps, rounded up as transformers rounds a ratio.
+    transformers 5 has no warmup_ratio argument and reads a warmup_steps below 1 as a ratio, 1 or more as steps;
+    an explicit count says what is meant whatever the value."""
+    return 0 if not train_pairs else math.ceil(config.warmup_ratio * optimizer_steps(config, train_pairs))
+
+
+def training_arguments(config: TrainConfig, has_eval: bool, train_pairs: int | None = None) -> TrainingArguments:
+    """Map the config onto TrainingArguments; config.training_args passes anything else through.
+
+    train_pairs: size of the training set, for the warmup's step count (None: before the data is read, no warmup).
+    """
+    per_step = config.micro_batch_size * world_size()
     if config.batch_size % per_step:
         raise ValueError(f"batch_size {config.batch_size} is not a multiple of micro_batch_size x processes = {per_step}")
+    if config.early_stopping_patience and not has_eval:
+        raise ValueError("early_stopping_patience needs an eval set: give eval_data or an eval_fraction above 0")
     # Checkpoints follow evaluations when there is an eval set, so the best one can be kept and reloaded.
     save_steps = config.save_steps or (config.eval_steps if has_eval else None)
     eval_steps = (config.eval_steps or save_steps) if has_eval else None
     save_strategy = "steps" if save_steps else "epoch"
     eval_strategy = ("steps" if eval_steps else "epoch") if has_eval else "no"
+    if config.eval_at_steps:  # EvaluateAtSteps evaluates and checkpoints at those steps only; the last step's model is the result
+        save_strategy = eval_strategy = "no"
     dtype = resolve_dtype(config.dtype)
     arguments = dict(
         output_dir=config.output_dir,
@@ -115,7 +148,7 @@ def training_arguments(config: TrainConfig, has_eval: bool) -> TrainingArguments
         learning_rate=config.learning_rate,
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
-        warmup_steps=config.warmup_ratio,
+        warmup_steps=warmup_steps(config, train_pairs),
         lr_scheduler_type=config.lr_scheduler,
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
@@ -128,8 +161,8 @@ def training_arguments(config: TrainConfig, has_eval: bool) -> TrainingArguments
         save_strategy=save_strategy,
         save_steps=save_steps,
         save_total_limit=config.save_total_limit,
-        load_best_model_at_end=has_eval,
-        metric_for_best_model="accuracy" if has_eval else None,
+        load_best_model_at_end=has_eval and not config.eval_at_steps,
+        metric_for_best_model="accuracy" if has_eval and not config.eval_at_steps else None,
         greater_is_better=True,
         report_to=config.report_to,
         run_name=config.run_name,
@@ -209,68 +242,130 @@ def claim_output_dir(config: TrainConfig) -> None:
         shutil.rmtree(checkpoint, ignore_errors=True)  # ignore_errors: other processes of a distributed run do the same
 
 
-def has_eval_set(config: TrainConfig) -> bool:
+def has_eval_set(config: TrainConfig, train_in_memory: bool = False, eval_in_memory: bool = False) -> bool:
     """Whether load_splits will build an eval set: given eval data, the shipped default, or a fraction of train."""
-    return config.eval_data is not None or config.train_data is None or config.eval_fraction > 0
+    own_train_data = config.train_data is not None or train_in_memory
+    return eval_in_memory or config.eval_data is not None or not own_train_data or config.eval_fraction > 0
 
 
-def preflight(config: TrainConfig) -> None:
+def preflight(config: TrainConfig, train_in_memory: bool = False, eval_in_memory: bool = False) -> None:
     """Every check that needs no model or data, run before anything heavy, so that a user error costs
     seconds instead of a model load and a reference precompute: the output folder, the model folder, the
     loss settings, the TrainingArguments, and the checkpoint to resume from."""
     claim_output_dir(config)
     if config.model not in (None, "", "default"):
         check_model_folder(config.model)
-    objective_from_config(config)
-    training_arguments(config, has_eval_set(config))
+    config.objective()
+    training_arguments(config, has_eval_set(config, train_in_memory, eval_in_memory))
     resume_point(config)
 
 
-def final_eval_metrics(trainer: HafTrainer) -> dict:
-    """Metrics of the checkpoint training ends with (the best one), from the log when it was evaluated there."""
+def final_eval_metrics(trainer: HafTrainer, eval_set, evaluated_in_full: bool) -> dict:
+    """Metrics of the checkpoint training ends with (the best one) on the whole eval set, from the log when it was
+    evaluated there on all of it."""
     target = trainer.state.best_global_step or trainer.state.global_step
-    for entry in reversed(trainer.state.log_history):
-        if "eval_accuracy" in entry and entry.get("step") == target:
-            return {k: v for k, v in entry.items() if k.startswith("eval_") or k == "epoch"}
-    return trainer.evaluate()
+    logged = {}
+    for entry in trainer.state.log_history if evaluated_in_full else []:
+        if entry.get("step") == target and any(k.startswith("eval_") and k.endswith("accuracy") for k in entry):
+            logged.update({k: v for k, v in entry.items() if k.startswith("eval_") or k == "epoch"})
+    return logged or trainer.evaluate(eval_dataset=eval_set)
 
 
-def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
+def evaluation_sample(config: TrainConfig, eval_set):
+    """The pairs evaluated during training: all of the eval set, or a seeded sample of eval_during_training_pairs."""
+    if eval_set is None or not config.eval_during_training_pairs or config.eval_during_training_pairs >= len(eval_set):
+        return eval_set
+    return eval_set.shuffle(seed=config.seed).select(range(config.eval_during_training_pairs))
+
+
+def compare_with_untrained(before, after) -> dict:
+    """Each head's accuracy before and after training on the same pairs, with 95% intervals, and the paired difference."""
+    comparison = {}
+    before_correct, after_correct = correctness_from_predictions(before), correctness_from_predictions(after)
+    for head, correct in after_correct.items():
+        if head in before_correct:
+            comparison[head] = {
+                "pairs": len(correct),
+                "before": accuracy_interval(before_correct[head]),
+                "after": accuracy_interval(correct),
+                "difference": paired_difference(correct, before_correct[head]),
+            }
+    return comparison
+
+
+def train(
+    config: TrainConfig | None = None,
+    callbacks: list | None = None,
+    *,
+    train_data: str | os.PathLike | Rows | None = None,
+    eval_data: str | os.PathLike | Rows | dict | None = None,
+) -> TrainResult:
     """Train one model and export it; returns the output folder and final evaluation metrics.
 
-    callbacks: extra transformers.TrainerCallback objects (progress hooks, timers, early stopping).
+    config: the settings (default: TrainConfig(), the paper's defaults on the shipped data).
+    callbacks: extra transformers.TrainerCallback objects (progress hooks, timers).
+    train_data, eval_data: override config.train_data / config.eval_data with a path, a datasets.Dataset or a list
+    of dicts, in any schema a file may have (read through the same adapters, nothing written to disk). eval_data may
+    also map test-set names to such data: each is evaluated apart (metrics eval_<name>_...).
     """
-    preflight(config)
+    config = config or TrainConfig()
+    train_rows, eval_rows = _in_memory(train_data), _in_memory(eval_data)
+    paths = {name: str(value) for name, value in (("train_data", train_data), ("eval_data", eval_data))
+             if value is not None and isinstance(value, (str, os.PathLike))}
+    if paths:
+        config = dataclasses.replace(config, **paths)
+    preflight(config, train_rows is not None, eval_rows is not None)
+    if isinstance(eval_rows, dict) and (config.compare_to_untrained or config.eval_during_training_pairs):
+        raise ValueError("compare_to_untrained and eval_during_training_pairs work on one eval set, not on named test sets")
     set_seed(config.seed)
     model_path = resolve_model_path(config.model)
     tokenizer = load_tokenizer(model_path)
     encoder = PairEncoder(tokenizer, config.max_length)
-    train_set, eval_set, report = load_splits(config, encoder)
+    train_set, eval_sets, report = load_splits(config, encoder, train_rows, eval_rows)
     model = build_model(config, model_path, tokenizer)
-    objective = objective_from_config(config)
-    args = training_arguments(config, eval_set is not None)
+    objective = config.objective()
+    args = training_arguments(config, bool(eval_sets), len(train_set))
+    callbacks = list(callbacks or [])
+    if config.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    if config.eval_at_steps:
+        callbacks.append(EvaluateAtSteps(config.eval_at_steps))
     collator = pair_collator(config, model, tokenizer)
+    model.to(args.device)  # the Trainer would move it later; the precomputations need it there now
+    if config.freeze_layers and config.trunk_cache and collator.share_prompt:
+        with args.main_process_first(desc="frozen trunk"):
+            train_set, *evaluated = replay_frozen_trunk(model, collator, [train_set, *eval_sets.values()], config.micro_batch_size, args.device)
+            eval_sets = dict(zip(eval_sets, evaluated))
     if objective.uses_policy_head and objective.policy_loss.needs_reference:
         if config.reference == "precompute":
-            model.to(args.device)  # the Trainer would move it later; the precomputation needs it there now
             with args.main_process_first(desc="reference log-probs"):
                 train_set = add_reference_logps(model, train_set, collator, config.micro_batch_size, args.device, "train")
-                if eval_set is not None:
-                    eval_set = add_reference_logps(model, eval_set, collator, config.micro_batch_size, args.device, "eval")
+                eval_sets = {name: add_reference_logps(model, s, collator, config.micro_batch_size, args.device, name) for name, s in eval_sets.items()}
         elif not model.is_peft:
             model.keep_frozen_reference()
+    eval_set = eval_sets.get("eval") if list(eval_sets) == ["eval"] else (eval_sets or None)
+    during = evaluation_sample(config, eval_set)
     trainer = HafTrainer(
         model=model,
         args=args,
         train_dataset=train_set,
-        eval_dataset=eval_set,
+        eval_dataset=during,
+        processing_class=tokenizer,
         data_collator=collator,
         compute_metrics=primary_metrics(config.method),
         objective=objective,
         callbacks=callbacks,
+        eval_scores_dir=Path(config.output_dir) / EVAL_SCORES_DIR if config.keep_eval_scores else None,
     )
+    before = trainer.predict(eval_set).predictions if config.compare_to_untrained and eval_set is not None else None
     trainer.train(resume_from_checkpoint=resume_point(config))
-    metrics = final_eval_metrics(trainer) if eval_set is not None else {}
+    if eval_set is None:
+        metrics = {}
+    elif before is not None:
+        after = trainer.predict(eval_set, metric_key_prefix="eval")
+        metrics = {**after.metrics, "compared_to_untrained": compare_with_untrained(before, after.predictions)}
+    else:
+        metrics = final_eval_metrics(trainer, eval_set, evaluated_in_full=during is eval_set)
     output_dir = Path(config.output_dir)
     if trainer.is_world_process_zero():
         metadata = {
@@ -278,9 +373,35 @@ def train(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
             "base_model": config.model or "default",
             "base_model_path": model_path,
             "config": config.to_dict(),
+            **({"in_memory_data": [n for n, r in (("train", train_rows), ("eval", eval_rows)) if r is not None]}
+               if train_rows is not None or eval_rows is not None else {}),
             "eval_metrics": metrics,
             "data": report.as_dict(),
         }
         model.export(output_dir, tokenizer, metadata)
         (output_dir / "eval_metrics.json").write_text(json.dumps(metrics, indent=2))
     return TrainResult(output_dir, metrics, report.as_dict(), trainer.state.log_history)
+
+
+class EvaluateAtSteps(TrainerCallback):
+    """Evaluate and checkpoint at exactly these optimiser steps (learning curves at 16, 32, 64, ... steps)."""
+
+    def __init__(self, steps: list[int]):
+        self.steps = set(steps)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step in self.steps:
+            control.should_evaluate = control.should_save = True
+        return control
+
+
+def _in_memory(data):
+    """`data` if it is rows in memory (a datasets.Dataset or a list of dicts) or a mapping of names to data;
+    None for a path or nothing."""
+    if data is None or isinstance(data, (str, os.PathLike)):
+        return None
+    if isinstance(data, dict):
+        return {str(name): value if isinstance(value, (str, os.PathLike)) else _in_memory(value) for name, value in data.items()}
+    if isinstance(data, datasets.Dataset) or (isinstance(data, list) and all(isinstance(row, dict) for row in data)):
+        return data
+    raise TypeError(f"training data must be a path, a datasets.Dataset or a list of dicts, got {type(data).__name__}")

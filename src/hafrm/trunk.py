@@ -65,11 +65,11 @@ class FrozenTrunk:
             self.replayed = None
 
     @torch.no_grad()
-    def compute(self, run_backbone) -> torch.Tensor:
-        """(B, T, H) output of the last frozen layer; `run_backbone()` runs the backbone on the batch."""
+    def compute(self, run_backbone, *inputs) -> torch.Tensor:
+        """(B, T, H) output of the last frozen layer; `run_backbone(*inputs)` runs the backbone on the batch."""
         self.capture = True
         try:
-            run_backbone()
+            run_backbone(*inputs)
         except _TrunkReached as reached:
             return reached.args[0]
         finally:
@@ -105,7 +105,7 @@ def compute_trunk_states(model, dataset, collator, batch_size: int, device: torc
     model.eval()
     pieces: list[torch.Tensor | None] = [None] * len(dataset)
     for indices, batch in batches_by_length(dataset, collator, batch_size, device, "frozen trunk"):
-        states = model.trunk.compute(lambda: model.hidden_states(model.backbone, batch["input_ids"], batch["segment_ids"], batch.get("position_ids")))
+        states = model.trunk.compute(model.hidden_states, model.backbone, batch["input_ids"], batch["segment_ids"], batch.get("position_ids"))
         for index, row, row_segments in zip(indices, states.float().cpu(), batch["segment_ids"].cpu()):
             pieces[index] = row[: int((row_segments != 0).sum())].clone()
     model.train(was_training)

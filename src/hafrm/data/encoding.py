@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,6 +24,9 @@ HH_ASSISTANT_PREFIX = "\n\nAssistant:"
 # What each token of a batch row is (see model.py's sequence layout): padding, prompt, a response (the chosen one
 # of a pair, or the only one), or the rejected response of a pair sharing its prompt.
 PAD, PROMPT, RESPONSE, REJECTED = 0, 1, 2, 3
+
+if TYPE_CHECKING:
+    import datasets
 
 
 class PairEncoder:
@@ -160,6 +164,15 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
             break
         length += 1
     return length
+
+
+def encode_pairs(pairs: list[dict], encoder: PairEncoder, report) -> datasets.Dataset:
+    """Tokenize canonical pairs into a datasets.Dataset; count pairs cut to max_length in the (SkipReport) report."""
+    import datasets
+
+    encoded = [encoder.encode_pair(p) for p in pairs]
+    report.truncated += sum(e.pop("truncated") for e in encoded)
+    return datasets.Dataset.from_list(encoded)
 
 
 def pad_sequences(sequences: list[list[int]], prompt_lengths: list[int], pad_id: int, padding_side: str = "right") -> dict:

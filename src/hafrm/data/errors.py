@@ -30,7 +30,7 @@ class SkipReport:
     def rows_skipped(self) -> int:
         return sum(self.skipped.values())
 
-    def merge(self, other: "SkipReport") -> None:
+    def merge(self, other: SkipReport) -> None:
         self.rows_read += other.rows_read
         self.rows_used += other.rows_used
         self.skipped.update(other.skipped)

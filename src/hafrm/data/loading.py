@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import random
 from collections.abc import Iterator
 
@@ -15,17 +16,20 @@ logger = logging.getLogger(__name__)
 
 
 def load_pairs(
-    source: str,
+    source,
     data_format: str = "auto",
     column_map: dict[str, str] | None = None,
     split: str = "train",
     on_error: str = "error",
     limit: int | None = None,
     hub_kwargs: dict | None = None,
+    name: str = "rows",
 ) -> tuple[list[dict], SkipReport]:
     """Read `source` and convert each row; unusable rows are skipped and counted, broken rows raise DataError.
 
-    on_error="skip" counts schema errors (malformed JSON, missing columns, wrong types) instead of raising.
+    source: a file, folder or hub name, or rows in memory (a datasets.Dataset or a list of dicts, in any schema a
+    file may have; errors name them `name row N`). on_error="skip" counts schema errors (malformed JSON, missing
+    columns, wrong types) instead of raising.
     """
     if on_error not in ("error", "skip"):
         raise ValueError(f"on_error must be 'error' or 'skip', got {on_error!r}")
@@ -33,12 +37,17 @@ def load_pairs(
         raise DataError(f"unknown data format {data_format!r}; known: auto, {', '.join(sorted(ADAPTERS))}")
     report = SkipReport()
     pairs: list[dict] = []
-    for rows in read_sources(source, split=split, on_error=on_error, report=report, hub_kwargs=hub_kwargs):
+    if isinstance(source, (str, os.PathLike)):
+        sources = read_sources(str(source), split=split, on_error=on_error, report=report, hub_kwargs=hub_kwargs)
+    else:
+        sources = [((f"{name} row {index}", dict(row)) for index, row in enumerate(source, start=1))]
+        source = name
+    for rows in sources:
         remaining = None if limit is None else limit - len(pairs)
         if remaining == 0:
             break
         adapter = None if data_format == "auto" else ADAPTERS[data_format]
-        pairs += itertools.islice(_file_pairs(rows, adapter, column_map, report, on_error), remaining)
+        pairs += itertools.islice(_pairs_of_rows(rows, adapter, column_map, report, on_error), remaining)
     report.rows_used = len(pairs)
     if report.rows_skipped:
         logger.warning("%s: %s", source, report.summary())
@@ -47,7 +56,7 @@ def load_pairs(
     return pairs, report
 
 
-def _file_pairs(rows, adapter, column_map: dict[str, str] | None, report: SkipReport, on_error: str) -> Iterator[dict]:
+def _pairs_of_rows(rows, adapter, column_map: dict[str, str] | None, report: SkipReport, on_error: str) -> Iterator[dict]:
     """The pairs of one file's rows, each read row counted as used or skipped in the report.
 
     With no adapter the format is detected from the file's first row, per file: a folder may mix schemas.

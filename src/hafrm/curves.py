@@ -1,0 +1,125 @@
+"""The claim where the heads have room to separate: learning curves of baseline, haf and dpo over seeds, and the
+policy-ratio (alpha) sweep, on prompt-disjoint splits (`hafrm report --protocol learning-curve | alpha-sweep`).
+
+Every run trains to the last of `steps` and is evaluated at each of them on every test set, keeping the per-pair
+scores (`<run>/model/eval-scores/step-<N>-<test set>.npz`), so every statistic can be recomputed and runs made on
+other machines or days merge into one report. A run that finished is not run again; one that was cut off resumes
+from its last checkpoint (checkpoints are written at every evaluation step).
+
+Data (test pairs share no question with training pairs; the split seed is fixed, so every method and seed is tested
+on the same pairs):
+  beaver-safe  the 5,135-pair PKU-SafeRLHF safe-vs-unsafe file, split by prompt into about 4,100 train / 1,000+ test
+  hh-harmless, hh-helpful  the test split split by first human turn (1,000+ test); the rest of it plus the 500-pair
+               train sample, less any pair whose question is in the test part, for training
+Each run is also tested on the other sets' test parts (out of distribution) and on the local RewardBench rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hafrm.config import TrainConfig
+from hafrm.data.catalog import load_named
+from hafrm.data.splits import split_by_prompt, without_prompts_of
+from hafrm.evaluation import PairScores
+
+logger = logging.getLogger(__name__)
+
+CLAIM_SETS = ("beaver-safe", "hh-harmless", "hh-helpful")
+CURVE_STEPS = (16, 32, 64, 128, 256)
+SPLIT_SEED = 0  # one split for every method and seed: their test pairs are the same
+DONE_FILE = "done.json"
+
+
+def claim_split(name: str, data_root: str, test_pairs: int = 1000) -> tuple[list[dict], list[dict]]:
+    """(train, test) of a claim data set, disjoint by question (see the module docstring)."""
+    if name == "beaver-safe":
+        pool, _ = load_named(name, "test", data_root)
+        return split_by_prompt(pool, test_pairs, SPLIT_SEED)
+    if name in ("hh-harmless", "hh-helpful"):
+        rest, test = split_by_prompt(load_named(name, "test", data_root)[0], test_pairs, SPLIT_SEED)
+        sample, _ = load_named(name, "train", data_root)
+        return without_prompts_of(sample + rest, test), test
+    raise ValueError(f"learning curves run on {', '.join(CLAIM_SETS)}, not {name!r}")
+
+
+@dataclass
+class CurveSettings:
+    data_root: str
+    steps: tuple[int, ...] = CURVE_STEPS
+    test_pairs: int = 1000
+    overrides: dict = field(default_factory=dict)  # TrainConfig fields shared by every run (freeze_layers, ...)
+    ood: bool = True  # also test on the other claim sets and the local RewardBench rows
+
+
+@dataclass(frozen=True)
+class CurveRun:
+    train_set: str
+    method: str
+    seed: int
+    alpha: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.train_set}-{self.method}-alpha{self.alpha:g}-seed{self.seed}"
+
+
+def test_sets(train_set: str, settings: CurveSettings) -> dict[str, list[dict]]:
+    """The run's own test part first, then (ood) the other claim sets' test parts and RewardBench's local rows."""
+    tests = {train_set: claim_split(train_set, settings.data_root, settings.test_pairs)[1]}
+    if settings.ood:
+        for other in CLAIM_SETS:
+            if other != train_set:
+                tests[other] = claim_split(other, settings.data_root, settings.test_pairs)[1]
+        tests["reward-bench"] = load_named("reward-bench", "test", settings.data_root)[0]
+    return tests
+
+
+def run_curves(runs: list[CurveRun], settings: CurveSettings, output_dir: str | Path) -> list[Path]:
+    """Train and evaluate every run not finished yet; returns the run folders (finished ones included)."""
+    from hafrm.training import train
+
+    folders = []
+    data: dict[str, tuple[list[dict], dict[str, list[dict]]]] = {}
+    for run in runs:
+        folder = Path(output_dir) / "runs" / run.name
+        folders.append(folder)
+        if (folder / DONE_FILE).exists():
+            logger.info("%s finished earlier; kept", run.name)
+            continue
+        if run.train_set not in data:
+            data[run.train_set] = (claim_split(run.train_set, settings.data_root, settings.test_pairs)[0], test_sets(run.train_set, settings))
+        pairs, tests = data[run.train_set]
+        model_dir = folder / "model"
+        config = TrainConfig(**{
+            **settings.overrides, "method": run.method, "alpha": run.alpha, "seed": run.seed, "eval_fraction": 0.0,
+            "max_steps": max(settings.steps), "eval_at_steps": list(settings.steps), "keep_eval_scores": True,
+            "output_dir": str(model_dir), "resume_from_checkpoint": "auto" if model_dir.exists() else None,
+        })
+        logger.info("Training %s (%d pairs; %d test sets)", run.name, len(pairs), len(tests))
+        start = time.perf_counter()
+        train(config, train_data=pairs, eval_data=tests)
+        (folder / DONE_FILE).write_text(json.dumps({"run": run.__dict__, "train_pairs": len(pairs), "test_pairs": {k: len(v) for k, v in tests.items()},
+                                                     "wall_s": time.perf_counter() - start, "config": config.to_dict()}, indent=2, default=str))
+        chosen_longer(tests, folder)
+    return folders
+
+
+def chosen_longer(tests: dict[str, list[dict]], folder: Path) -> None:
+    """For the length split: per test pair, whether the chosen response is longer (in characters) than the rejected."""
+    import numpy as np
+
+    np.savez(folder / "lengths.npz", **{name: np.array([len(p["chosen"]) > len(p["rejected"]) for p in pairs]) for name, pairs in tests.items()})
+
+
+def step_scores(folder: Path) -> dict[tuple[int, str], PairScores]:
+    """(step, test set) -> per-pair scores of one run."""
+    scores = {}
+    for path in sorted((folder / "model" / "eval-scores").glob("step-*.npz")):
+        step, _, test_set = path.stem.removeprefix("step-").partition("-")
+        scores[(int(step), test_set)] = PairScores.load(path)
+    return scores
