@@ -34,13 +34,20 @@ def main() -> None:
     scorer = RewardScorer(args.model_dir, max_length=args.max_length, device="cpu")
     sequences = [scorer.encode(p["prompt"], p["chosen"]) for p in pairs]
     texts = [scorer.tokenizer.decode(s) for s in sequences]
-    classifier = pipeline("text-classification", model=scorer.model, tokenizer=scorer.tokenizer, device="cpu", function_to_apply="none")
+    classifier = pipeline(
+        "text-classification", model=scorer.model, tokenizer=scorer.tokenizer, device="cpu", function_to_apply="none"
+    )
 
     def run_hafrm():
         return scorer.score_ids(sequences, args.batch_size)
 
     def run_pipeline():
-        return [out["score"] for out in classifier(texts, batch_size=args.batch_size, truncation=True, max_length=args.max_length, add_special_tokens=False)]
+        return [
+            out["score"]
+            for out in classifier(
+                texts, batch_size=args.batch_size, truncation=True, max_length=args.max_length, add_special_tokens=False
+            )
+        ]
 
     timings = {"hafrm score": [], "transformers pipeline": []}
     for _ in range(args.rounds):  # interleaved

@@ -34,12 +34,33 @@ import httpx
 TOKEN = "load-test-token"
 MAX_BODY_BYTES = 2**20
 MAX_ITEMS = 64
-WORDS = ["bread", "oven", "patience", "flour", "water", "salt", "yeast", "knead", "rise", "bake", "crust", "crumb", "warm", "kitchen", "time", "answer", "question", "kindly"]
+WORDS = [
+    "bread",
+    "oven",
+    "patience",
+    "flour",
+    "water",
+    "salt",
+    "yeast",
+    "knead",
+    "rise",
+    "bake",
+    "crust",
+    "crumb",
+    "warm",
+    "kitchen",
+    "time",
+    "answer",
+    "question",
+    "kindly",
+]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", help="a hafrm output folder (default: a tiny random model, built in a temporary folder)")
+    parser.add_argument(
+        "--model-dir", help="a hafrm output folder (default: a tiny random model, built in a temporary folder)"
+    )
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--bad-fraction", type=float, default=0.1)
@@ -58,7 +79,9 @@ def main() -> None:
             wait_until_up(base, server, log_path, deadline)
             rss_started = rss_kib(server.pid)
             requests = plan(args.requests, args.bad_fraction, random.Random(args.seed))
-            asyncio.run(send_all([r for r in requests if r["expect"] == 200][:50], base, args.concurrency, deadline))  # warm-up
+            asyncio.run(
+                send_all([r for r in requests if r["expect"] == 200][:50], base, args.concurrency, deadline)
+            )  # warm-up
             rss_before = rss_kib(server.pid)
             probe_results, stop_probe = multiprocessing.Queue(), multiprocessing.Event()
             prober = multiprocessing.Process(target=probe_health, args=(base, stop_probe, probe_results))
@@ -91,8 +114,18 @@ def build_tiny_model(folder: Path) -> str:
 
     tokenizer = load_tokenizer(str(default_model_path()))
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=2, bos_token_id=1, eos_token_id=2)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=2,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     HybridRewardModel.from_causal_lm(LlamaForCausalLM(config).float()).export(folder, tokenizer, {})
     return str(folder)
 
@@ -104,8 +137,23 @@ def free_port() -> int:
 
 
 def start_server(model_dir: str, port: int, log_path: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "hafrm.cli", "--log-level", "WARNING", "serve", model_dir, "--port", str(port), "--api-key", TOKEN,
-               "--max-body-bytes", str(MAX_BODY_BYTES), "--max-items", str(MAX_ITEMS)]
+    command = [
+        sys.executable,
+        "-m",
+        "hafrm.cli",
+        "--log-level",
+        "WARNING",
+        "serve",
+        model_dir,
+        "--port",
+        str(port),
+        "--api-key",
+        TOKEN,
+        "--max-body-bytes",
+        str(MAX_BODY_BYTES),
+        "--max-items",
+        str(MAX_ITEMS),
+    ]
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(command, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
 
@@ -140,7 +188,12 @@ def healthy(rng: random.Random) -> dict:
     if kind == "score":
         body = {"items": [{"prompt": text(rng, 3, 20), "response": text(rng, 5, 200)} for _ in range(n)]}
     elif kind == "compare":
-        body = {"items": [{"prompt": text(rng, 3, 20), "response_a": text(rng, 5, 100), "response_b": text(rng, 5, 100)} for _ in range(n)]}
+        body = {
+            "items": [
+                {"prompt": text(rng, 3, 20), "response_a": text(rng, 5, 100), "response_b": text(rng, 5, 100)}
+                for _ in range(n)
+            ]
+        }
     else:
         body = {"query": [f"User: {text(rng, 3, 20)}\nAssistant: {text(rng, 5, 200)}" for _ in range(n)]}
     return {"path": f"/{kind}", "content": json.dumps(body).encode(), "expect": 200, "items": n, "kind": kind}
@@ -155,7 +208,12 @@ async def oversized_chunks():
 
 BAD = [
     ("empty texts", "/get_reward", b'{"query": ["", ""]}', 422),
-    ("one empty among valid", "/score", b'{"items": [{"prompt": "q", "response": "fine"}, {"prompt": "q", "response": ""}]}', 422),
+    (
+        "one empty among valid",
+        "/score",
+        b'{"items": [{"prompt": "q", "response": "fine"}, {"prompt": "q", "response": ""}]}',
+        422,
+    ),
     ("NaN literal", "/get_reward", b'{"query": ["x"], "labels": [NaN]}', 422),
     ("lone surrogate", "/get_reward", b'{"query": ["\\ud800 x"]}', 422),
     ("malformed JSON", "/score", b'{"items": [', 422),
@@ -243,18 +301,29 @@ def report(args, model_dir, outcomes, elapsed, latencies, rss, log_path) -> None
     bad_statuses = Counter((o["kind"], o["status"]) for o in bad)
     server_errors = [o for o in outcomes if isinstance(o["status"], int) and o["status"] >= 500]
     quantiles = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [float("nan")] * 99
-    print(f"model: {model_dir if args.model_dir else 'tiny random Llama (hidden 32, 2 layers), default tokenizer'}; {os.cpu_count()} CPUs")
-    print(f"requests sent: {len(outcomes)} of {args.requests} in {elapsed:.1f} s ({len(outcomes) / elapsed:.0f}/s), concurrency {args.concurrency}, "
-          f"{len(bad)} bad mixed in")
+    print(
+        f"model: {model_dir if args.model_dir else 'tiny random Llama (hidden 32, 2 layers), default tokenizer'}; {os.cpu_count()} CPUs"
+    )
+    print(
+        f"requests sent: {len(outcomes)} of {args.requests} in {elapsed:.1f} s ({len(outcomes) / elapsed:.0f}/s), concurrency {args.concurrency}, "
+        f"{len(bad)} bad mixed in"
+    )
     print(f"healthy requests failed: {len(failures)} of {len(outcomes) - len(bad)}")
     for failure in failures[:10]:
         print(f"  {failure}")
     print(f"server errors (5xx), any request: {len(server_errors)}")
-    print("bad requests, by kind and answer: " + ", ".join(f"{kind} -> {status} x{n}" for (kind, status), n in sorted(bad_statuses.items(), key=str)))
-    print(f"/health under load ({len(latencies)} probes): p50 {quantiles[49] * 1000:.1f} ms, p99 {quantiles[98] * 1000:.1f} ms, "
-          f"max {max(latencies, default=float('nan')) * 1000:.1f} ms")
-    print(f"server RSS: {rss_started / 1024:.0f} MiB after start, {rss_before / 1024:.0f} MiB after warm-up (before), "
-          f"{rss_after / 1024:.0f} MiB after the run ({100 * (rss_after / rss_before - 1):+.1f}% vs before)")
+    print(
+        "bad requests, by kind and answer: "
+        + ", ".join(f"{kind} -> {status} x{n}" for (kind, status), n in sorted(bad_statuses.items(), key=str))
+    )
+    print(
+        f"/health under load ({len(latencies)} probes): p50 {quantiles[49] * 1000:.1f} ms, p99 {quantiles[98] * 1000:.1f} ms, "
+        f"max {max(latencies, default=float('nan')) * 1000:.1f} ms"
+    )
+    print(
+        f"server RSS: {rss_started / 1024:.0f} MiB after start, {rss_before / 1024:.0f} MiB after warm-up (before), "
+        f"{rss_after / 1024:.0f} MiB after the run ({100 * (rss_after / rss_before - 1):+.1f}% vs before)"
+    )
     if server_errors:
         print(f"server log tail:\n{log_path.read_text()[-3000:]}")
 

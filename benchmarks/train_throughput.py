@@ -47,7 +47,10 @@ def load_benchmark_pairs(name: str, tokenizer, max_length: int, count: int) -> t
     from hafrm.data import PairEncoder, load_pairs
     from hafrm.defaults import DEFAULT_TRAIN_DATA
 
-    source = {"hh-harmless": str(DEFAULT_TRAIN_DATA), "pku-saferlhf": str(SHARED_DATA / "pku-saferlhf" / "PKU-Alignment_PKU-SafeRLHF_sample.jsonl")}[name]
+    source = {
+        "hh-harmless": str(DEFAULT_TRAIN_DATA),
+        "pku-saferlhf": str(SHARED_DATA / "pku-saferlhf" / "PKU-Alignment_PKU-SafeRLHF_sample.jsonl"),
+    }[name]
     pairs, _ = load_pairs(source)
     encoder = PairEncoder(tokenizer, max_length)
     fitting = []
@@ -66,7 +69,9 @@ def token_counts(pairs: list[dict], tokenizer, max_length: int) -> dict[str, flo
     encoder = PairEncoder(tokenizer, max_length)
     encoded = [encoder.encode_pair(p) for p in pairs]
     prompt = sum(e["prompt_length"] for e in encoded) / len(encoded)
-    responses = sum(len(e["chosen_input_ids"]) + len(e["rejected_input_ids"]) - 2 * e["prompt_length"] for e in encoded) / len(encoded)
+    responses = sum(
+        len(e["chosen_input_ids"]) + len(e["rejected_input_ids"]) - 2 * e["prompt_length"] for e in encoded
+    ) / len(encoded)
     return {"prompt": prompt, "responses": responses, "shared": prompt + responses, "separate": 2 * prompt + responses}
 
 
@@ -101,10 +106,20 @@ def run_hafrm(method: str, variant: str, args, pairs, model_path: str, output: s
     from hafrm.training import train
 
     config = TrainConfig(
-        model=model_path, method=method, eval_fraction=0.0, max_length=args.max_length,
-        batch_size=args.batch_size, micro_batch_size=args.batch_size, max_steps=args.steps, output_dir=output,
-        save_steps=10_000, logging_steps=10_000, gradient_checkpointing=args.gradient_checkpointing,
-        lora=variant == "lora", share_prompt=variant != "separate", freeze_layers=args.freeze_layers if variant == "frozen" else 0,
+        model=model_path,
+        method=method,
+        eval_fraction=0.0,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        micro_batch_size=args.batch_size,
+        max_steps=args.steps,
+        output_dir=output,
+        save_steps=10_000,
+        logging_steps=10_000,
+        gradient_checkpointing=args.gradient_checkpointing,
+        lora=variant == "lora",
+        share_prompt=variant != "separate",
+        freeze_layers=args.freeze_layers if variant == "frozen" else 0,
     )
     train(config, callbacks=[timer], train_data=pairs)
 
@@ -112,10 +127,16 @@ def run_hafrm(method: str, variant: str, args, pairs, model_path: str, output: s
 def trl_dataset(pairs):
     from datasets import Dataset
 
-    return Dataset.from_list([
-        {"prompt": p["prompt"], "chosen": [{"role": "assistant", "content": p["chosen"]}], "rejected": [{"role": "assistant", "content": p["rejected"]}]}
-        for p in pairs
-    ])
+    return Dataset.from_list(
+        [
+            {
+                "prompt": p["prompt"],
+                "chosen": [{"role": "assistant", "content": p["chosen"]}],
+                "rejected": [{"role": "assistant", "content": p["rejected"]}],
+            }
+            for p in pairs
+        ]
+    )
 
 
 def run_trl(kind: str, lora: bool, args, pairs, model_path: str, output: str, timer) -> None:
@@ -127,23 +148,58 @@ def run_trl(kind: str, lora: bool, args, pairs, model_path: str, output: str, ti
 
     tokenizer = load_tokenizer(model_path)
     common = dict(
-        output_dir=output, per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1, max_steps=args.steps,
-        learning_rate=1e-5, max_length=args.max_length, save_strategy="no", logging_steps=10_000, report_to="none",
-        use_cpu=True, seed=0, bf16=False, fp16=False, gradient_checkpointing=args.gradient_checkpointing,
+        output_dir=output,
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=1,
+        max_steps=args.steps,
+        learning_rate=1e-5,
+        max_length=args.max_length,
+        save_strategy="no",
+        logging_steps=10_000,
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=args.gradient_checkpointing,
     )
-    peft_config = LoraConfig(r=64, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="SEQ_CLS" if kind == "reward" else "CAUSAL_LM") if lora else None
+    peft_config = (
+        LoraConfig(
+            r=64,
+            lora_alpha=16,
+            lora_dropout=0.0,
+            target_modules="all-linear",
+            task_type="SEQ_CLS" if kind == "reward" else "CAUSAL_LM",
+        )
+        if lora
+        else None
+    )
     if kind == "reward":
         from trl import RewardConfig, RewardTrainer
 
         model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1, dtype=torch.float32)
         model.config.pad_token_id = tokenizer.pad_token_id
-        trainer = RewardTrainer(model=model, args=RewardConfig(**common), train_dataset=trl_dataset(pairs), processing_class=tokenizer, peft_config=peft_config, callbacks=[timer])
+        trainer = RewardTrainer(
+            model=model,
+            args=RewardConfig(**common),
+            train_dataset=trl_dataset(pairs),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=[timer],
+        )
     else:
         from trl import DPOConfig, DPOTrainer
 
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
         config = DPOConfig(beta=0.1, precompute_ref_log_probs=True, precompute_ref_batch_size=args.batch_size, **common)
-        trainer = DPOTrainer(model=model, args=config, train_dataset=trl_dataset(pairs), processing_class=tokenizer, peft_config=peft_config, callbacks=[timer])
+        trainer = DPOTrainer(
+            model=model,
+            args=config,
+            train_dataset=trl_dataset(pairs),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=[timer],
+        )
     trainer.train()
 
 
@@ -156,7 +212,12 @@ def parameter_counts(model_path: str) -> dict[str, int]:
     layers = model.model.layers
     per_layer = sum(p.numel() for p in layers[0].parameters())
     head = model.get_output_embeddings().weight
-    return {"layers": len(layers), "per_layer": per_layer, "non_embedding": per_layer * len(layers) + model.model.norm.weight.numel(), "lm_head": head.numel()}
+    return {
+        "layers": len(layers),
+        "per_layer": per_layer,
+        "non_embedding": per_layer * len(layers) + model.model.norm.weight.numel(),
+        "lm_head": head.numel(),
+    }
 
 
 def flops_per_pair(run: str, args, tokens: dict, params: dict) -> float:
@@ -183,7 +244,9 @@ def child(args) -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     model_path = str(default_model_path())
-    pairs, _ = load_benchmark_pairs(args.data, load_tokenizer(model_path), args.max_length, args.steps * args.batch_size)
+    pairs, _ = load_benchmark_pairs(
+        args.data, load_tokenizer(model_path), args.max_length, args.steps * args.batch_size
+    )
     timer = step_timer()
     name = args.run
     with tempfile.TemporaryDirectory() as output:
@@ -194,13 +257,17 @@ def child(args) -> None:
             kind, _, variant = name.removeprefix("trl-").partition("-")
             run_trl(kind, variant == "lora", args, pairs, model_path, output, timer)
     measured_steps = timer.steps - 1
-    print(json.dumps({
-        "run": name,
-        "pairs_per_s": measured_steps * args.batch_size / (timer.last_step_end - timer.first_step_end),
-        "setup_s": timer.train_begin - start,
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "steps": timer.steps,
-    }))
+    print(
+        json.dumps(
+            {
+                "run": name,
+                "pairs_per_s": measured_steps * args.batch_size / (timer.last_step_end - timer.first_step_end),
+                "setup_s": timer.train_begin - start,
+                "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                "steps": timer.steps,
+            }
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------- the parent
@@ -221,9 +288,27 @@ def matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 10) -> flo
 
 
 def run_child(run: str, args) -> dict:
-    command = [sys.executable, __file__, "--child", "--run", run, "--data", args.data, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-               "--max-length", str(args.max_length), "--threads", str(args.threads), "--freeze-layers", str(args.freeze_layers),
-               "--gradient-checkpointing", "on" if checkpointing(run, args) else "off"]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--run",
+        run,
+        "--data",
+        args.data,
+        "--steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--max-length",
+        str(args.max_length),
+        "--threads",
+        str(args.threads),
+        "--freeze-layers",
+        str(args.freeze_layers),
+        "--gradient-checkpointing",
+        "on" if checkpointing(run, args) else "off",
+    ]
     env = {**os.environ, "HAFRM_CACHE": tempfile.mkdtemp(prefix="hafrm-bench-")}  # cold reference and trunk caches
     if args.live_memory:
         env["MALLOC_MMAP_THRESHOLD_"] = "131072"
@@ -249,7 +334,9 @@ def parent(args) -> None:
     pairs, looked = load_benchmark_pairs(args.data, tokenizer, args.max_length, args.steps * args.batch_size)
     tokens, params = token_counts(pairs, tokenizer, args.max_length), parameter_counts(model_path)
     peak = matmul_peak_gflops(args.threads)
-    print(f"{len(pairs)} pairs ({looked} looked at), tokens per pair {tokens}, matmul peak {peak:.1f} GFLOP/s", flush=True)
+    print(
+        f"{len(pairs)} pairs ({looked} looked at), tokens per pair {tokens}, matmul peak {peak:.1f} GFLOP/s", flush=True
+    )
     runs = args.runs.split(",")
     results: dict[str, list[dict]] = {run: [] for run in runs}
     for round_number in range(args.rounds):
@@ -262,8 +349,13 @@ def parent(args) -> None:
         Path(args.output).write_text(table)
 
 
-def summarize(results: dict[str, list[dict]], args, tokens: dict, params: dict, peak: float, pairs: int, looked: int) -> str:
-    median = {run: {k: statistics.median(r[k] for r in rows) for k in ("pairs_per_s", "setup_s", "peak_rss_gib")} for run, rows in results.items()}
+def summarize(
+    results: dict[str, list[dict]], args, tokens: dict, params: dict, peak: float, pairs: int, looked: int
+) -> str:
+    median = {
+        run: {k: statistics.median(r[k] for r in rows) for k in ("pairs_per_s", "setup_s", "peak_rss_gib")}
+        for run, rows in results.items()
+    }
 
     def ratio(a, b, key="pairs_per_s"):
         return f"{median[a][key] / median[b][key]:.2f}x" if a in median and b in median else "not run"
@@ -286,8 +378,10 @@ def summarize(results: dict[str, list[dict]], args, tokens: dict, params: dict, 
     for run, rows in results.items():
         gflops = flops_per_pair(run, args, tokens, params) * median[run]["pairs_per_s"] / 1e9
         all_rounds = ", ".join(f"{r['pairs_per_s']:.3f}" for r in rows)
-        lines.append(f"| {run} | {median[run]['pairs_per_s']:.3f} | {all_rounds} | {spread(rows)} | {median[run]['setup_s']:.1f} | "
-                     f"{median[run]['peak_rss_gib']:.2f} | {gflops:.1f} | {100 * gflops / peak:.0f}% |")
+        lines.append(
+            f"| {run} | {median[run]['pairs_per_s']:.3f} | {all_rounds} | {spread(rows)} | {median[run]['setup_s']:.1f} | "
+            f"{median[run]['peak_rss_gib']:.2f} | {gflops:.1f} | {100 * gflops / peak:.0f}% |"
+        )
     lines += [
         "",
         "| ratio | target | measured |",
@@ -315,10 +409,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--freeze-layers", type=int, default=22, help="for the -frozen run: bottom layers frozen (SmolLM2 has 30)")
+    parser.add_argument(
+        "--freeze-layers", type=int, default=22, help="for the -frozen run: bottom layers frozen (SmolLM2 has 30)"
+    )
     parser.add_argument("--checkpointing", default="", help="RUN=on|off,... (or all=on); default off for every run")
     parser.add_argument("--gradient-checkpointing", choices=("on", "off"), default="off", help=argparse.SUPPRESS)
-    parser.add_argument("--live-memory", action="store_true", help="children run with MALLOC_MMAP_THRESHOLD_=131072 so peak RSS tracks live tensors")
+    parser.add_argument(
+        "--live-memory",
+        action="store_true",
+        help="children run with MALLOC_MMAP_THRESHOLD_=131072 so peak RSS tracks live tensors",
+    )
     parser.add_argument("--output")
     args = parser.parse_args()
     args.gradient_checkpointing = args.gradient_checkpointing == "on"

@@ -45,8 +45,17 @@ def _tiny_causal_lm(vocab_size: int, tie: bool = False, seed: int = 0):
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=tie, pad_token_id=2, bos_token_id=1, eos_token_id=2,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=tie,
+        pad_token_id=2,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     return LlamaForCausalLM(config).float()
 

@@ -9,7 +9,11 @@ from hafrm.bestofn import best_of_n, sample_responses, top_k_recall
 def test_top_k_recall_by_hand():
     selector = np.array([[0.9, 0.1, 0.0], [0.0, 0.2, 0.8], [0.5, 0.6, 0.1]])  # picks 0, 2, 1
     judge = np.array([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0], [1.0, 3.0, 2.0]])  # best: 0, 0, 1; second: 1, 1, 2
-    assert top_k_recall(selector, judge, ks=(1, 2, 3)) == {"top1_recall": pytest.approx(2 / 3), "top2_recall": pytest.approx(2 / 3), "top3_recall": 1.0}
+    assert top_k_recall(selector, judge, ks=(1, 2, 3)) == {
+        "top1_recall": pytest.approx(2 / 3),
+        "top2_recall": pytest.approx(2 / 3),
+        "top3_recall": 1.0,
+    }
 
 
 def test_best_of_n_with_identical_selector_and_judge_is_perfect():

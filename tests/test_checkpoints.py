@@ -16,9 +16,32 @@ from hafrm.training import resume_point
 
 
 def run_args(model_dir, output_dir, *extra):
-    return ["train", "--model", str(model_dir), "--train-data", str(DEFAULT_TRAIN_DATA), "--max-train-pairs", "8",
-            "--eval-fraction", "0", "--max-length", "48", "--batch-size", "4", "--micro-batch-size", "4",
-            "--learning-rate", "1e-3", "--save-steps", "1", "--save-total-limit", "3", "--output-dir", str(output_dir), *extra]
+    return [
+        "train",
+        "--model",
+        str(model_dir),
+        "--train-data",
+        str(DEFAULT_TRAIN_DATA),
+        "--max-train-pairs",
+        "8",
+        "--eval-fraction",
+        "0",
+        "--max-length",
+        "48",
+        "--batch-size",
+        "4",
+        "--micro-batch-size",
+        "4",
+        "--learning-rate",
+        "1e-3",
+        "--save-steps",
+        "1",
+        "--save-total-limit",
+        "3",
+        "--output-dir",
+        str(output_dir),
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +76,16 @@ def auto(output):
     return TrainConfig(output_dir=str(output), resume_from_checkpoint="auto")
 
 
-@pytest.mark.parametrize("name, damage", [(STATE_FILE, truncate), ("trainer_state.json", garble), ("optimizer.pt", truncate),
-                                          ("scheduler.pt", truncate), ("rng_state.pth", scramble)])
+@pytest.mark.parametrize(
+    "name, damage",
+    [
+        (STATE_FILE, truncate),
+        ("trainer_state.json", garble),
+        ("optimizer.pt", truncate),
+        ("scheduler.pt", truncate),
+        ("rng_state.pth", scramble),
+    ],
+)
 def test_resume_falls_back_past_a_corrupt_checkpoint(run_copy, caplog, name, damage):
     damage(run_copy / "checkpoint-3" / name)
     with caplog.at_level(logging.WARNING):
@@ -74,9 +105,13 @@ def test_resume_skips_several_bad_checkpoints_and_none_left_means_a_fresh_start(
 def test_given_checkpoint_that_is_corrupt_is_an_error_naming_the_file(run_copy):
     garble(run_copy / "checkpoint-3" / "trainer_state.json")
     config = TrainConfig(output_dir=str(run_copy), resume_from_checkpoint=str(run_copy / "checkpoint-3"))
-    with pytest.raises(ValueError, match=f"{run_copy / 'checkpoint-3' / 'trainer_state.json'} is not a valid trainer state"):
+    with pytest.raises(
+        ValueError, match=f"{run_copy / 'checkpoint-3' / 'trainer_state.json'} is not a valid trainer state"
+    ):
         resume_point(config)
-    assert resume_point(TrainConfig(resume_from_checkpoint=str(run_copy / "checkpoint-2"))) == str(run_copy / "checkpoint-2")
+    assert resume_point(TrainConfig(resume_from_checkpoint=str(run_copy / "checkpoint-2"))) == str(
+        run_copy / "checkpoint-2"
+    )
 
 
 def test_cli_resume_after_a_truncated_state_file_continues_from_the_checkpoint_before(tiny_model_dir, run_copy, capsys):

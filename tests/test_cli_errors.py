@@ -29,8 +29,12 @@ def no_model_loading(monkeypatch):
     import hafrm.scoring
     import hafrm.training
 
-    for module, name in [(hafrm.training, "build_model"), (hafrm.training, "add_reference_logps"),
-                         (hafrm.scoring, "RewardScorer"), (hafrm.evaluation, "load_trained")]:
+    for module, name in [
+        (hafrm.training, "build_model"),
+        (hafrm.training, "add_reference_logps"),
+        (hafrm.scoring, "RewardScorer"),
+        (hafrm.evaluation, "load_trained"),
+    ]:
         monkeypatch.setattr(module, name, refuse)
 
 
@@ -43,8 +47,24 @@ def nothing_loaded(monkeypatch, no_model_loading):
 
 
 def train_args(model_dir, output_dir, *extra):
-    return ["train", "--model", str(model_dir), "--train-data", str(DEFAULT_TRAIN_DATA), "--max-train-pairs", "8",
-            "--max-length", "64", "--batch-size", "4", "--micro-batch-size", "2", "--output-dir", str(output_dir), *extra]
+    return [
+        "train",
+        "--model",
+        str(model_dir),
+        "--train-data",
+        str(DEFAULT_TRAIN_DATA),
+        "--max-train-pairs",
+        "8",
+        "--max-length",
+        "64",
+        "--batch-size",
+        "4",
+        "--micro-batch-size",
+        "2",
+        "--output-dir",
+        str(output_dir),
+        *extra,
+    ]
 
 
 def one_line_error(capsys, *fragments) -> str:
@@ -59,31 +79,39 @@ def one_line_error(capsys, *fragments) -> str:
 # ---------------------------------------------------------------------------------------- train options
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--batch-size", "0"], "batch_size must be at least 1, got 0"),
-    (["--batch-size", "-4"], "batch_size must be at least 1, got -4"),
-    (["--micro-batch-size", "0"], "micro_batch_size must be at least 1, got 0"),
-    (["--eval-fraction", "1.5"], "eval_fraction must be in [0, 1), got 1.5"),
-    (["--max-steps", "0"], "max_steps must be -1"),
-    (["--tau", "0"], "tau must be positive"),
-    (["--dtype", "fp8"], "dtype must be auto"),
-    (["--training-args", '{"no_such_option": 1}'], "training_args:"),
-])
-def test_bad_training_options_stop_before_loading_anything(tiny_model_dir, tmp_path, capsys, nothing_loaded, extra, message):
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--batch-size", "0"], "batch_size must be at least 1, got 0"),
+        (["--batch-size", "-4"], "batch_size must be at least 1, got -4"),
+        (["--micro-batch-size", "0"], "micro_batch_size must be at least 1, got 0"),
+        (["--eval-fraction", "1.5"], "eval_fraction must be in [0, 1), got 1.5"),
+        (["--max-steps", "0"], "max_steps must be -1"),
+        (["--tau", "0"], "tau must be positive"),
+        (["--dtype", "fp8"], "dtype must be auto"),
+        (["--training-args", '{"no_such_option": 1}'], "training_args:"),
+    ],
+)
+def test_bad_training_options_stop_before_loading_anything(
+    tiny_model_dir, tmp_path, capsys, nothing_loaded, extra, message
+):
     assert main(train_args(tiny_model_dir, tmp_path / "out", *extra)) == 2
     one_line_error(capsys, "hafrm train: error:", message)
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("text, message", [
-    ("learning_rate: abc\n", "learning_rate must be a number, got 'abc'"),
-    ("alpha: [1, 2]\n", "alpha must be a number, got [1, 2]"),
-    ("batch_size: '4'\n", "batch_size must be an integer, got '4'"),
-    ("lora: maybe\n", "lora must be true or false"),
-    ("method: haf\n  alpha: 0.1\n", "not valid YAML at line 2"),
-    ("learning_rate: [1e-5\n", "not valid YAML"),
-    ("- method\n", "expected a mapping of config fields"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("learning_rate: abc\n", "learning_rate must be a number, got 'abc'"),
+        ("alpha: [1, 2]\n", "alpha must be a number, got [1, 2]"),
+        ("batch_size: '4'\n", "batch_size must be an integer, got '4'"),
+        ("lora: maybe\n", "lora must be true or false"),
+        ("method: haf\n  alpha: 0.1\n", "not valid YAML at line 2"),
+        ("learning_rate: [1e-5\n", "not valid YAML"),
+        ("- method\n", "expected a mapping of config fields"),
+    ],
+)
 def test_bad_yaml_names_the_file_and_field(tmp_path, capsys, nothing_loaded, text, message):
     config_file = tmp_path / "run.yaml"
     config_file.write_text(text)
@@ -97,7 +125,12 @@ def test_yaml_reads_exponent_numbers_and_a_cli_flag_fixes_a_bad_file_value(tiny_
     config_file = tmp_path / "run.yaml"
     config_file.write_text("learning_rate: 1e-5\nbatch_size: '4'\nalpha: 1\n")
     config = TrainConfig.from_yaml(config_file, batch_size=8)
-    assert config.learning_rate == 1e-5 and config.batch_size == 8 and config.alpha == 1.0 and isinstance(config.alpha, float)
+    assert (
+        config.learning_rate == 1e-5
+        and config.batch_size == 8
+        and config.alpha == 1.0
+        and isinstance(config.alpha, float)
+    )
 
 
 def test_missing_or_truncated_model_folder(tiny_model_dir, tmp_path, capsys, nothing_loaded):
@@ -120,13 +153,20 @@ def test_output_dir_that_is_a_file_or_not_writable(tiny_model_dir, tmp_path, cap
     one_line_error(capsys, f"output folder {a_file} is a file")
     assert main(train_args(tiny_model_dir, a_file / "out")) == 2
     one_line_error(capsys, f"{a_file} is a file")
-    monkeypatch.setattr("os.access", lambda path, mode: False)  # as a user without write permission (tests may run as root)
+    monkeypatch.setattr(
+        "os.access", lambda path, mode: False
+    )  # as a user without write permission (tests may run as root)
     assert main(train_args(tiny_model_dir, tmp_path / "out")) == 2
     one_line_error(capsys, "is not writable")
 
 
-@pytest.mark.parametrize("content", [b"prompt,chosen,rejected\nhello,\xff\xfe bad bytes,fine\n",
-                                     b'prompt,chosen,rejected\n"an open quote,a,b\nx,y,z\n'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"prompt,chosen,rejected\nhello,\xff\xfe bad bytes,fine\n",
+        b'prompt,chosen,rejected\n"an open quote,a,b\nx,y,z\n',
+    ],
+)
 def test_unreadable_csv_is_one_line_naming_the_file(tiny_model_dir, tmp_path, capsys, no_model_loading, content):
     data = tmp_path / "pairs.csv"
     data.write_bytes(content)
@@ -171,9 +211,33 @@ def test_second_run_into_the_same_folder_keeps_the_first(tiny_model_dir, tmp_pat
 
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data not present")
 def test_report_reruns_its_own_runs_in_place(tiny_model_dir, tmp_path):
-    args = ["report", "--protocol", "in-distribution", "--datasets", "hh-harmless", "--methods", "baseline", "--seeds", "0",
-            "--data-root", str(SHARED_DATA), "--train-pairs", "4", "--test-pairs", "4", "--output", str(tmp_path),
-            "--model", str(tiny_model_dir), "--max-length", "48", "--batch-size", "4", "--micro-batch-size", "4"]
+    args = [
+        "report",
+        "--protocol",
+        "in-distribution",
+        "--datasets",
+        "hh-harmless",
+        "--methods",
+        "baseline",
+        "--seeds",
+        "0",
+        "--data-root",
+        str(SHARED_DATA),
+        "--train-pairs",
+        "4",
+        "--test-pairs",
+        "4",
+        "--output",
+        str(tmp_path),
+        "--model",
+        str(tiny_model_dir),
+        "--max-length",
+        "48",
+        "--batch-size",
+        "4",
+        "--micro-batch-size",
+        "4",
+    ]
     assert main(args) == 0
     assert main(args) == 0
     assert json.loads((tmp_path / "results.json").read_text())[0]["method"] == "baseline"
@@ -184,7 +248,10 @@ def test_report_reruns_its_own_runs_in_place(tiny_model_dir, tmp_path):
 
 def test_folder_of_mixed_formats_detects_each_file(tmp_path):
     """An HH JSONL, a canonical JSONL, a CSV and a Parquet file in one folder: every row is used."""
-    hh = [{"chosen": f"\n\nHuman: q{i}\n\nAssistant: good {i}", "rejected": f"\n\nHuman: q{i}\n\nAssistant: bad {i}"} for i in range(15)]
+    hh = [
+        {"chosen": f"\n\nHuman: q{i}\n\nAssistant: good {i}", "rejected": f"\n\nHuman: q{i}\n\nAssistant: bad {i}"}
+        for i in range(15)
+    ]
     canonical = [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(15)]
     (tmp_path / "a-hh.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hh))
     (tmp_path / "b-canonical.jsonl").write_text("".join(json.dumps(r) + "\n" for r in canonical))
@@ -220,7 +287,9 @@ def test_unwritable_score_and_eval_output_stops_before_scoring(tmp_path, capsys,
 
 def test_score_refuses_an_empty_response_before_loading_a_model(tmp_path, capsys):
     rows = tmp_path / "rows.jsonl"
-    rows.write_text(json.dumps({"prompt": "q", "response": "fine"}) + "\n" + json.dumps({"prompt": "q", "response": " "}) + "\n")
+    rows.write_text(
+        json.dumps({"prompt": "q", "response": "fine"}) + "\n" + json.dumps({"prompt": "q", "response": " "}) + "\n"
+    )
     # the model folder does not exist: the error is about the row, so the rows were read before any model
     assert main(["score", str(tmp_path / "no-model"), "--input", str(rows)]) == 2
     one_line_error(capsys, f"{rows}:2: empty response")

@@ -59,8 +59,10 @@ def test_column_map_renames(tmp_path, write_jsonl):
 def test_hh_dialogue_split():
     messages = parse_hh_dialogue("\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how?\n\nAssistant: fine")
     assert messages == [
-        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-        {"role": "user", "content": "how?"}, {"role": "assistant", "content": "fine"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "how?"},
+        {"role": "assistant", "content": "fine"},
     ]
 
 
@@ -72,7 +74,7 @@ def test_truncation_keeps_response_end_and_is_counted(tokenizer):
     _, (full_chosen,) = encoder.split(pair["prompt"], [pair["chosen"]])
     assert encoded["truncated"]
     assert len(encoded["chosen_input_ids"]) <= 48 and len(encoded["rejected_input_ids"]) <= 48
-    assert encoded["chosen_input_ids"][-len(full_chosen):] == full_chosen  # the response survives whole
+    assert encoded["chosen_input_ids"][-len(full_chosen) :] == full_chosen  # the response survives whole
     assert "word299" in tokenizer.decode(encoded["chosen_input_ids"])  # the most recent prompt text stays
     long_response = {**pair, "chosen": " ".join(f"tok{i}" for i in range(300)) + " FINAL"}
     encoded = encoder.encode_pair(long_response)
@@ -131,7 +133,9 @@ def test_alpaca_farm_preference_picks_the_chosen_output_and_appends_the_input(tm
     pairs, report = load_pairs(str(write_jsonl(tmp_path / "ahp.jsonl", rows[:2])))
     assert report.rows_used == 2
     assert [(p["prompt"][0]["content"], p["chosen"], p["rejected"]) for p in pairs] == [
-        ("Name a fruit.", "Apple.", "A car."), ("Translate to French.\n\ncat", "chat", "dog")]
+        ("Name a fruit.", "Apple.", "A car."),
+        ("Translate to French.\n\ncat", "chat", "dog"),
+    ]
     with pytest.raises(DataError, match="ahp-bad.jsonl:1: 'preference' must be 1 or 2, got 3"):
         load_pairs(str(write_jsonl(tmp_path / "ahp-bad.jsonl", rows[2:])))
 

@@ -15,31 +15,73 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="to
 
 
 def train_command(model_dir, output_dir):
-    return ["-m", "hafrm.cli", "train", "--model", str(model_dir), "--train-data", str(DEFAULT_TRAIN_DATA), "--eval-fraction", "0",
-            "--max-train-pairs", "16", "--max-length", "48", "--batch-size", "4", "--micro-batch-size", "2", "--max-steps", "3",
-            "--learning-rate", "1e-3", "--logging-steps", "1", "--save-steps", "3", "--output-dir", str(output_dir),
-            "--training-args", json.dumps({"train_sampling_strategy": "sequential"})]
+    return [
+        "-m",
+        "hafrm.cli",
+        "train",
+        "--model",
+        str(model_dir),
+        "--train-data",
+        str(DEFAULT_TRAIN_DATA),
+        "--eval-fraction",
+        "0",
+        "--max-train-pairs",
+        "16",
+        "--max-length",
+        "48",
+        "--batch-size",
+        "4",
+        "--micro-batch-size",
+        "2",
+        "--max-steps",
+        "3",
+        "--learning-rate",
+        "1e-3",
+        "--logging-steps",
+        "1",
+        "--save-steps",
+        "3",
+        "--output-dir",
+        str(output_dir),
+        "--training-args",
+        json.dumps({"train_sampling_strategy": "sequential"}),
+    ]
 
 
 def test_two_processes_match_one_process(tiny_model_dir, tmp_path):
     """Also the logged training statistics: each process's are averaged with the other's (the two see the two halves
     of the global batch that the single process sees), so both runs log the same values."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable] + train_command(tiny_model_dir, tmp_path / "one"), env=env, capture_output=True, text=True)
+    single = subprocess.run(
+        [sys.executable] + train_command(tiny_model_dir, tmp_path / "one"), env=env, capture_output=True, text=True
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     # torchrun, not `accelerate launch --cpu`: the latter starts a single process on a machine without GPUs
-    launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-                              + train_command(tiny_model_dir, tmp_path / "two"), env=env, capture_output=True, text=True)
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        + train_command(tiny_model_dir, tmp_path / "two"),
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert launched.returncode == 0, launched.stderr[-3000:]
     one = load_file(tmp_path / "one" / "reward_model" / "model.safetensors")
     two = load_file(tmp_path / "two" / "reward_model" / "model.safetensors")
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
     initial = load_file(tiny_model_dir / "model.safetensors")
-    assert not torch.allclose(one["model.layers.0.mlp.up_proj.weight"], initial["model.layers.0.mlp.up_proj.weight"])  # training moved it
-    logs = {run: json.loads((tmp_path / run / "checkpoint-3" / "trainer_state.json").read_text())["log_history"] for run in ("one", "two")}
+    assert not torch.allclose(
+        one["model.layers.0.mlp.up_proj.weight"], initial["model.layers.0.mlp.up_proj.weight"]
+    )  # training moved it
+    logs = {
+        run: json.loads((tmp_path / run / "checkpoint-3" / "trainer_state.json").read_text())["log_history"]
+        for run in ("one", "two")
+    }
     steps = [entry for entry in logs["one"] if "reward_loss" in entry]
     assert len(steps) == 3
     for single_entry, launched_entry in zip(steps, [entry for entry in logs["two"] if "reward_loss" in entry]):
         for key in ("reward_loss", "reward_accuracy"):
-            assert launched_entry[key] == pytest.approx(single_entry[key], rel=1e-4, abs=1e-6), (key, single_entry["step"])
+            assert launched_entry[key] == pytest.approx(single_entry[key], rel=1e-4, abs=1e-6), (
+                key,
+                single_entry["step"],
+            )

@@ -30,8 +30,10 @@ def help_text(capsys, *command) -> str:
 
 
 def pairs_rows(count: int, start: int = 0) -> list[dict]:
-    return [{"prompt": f"Question {i}?", "chosen": f"A careful answer number {i}.", "rejected": f"No {i}."}
-            for i in range(start, start + count)]
+    return [
+        {"prompt": f"Question {i}?", "chosen": f"A careful answer number {i}.", "rejected": f"No {i}."}
+        for i in range(start, start + count)
+    ]
 
 
 # ---------------------------------------------------------------------------------------- documentation and --help
@@ -68,7 +70,9 @@ def test_choices_come_from_the_validation_rules():
     from transformers.trainer_utils import SchedulerType
 
     assert TrainConfig.choices("method") == METHODS and TrainConfig.choices("policy_loss") == POLICY_LOSSES
-    assert TrainConfig.choices("lr_scheduler") == tuple(kind.value for kind in SchedulerType)  # the list written out in config.py
+    assert TrainConfig.choices("lr_scheduler") == tuple(
+        kind.value for kind in SchedulerType
+    )  # the list written out in config.py
     assert TrainConfig.choices("alpha") is None
     with pytest.raises(ValueError, match="lr_scheduler must be one of linear, cosine"):
         TrainConfig(lr_scheduler="cosine_annealing")
@@ -94,16 +98,40 @@ def test_version(capsys):
 
 
 def test_aliases_map_to_our_fields():
-    config = TrainConfig.from_dict({
-        "beta": 0.25, "loss_type": ["ipo"], "model_name_or_path": "m", "dataset_name": "d.jsonl", "num_train_epochs": 3,
-        "lr_scheduler_type": "linear", "per_device_train_batch_size": 2, "gradient_accumulation_steps": 4,
-        "center_rewards_coefficient": 0.01, "precompute_ref_log_probs": False, "use_peft": True,
-    })
-    assert (config.tau, config.policy_loss, config.model, config.train_data, config.epochs) == (0.25, "ipo", "m", "d.jsonl", 3.0)
+    config = TrainConfig.from_dict(
+        {
+            "beta": 0.25,
+            "loss_type": ["ipo"],
+            "model_name_or_path": "m",
+            "dataset_name": "d.jsonl",
+            "num_train_epochs": 3,
+            "lr_scheduler_type": "linear",
+            "per_device_train_batch_size": 2,
+            "gradient_accumulation_steps": 4,
+            "center_rewards_coefficient": 0.01,
+            "precompute_ref_log_probs": False,
+            "use_peft": True,
+        }
+    )
+    assert (config.tau, config.policy_loss, config.model, config.train_data, config.epochs) == (
+        0.25,
+        "ipo",
+        "m",
+        "d.jsonl",
+        3.0,
+    )
     assert (config.lr_scheduler, config.micro_batch_size, config.batch_size) == ("linear", 2, 8)
     assert (config.center_rewards_coef, config.reference, config.lora) == (0.01, "live", True)
-    factory = TrainConfig.from_dict({"pref_beta": 0.3, "pref_loss": "simpo", "lora_rank": 8, "cutoff_len": 256, "finetuning_type": "lora"})
-    assert (factory.tau, factory.policy_loss, factory.lora_r, factory.max_length, factory.lora) == (0.3, "simpo", 8, 256, True)
+    factory = TrainConfig.from_dict(
+        {"pref_beta": 0.3, "pref_loss": "simpo", "lora_rank": 8, "cutoff_len": 256, "finetuning_type": "lora"}
+    )
+    assert (factory.tau, factory.policy_loss, factory.lora_r, factory.max_length, factory.lora) == (
+        0.3,
+        "simpo",
+        8,
+        256,
+        True,
+    )
     assert TrainConfig.from_dict({"center_rewards_coefficient": None}).center_rewards_coef == 0.0  # TRL's default
     assert TrainConfig.from_dict({"precompute_ref_log_probs": True}).reference == "precompute"
 
@@ -112,7 +140,9 @@ def test_batch_size_in_transformers_words_counts_processes(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     config = TrainConfig.from_dict({"per_device_train_batch_size": 4, "gradient_accumulation_steps": 3})
     assert (config.micro_batch_size, config.batch_size) == (4, 24)
-    assert TrainConfig.from_dict({"per_device_train_batch_size": 4}).batch_size == 8  # TRL's default: 1 accumulation step
+    assert (
+        TrainConfig.from_dict({"per_device_train_batch_size": 4}).batch_size == 8
+    )  # TRL's default: 1 accumulation step
     assert TrainConfig.from_dict({"per_device_train_batch_size": 4, "batch_size": 32}).batch_size == 32
 
 
@@ -120,11 +150,31 @@ def test_command_line_aliases_in_both_spellings_and_over_a_yaml_file(tmp_path):
     from hafrm.cli import config_from_args
 
     parse = build_parser().parse_args
-    args = parse(["train", "--beta", "0.3", "--per_device_train_batch_size", "2", "--gradient-accumulation-steps", "3",
-                  "--use_peft", "--learning_rate", "2e-5", "--loss-type", "hinge"])
+    args = parse(
+        [
+            "train",
+            "--beta",
+            "0.3",
+            "--per_device_train_batch_size",
+            "2",
+            "--gradient-accumulation-steps",
+            "3",
+            "--use_peft",
+            "--learning_rate",
+            "2e-5",
+            "--loss-type",
+            "hinge",
+        ]
+    )
     config = config_from_args(args)
-    assert (config.tau, config.micro_batch_size, config.batch_size, config.lora, config.learning_rate, config.policy_loss) == (
-        0.3, 2, 6, True, 2e-5, "hinge")
+    assert (
+        config.tau,
+        config.micro_batch_size,
+        config.batch_size,
+        config.lora,
+        config.learning_rate,
+        config.policy_loss,
+    ) == (0.3, 2, 6, True, 2e-5, "hinge")
     file = tmp_path / "run.yaml"
     file.write_text("beta: 0.5\nper_device_train_batch_size: 2\ngradient_accumulation_steps: 2\n")
     config = config_from_args(parse(["train", "--config", str(file), "--tau", "0.2", "--micro-batch-size", "1"]))
@@ -133,15 +183,18 @@ def test_command_line_aliases_in_both_spellings_and_over_a_yaml_file(tmp_path):
     assert config_from_args(parse(["train", "--precompute-ref-log-probs", "false"])).reference == "live"
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"loss_type": "exo_pair"}, "loss_type 'exo_pair' (TRL) has no counterpart in hafrm"),
-    ({"loss_type": ["sigmoid", "sft"]}, "has no counterpart"),
-    ({"pref_loss": "orpo"}, "pref_loss 'orpo' (LLaMA-Factory) has no counterpart"),
-    ({"beta": 0.1, "tau": 0.2}, "tau is given twice (as beta and as tau)"),
-    ({"batch_size": 8, "gradient_accumulation_steps": 2}, "give one of them"),
-    ({"use_peft": "yes"}, "use_peft (TRL ModelConfig's name for lora): lora must be true or false"),
-    ({"finetuning_type": "freeze"}, "finetuning_type 'freeze' (LLaMA-Factory) has no counterpart"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"loss_type": "exo_pair"}, "loss_type 'exo_pair' (TRL) has no counterpart in hafrm"),
+        ({"loss_type": ["sigmoid", "sft"]}, "has no counterpart"),
+        ({"pref_loss": "orpo"}, "pref_loss 'orpo' (LLaMA-Factory) has no counterpart"),
+        ({"beta": 0.1, "tau": 0.2}, "tau is given twice (as beta and as tau)"),
+        ({"batch_size": 8, "gradient_accumulation_steps": 2}, "give one of them"),
+        ({"use_peft": "yes"}, "use_peft (TRL ModelConfig's name for lora): lora must be true or false"),
+        ({"finetuning_type": "freeze"}, "finetuning_type 'freeze' (LLaMA-Factory) has no counterpart"),
+    ],
+)
 def test_alias_errors_are_clear(values, message):
     with pytest.raises(ValueError) as error:
         TrainConfig.from_dict(values)
@@ -163,15 +216,51 @@ def test_readme_documents_every_alias():
 
 def test_a_yaml_in_trl_names_runs_unchanged_and_equals_ours(tiny_model_dir, tmp_path, capsys):
     output = str(tmp_path / "out")
-    common = {"learning_rate": 1e-3, "max_steps": 2, "warmup_ratio": 0.1, "seed": 0, "logging_steps": 1,
-              "max_train_pairs": 12, "eval_fraction": 0.25, "output_dir": output, "lora_r": 8, "lora_alpha": 16}
-    trl = {"model_name_or_path": str(tiny_model_dir), "dataset_name": str(DEFAULT_TRAIN_DATA), "beta": 0.2, "loss_type": ["sigmoid"],
-           "num_train_epochs": 1, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2, "lr_scheduler_type": "linear",
-           "center_rewards_coefficient": 0.01, "precompute_ref_log_probs": True, "use_peft": False, "max_length": 64,
-           "gradient_checkpointing": False, "disable_dropout": True, "report_to": "none", **common}
-    ours = {"model": str(tiny_model_dir), "train_data": str(DEFAULT_TRAIN_DATA), "tau": 0.2, "policy_loss": "sigmoid", "epochs": 1,
-            "micro_batch_size": 2, "batch_size": 4, "lr_scheduler": "linear", "center_rewards_coef": 0.01, "reference": "precompute",
-            "lora": False, "max_length": 64, **common}
+    common = {
+        "learning_rate": 1e-3,
+        "max_steps": 2,
+        "warmup_ratio": 0.1,
+        "seed": 0,
+        "logging_steps": 1,
+        "max_train_pairs": 12,
+        "eval_fraction": 0.25,
+        "output_dir": output,
+        "lora_r": 8,
+        "lora_alpha": 16,
+    }
+    trl = {
+        "model_name_or_path": str(tiny_model_dir),
+        "dataset_name": str(DEFAULT_TRAIN_DATA),
+        "beta": 0.2,
+        "loss_type": ["sigmoid"],
+        "num_train_epochs": 1,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 2,
+        "lr_scheduler_type": "linear",
+        "center_rewards_coefficient": 0.01,
+        "precompute_ref_log_probs": True,
+        "use_peft": False,
+        "max_length": 64,
+        "gradient_checkpointing": False,
+        "disable_dropout": True,
+        "report_to": "none",
+        **common,
+    }
+    ours = {
+        "model": str(tiny_model_dir),
+        "train_data": str(DEFAULT_TRAIN_DATA),
+        "tau": 0.2,
+        "policy_loss": "sigmoid",
+        "epochs": 1,
+        "micro_batch_size": 2,
+        "batch_size": 4,
+        "lr_scheduler": "linear",
+        "center_rewards_coef": 0.01,
+        "reference": "precompute",
+        "lora": False,
+        "max_length": 64,
+        **common,
+    }
     (tmp_path / "trl.yaml").write_text(yaml.safe_dump(trl))
     (tmp_path / "ours.yaml").write_text(yaml.safe_dump(ours))
     assert main(["train", "--config", str(tmp_path / "trl.yaml")]) == 0
@@ -186,18 +275,62 @@ def test_a_yaml_in_trl_names_runs_unchanged_and_equals_ours(tiny_model_dir, tmp_
 def test_early_stopping_from_the_command_line(tiny_model_dir, tmp_path, capsys):
     """With no learning the eval accuracy never improves: training stops after `patience` evaluations past the first."""
     output = tmp_path / "out"
-    assert main(["train", "--model", str(tiny_model_dir), "--train-data", str(DEFAULT_TRAIN_DATA), "--max-train-pairs", "16",
-                 "--max-eval-pairs", "4", "--max-length", "48", "--batch-size", "2", "--micro-batch-size", "2", "--learning-rate", "0",
-                 "--method", "baseline", "--eval-steps", "1", "--max-steps", "8", "--early-stopping-patience", "2",
-                 "--output-dir", str(output)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(tiny_model_dir),
+                "--train-data",
+                str(DEFAULT_TRAIN_DATA),
+                "--max-train-pairs",
+                "16",
+                "--max-eval-pairs",
+                "4",
+                "--max-length",
+                "48",
+                "--batch-size",
+                "2",
+                "--micro-batch-size",
+                "2",
+                "--learning-rate",
+                "0",
+                "--method",
+                "baseline",
+                "--eval-steps",
+                "1",
+                "--max-steps",
+                "8",
+                "--early-stopping-patience",
+                "2",
+                "--output-dir",
+                str(output),
+            ]
+        )
+        == 0
+    )
     log = json.loads((output / "checkpoint-3" / "trainer_state.json").read_text())
     assert log["global_step"] == 3  # best at step 1, no improvement at steps 2 and 3: patience 2 runs out
     assert not list(output.glob("checkpoint-4"))
 
 
 def test_early_stopping_without_an_eval_set_is_refused(capsys, tmp_path):
-    assert main(["train", "--train-data", str(DEFAULT_TRAIN_DATA), "--eval-fraction", "0", "--early-stopping-patience", "2",
-                 "--output-dir", str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--train-data",
+                str(DEFAULT_TRAIN_DATA),
+                "--eval-fraction",
+                "0",
+                "--early-stopping-patience",
+                "2",
+                "--output-dir",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     assert "early_stopping_patience needs an eval set" in capsys.readouterr().err
 
 
@@ -235,12 +368,30 @@ def test_train_takes_rows_in_memory_and_equals_training_on_the_file(tiny_model_d
     from hafrm.training import optimizer_steps
 
     rows, eval_rows = pairs_rows(20), pairs_rows(6, start=100)
-    base = dict(model=str(tiny_model_dir), max_length=48, batch_size=2, micro_batch_size=2, epochs=1.0, warmup_ratio=0.2,
-                learning_rate=1e-3)
+    base = dict(
+        model=str(tiny_model_dir),
+        max_length=48,
+        batch_size=2,
+        micro_batch_size=2,
+        epochs=1.0,
+        warmup_ratio=0.2,
+        learning_rate=1e-3,
+    )
     watch = Watch()
-    in_memory = train(TrainConfig(**base, output_dir=str(tmp_path / "mem")), [watch], train_data=Dataset.from_list(rows), eval_data=eval_rows)
-    on_disk = train(TrainConfig(**base, output_dir=str(tmp_path / "file"), train_data=str(write_jsonl(tmp_path / "t.jsonl", rows)),
-                                eval_data=str(write_jsonl(tmp_path / "e.jsonl", eval_rows))))
+    in_memory = train(
+        TrainConfig(**base, output_dir=str(tmp_path / "mem")),
+        [watch],
+        train_data=Dataset.from_list(rows),
+        eval_data=eval_rows,
+    )
+    on_disk = train(
+        TrainConfig(
+            **base,
+            output_dir=str(tmp_path / "file"),
+            train_data=str(write_jsonl(tmp_path / "t.jsonl", rows)),
+            eval_data=str(write_jsonl(tmp_path / "e.jsonl", eval_rows)),
+        )
+    )
     assert in_memory.data_report == on_disk.data_report and in_memory.data_report["rows_used"] == 26
     for key in ("eval_loss", "eval_reward_accuracy", "eval_implicit_accuracy"):
         assert in_memory.metrics[key] == pytest.approx(on_disk.metrics[key], rel=1e-5), key
@@ -251,8 +402,12 @@ def test_train_takes_rows_in_memory_and_equals_training_on_the_file(tiny_model_d
     assert metadata["in_memory_data"] == ["train", "eval"] and metadata["config"]["train_data"] is None
 
     model = load(tmp_path / "mem")
-    scores = model.score_pairs([{"prompt": [{"role": "user", "content": r["prompt"]}], "chosen": r["chosen"], "rejected": r["rejected"]}
-                                for r in eval_rows])
+    scores = model.score_pairs(
+        [
+            {"prompt": [{"role": "user", "content": r["prompt"]}], "chosen": r["chosen"], "rejected": r["rejected"]}
+            for r in eval_rows
+        ]
+    )
     assert scores.metrics()["reward_accuracy"] == pytest.approx(in_memory.metrics["eval_reward_accuracy"])
     combined = model.score(["Question 1?"], ["A careful answer number 1."], head="combined")
     reward = model.score(["Question 1?"], ["A careful answer number 1."], head="reward")
@@ -280,11 +435,26 @@ def test_trainer_constructed_like_trl(tiny_model_dir, tmp_path):
     from hafrm import HafTrainer, HybridRewardModel, load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
-    args = TrainingArguments(str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2, learning_rate=1e-3,
-                             report_to="none", save_strategy="no", use_cpu=True, logging_steps=1)
-    trainer = HafTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), args=args, train_dataset=pairs_rows(8),
-                         eval_dataset=pairs_rows(4, start=50), processing_class=tokenizer)
-    assert isinstance(trainer.model, HybridRewardModel) and trainer.model.reference_model is not None  # live frozen reference
+    args = TrainingArguments(
+        str(tmp_path / "out"),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        logging_steps=1,
+    )
+    trainer = HafTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        args=args,
+        train_dataset=pairs_rows(8),
+        eval_dataset=pairs_rows(4, start=50),
+        processing_class=tokenizer,
+    )
+    assert (
+        isinstance(trainer.model, HybridRewardModel) and trainer.model.reference_model is not None
+    )  # live frozen reference
     trainer.train()
     assert trainer.state.global_step == 2
     assert "reward_loss" in next(entry for entry in trainer.state.log_history if "loss" in entry)
@@ -297,7 +467,9 @@ def test_trainer_constructed_like_trl(tiny_model_dir, tmp_path):
 # ---------------------------------------------------------------------------------------- trainer details
 
 
-@pytest.mark.parametrize("ratio, pairs, expected", [(0.03, 400, 3), (0.03, 2000, 15), (1.0, 40, 10), (0.0, 40, 0), (0.5, 3, 1)])
+@pytest.mark.parametrize(
+    "ratio, pairs, expected", [(0.03, 400, 3), (0.03, 2000, 15), (1.0, 40, 10), (0.0, 40, 0), (0.5, 3, 1)]
+)
 def test_warmup_is_a_step_count_from_the_ratio(ratio, pairs, expected):
     """ceil(ratio x optimiser steps), whatever the ratio: 1.0 warms up over the whole run, not for one step."""
     from hafrm.training import optimizer_steps, training_arguments
@@ -317,7 +489,9 @@ def test_logged_statistics_are_averaged_over_processes(tiny_model_dir, tmp_path,
     from hafrm import HafTrainer
 
     args = TrainingArguments(str(tmp_path / "out"), report_to="none", use_cpu=True)
-    trainer = HafTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), args=args, processing_class=tokenizer)
+    trainer = HafTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), args=args, processing_class=tokenizer
+    )
     trainer._train_stats["reward_loss"] += [1.0, 3.0]
     trainer.log({"loss": 1.0})
     assert trainer.state.log_history[-1]["reward_loss"] == pytest.approx(2.0)  # one process: its own mean
@@ -338,7 +512,10 @@ def test_private_trainer_methods_we_override_still_have_their_signatures():
     transformers renames them or changes their arguments."""
     from transformers import Trainer
 
-    expected = {"_save": ["self", "output_dir", "state_dict"], "_load_from_checkpoint": ["self", "resume_from_checkpoint", "model"],
-                "_load_best_model": ["self"]}
+    expected = {
+        "_save": ["self", "output_dir", "state_dict"],
+        "_load_from_checkpoint": ["self", "resume_from_checkpoint", "model"],
+        "_load_best_model": ["self"],
+    }
     for name, parameters in expected.items():
         assert list(inspect.signature(getattr(Trainer, name)).parameters) == parameters, name

@@ -44,7 +44,9 @@ def test_policy_losses_match_hand_values(kind, smoothing, expected):
 
 def test_simpo_applies_label_smoothing_like_trl_cpo():
     # TRL's CPOTrainer (loss_type="simpo"): z = beta * (logits - gamma / beta); (1 - eps) * nll(z) + eps * nll(-z)
-    loss = PolicyLoss("simpo", tau=2.0, simpo_gamma=0.5, label_smoothing=0.1)(torch.tensor([-2.0]), torch.tensor([-3.0]))
+    loss = PolicyLoss("simpo", tau=2.0, simpo_gamma=0.5, label_smoothing=0.1)(
+        torch.tensor([-2.0]), torch.tensor([-3.0])
+    )
     z = 2.0 * (1.0 - 0.5 / 2.0)
     assert loss.item() == pytest.approx(0.9 * nll(z) + 0.1 * nll(-z), rel=1e-6)
 

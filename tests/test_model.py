@@ -54,10 +54,19 @@ def test_logprob_chunk_keeps_logits_within_budget():
 def test_disable_dropout_zeroes_backbone_dropout_but_not_lora(tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2, attention_dropout=0.3)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attention_dropout=0.3,
+    )
     causal_lm = LlamaForCausalLM(config)
-    causal_lm.model.layers[0].mlp.act_fn = torch.nn.Sequential(causal_lm.model.layers[0].mlp.act_fn, torch.nn.Dropout(0.2))
+    causal_lm.model.layers[0].mlp.act_fn = torch.nn.Sequential(
+        causal_lm.model.layers[0].mlp.act_fn, torch.nn.Dropout(0.2)
+    )
     model = HybridRewardModel.from_causal_lm(causal_lm, LoraSettings(r=4, alpha=8, dropout=0.1))
     model.disable_dropout()
     attention = model.causal_lm.model.layers[0].self_attn
@@ -78,7 +87,11 @@ def test_rewards_do_not_depend_on_padding_side(hybrid, tokenizer, harmless_pairs
 
 
 def model_inputs(batch):
-    return {"input_ids": batch["input_ids"], "segment_ids": batch["segment_ids"], "position_ids": batch.get("position_ids")}
+    return {
+        "input_ids": batch["input_ids"],
+        "segment_ids": batch["segment_ids"],
+        "position_ids": batch.get("position_ids"),
+    }
 
 
 def _grads(model, method, tokenizer, pairs):
@@ -183,11 +196,19 @@ def _pair_outputs(model, tokenizer, pairs, share_prompt, method="haf"):
     return out, loss.detach(), grads
 
 
-def test_prompt_sharing_gives_the_same_rewards_logps_losses_and_gradients(tokenizer, harmless_pairs, attention, tiny_causal_lm):
+def test_prompt_sharing_gives_the_same_rewards_logps_losses_and_gradients(
+    tokenizer, harmless_pairs, attention, tiny_causal_lm
+):
     causal_lm = tiny_causal_lm(len(tokenizer))
     causal_lm.config._attn_implementation = attention
     model = HybridRewardModel.from_causal_lm(causal_lm)
-    pairs = harmless_pairs[:3] + [{"prompt": [{"role": "user", "content": "Hi"}], "chosen": "A much longer answer than the other one.", "rejected": "\n\nNo."}]
+    pairs = harmless_pairs[:3] + [
+        {
+            "prompt": [{"role": "user", "content": "Hi"}],
+            "chosen": "A much longer answer than the other one.",
+            "rejected": "\n\nNo.",
+        }
+    ]
     shared_batch = batch_for(tokenizer, pairs, share_prompt=True, max_length=128)
     separate_batch = batch_for(tokenizer, pairs, share_prompt=False, max_length=128)
     assert shared_batch["input_ids"].numel() < separate_batch["input_ids"].numel()  # the prompt is there once
@@ -199,7 +220,9 @@ def test_prompt_sharing_gives_the_same_rewards_logps_losses_and_gradients(tokeni
     torch.testing.assert_close(shared_loss, separate_loss, rtol=1e-5, atol=1e-6)
     assert shared_grads.keys() == separate_grads.keys()
     for name in shared_grads:
-        scale = separate_grads[name].abs().max().item()  # sums in another order: tolerate fp32 rounding of the largest entry
+        scale = (
+            separate_grads[name].abs().max().item()
+        )  # sums in another order: tolerate fp32 rounding of the largest entry
         torch.testing.assert_close(shared_grads[name], separate_grads[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
 
 

@@ -14,7 +14,10 @@ import torch
 
 from hafrm.portable import make_portable
 
-MESSAGES = [{"role": "user", "content": "How do I detail a car?"}, {"role": "assistant", "content": "\n\n  Wash it, then wax it."}]
+MESSAGES = [
+    {"role": "user", "content": "How do I detail a car?"},
+    {"role": "assistant", "content": "\n\n  Wash it, then wax it."},
+]
 
 
 def tiny_reward_model(vocab_size: int, pad_token_id: int, rope_parameters: dict | None = None):
@@ -22,8 +25,17 @@ def tiny_reward_model(vocab_size: int, pad_token_id: int, rope_parameters: dict 
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=1024, num_labels=1, pad_token_id=pad_token_id, bos_token_id=1, eos_token_id=2,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        num_labels=1,
+        pad_token_id=pad_token_id,
+        bos_token_id=1,
+        eos_token_id=2,
         rope_parameters=rope_parameters or {"rope_type": "default", "rope_theta": 100000.0},
     )
     return LlamaForSequenceClassification(config).float().eval()
@@ -81,12 +93,20 @@ def test_transformers5_reads_the_folder_as_before(exported, tmp_path, tokenizer)
     original = tmp_path / "original"
     shutil.copytree(exported, original)
     make_portable(exported)
-    texts = [tokenizer.apply_chat_template(MESSAGES, tokenize=False), tokenizer.apply_chat_template(MESSAGES[:1] + [{"role": "assistant", "content": "Hi"}], tokenize=False)]
+    texts = [
+        tokenizer.apply_chat_template(MESSAGES, tokenize=False),
+        tokenizer.apply_chat_template(MESSAGES[:1] + [{"role": "assistant", "content": "Hi"}], tokenize=False),
+    ]
     assert torch.equal(logits(exported, texts), logits(original, texts))
     old, new = AutoTokenizer.from_pretrained(original), AutoTokenizer.from_pretrained(exported)
     assert new(texts).input_ids == old(texts).input_ids
     assert new.apply_chat_template(MESSAGES) == old.apply_chat_template(MESSAGES)
-    assert (new.pad_token, new.pad_token_id, new.padding_side, new.all_special_tokens) == (old.pad_token, old.pad_token_id, old.padding_side, old.all_special_tokens)
+    assert (new.pad_token, new.pad_token_id, new.padding_side, new.all_special_tokens) == (
+        old.pad_token,
+        old.pad_token_id,
+        old.padding_side,
+        old.all_special_tokens,
+    )
     assert new.model_input_names == old.model_input_names
 
 
@@ -111,7 +131,14 @@ def test_pipeline_returns_the_raw_reward(exported, tokenizer):
 def test_scaled_rope_is_written_as_rope_scaling(tmp_path, tokenizer):
     from transformers import AutoConfig
 
-    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 256}
+    rope = {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 256,
+    }
     folder = tmp_path / "llama3"
     tiny_reward_model(len(tokenizer), tokenizer.pad_token_id, dict(rope)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -47,7 +47,10 @@ def test_mcnemar_p_matches_the_binomial_tail_by_hand():
 
 
 def test_report_table_mean_and_spread():
-    results = [RunResult("haf", seed, "hh-harmless", {"hh-harmless": {"reward_accuracy": acc}}, [], "") for seed, acc in ((0, 0.6), (1, 0.7))]
+    results = [
+        RunResult("haf", seed, "hh-harmless", {"hh-harmless": {"reward_accuracy": acc}}, [], "")
+        for seed, acc in ((0, 0.6), (1, 0.7))
+    ]
     table = accuracy_table(results)
     assert "| HH-Harmless | haf | reward head | 65.0 ± 7.1 |" in table
     assert mean_spread([0.5]) == "50.0"
@@ -68,10 +71,36 @@ def test_beaver_safe_tests_on_its_local_test_file_and_trains_on_all_of_the_sampl
     assert len(load_named("beaver-safe", "test", SHARED_DATA)[0]) == 5135
 
 
-def report_args(tiny_model_dir, output, methods="baseline,haf", seeds="0", protocol="ood-external", data_root=SHARED_DATA):
-    return ["report", "--protocol", protocol, "--datasets", "hh-harmless", "--methods", methods, "--seeds", seeds,
-            "--data-root", str(data_root), "--train-pairs", "8", "--test-pairs", "8", "--output", str(output),
-            "--model", str(tiny_model_dir), "--max-length", "64", "--batch-size", "4", "--micro-batch-size", "4"]
+def report_args(
+    tiny_model_dir, output, methods="baseline,haf", seeds="0", protocol="ood-external", data_root=SHARED_DATA
+):
+    return [
+        "report",
+        "--protocol",
+        protocol,
+        "--datasets",
+        "hh-harmless",
+        "--methods",
+        methods,
+        "--seeds",
+        seeds,
+        "--data-root",
+        str(data_root),
+        "--train-pairs",
+        "8",
+        "--test-pairs",
+        "8",
+        "--output",
+        str(output),
+        "--model",
+        str(tiny_model_dir),
+        "--max-length",
+        "64",
+        "--batch-size",
+        "4",
+        "--micro-batch-size",
+        "4",
+    ]
 
 
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data not present")
@@ -88,7 +117,10 @@ def test_report_command_end_to_end(tiny_model_dir, tmp_path):
     baseline_right = scores["baseline"]["chosen_rewards"] > scores["baseline"]["rejected_rewards"]
     haf_right = scores["haf"]["chosen_implicit"] > scores["haf"]["rejected_implicit"]
     better, worse = int((haf_right & ~baseline_right).sum()), int((~haf_right & baseline_right).sum())
-    assert f"| HH-Harmless | 0 | HH-Harmless | haf | implicit | 8 | {better} | {worse} | {mcnemar_p(better, worse):.2g} |" in report
+    assert (
+        f"| HH-Harmless | 0 | HH-Harmless | haf | implicit | 8 | {better} | {worse} | {mcnemar_p(better, worse):.2g} |"
+        in report
+    )
 
 
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data not present")
@@ -96,11 +128,27 @@ def test_report_merges_seeds_run_apart(tiny_model_dir, tmp_path):
     assert main(report_args(tiny_model_dir, tmp_path / "seed0", "baseline", "0")) == 0
     assert main(report_args(tiny_model_dir, tmp_path / "seed1", "baseline", "1")) == 0
     per_seed = [json.loads((tmp_path / f"seed{s}" / "results.json").read_text())[0] for s in (0, 1)]
-    assert main(["report", "--merge", str(tmp_path / "seed0"), str(tmp_path / "seed1"), "--output", str(tmp_path / "merged")]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--merge",
+                str(tmp_path / "seed0"),
+                str(tmp_path / "seed1"),
+                "--output",
+                str(tmp_path / "merged"),
+            ]
+        )
+        == 0
+    )
     merged = json.loads((tmp_path / "merged" / "results.json").read_text())
     assert [r["seed"] for r in merged] == [0, 1]
     accuracies = [r["test_metrics"]["hh-harmless"]["reward_accuracy"] for r in per_seed]
-    row = next(line for line in (tmp_path / "merged" / "report.md").read_text().splitlines() if line.startswith("| HH-Harmless | baseline | reward head |"))
+    row = next(
+        line
+        for line in (tmp_path / "merged" / "report.md").read_text().splitlines()
+        if line.startswith("| HH-Harmless | baseline | reward head |")
+    )
     assert row.split(" | ")[3] == mean_spread(accuracies)
     assert "±" in row
 

@@ -18,10 +18,28 @@ from hafrm.data import DataError, load_pairs
 from hafrm.defaults import DEFAULT_EVAL_DATA, DEFAULT_TRAIN_DATA
 
 text = st.one_of(st.text(max_size=40), st.just(""), st.just("x" * 20_000))
-value = st.one_of(text, st.none(), st.integers(), st.floats(allow_nan=True), st.lists(st.text(max_size=5), max_size=3),
-                  st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant"]), "content": text}), max_size=3))
-row = st.dictionaries(st.sampled_from(["prompt", "chosen", "rejected", "margin", "subset", "extra", "response_0", "response_1", "safer_response_id"]), value, max_size=7)
-line = st.one_of(row.map(lambda r: json.dumps(r).encode()), st.binary(max_size=60), st.just(b"\xff\xfe{}"), st.just(b"[1, 2]"), st.just(b'{"prompt": "p", "chosen": "a", "rejected": "a"}'))
+value = st.one_of(
+    text,
+    st.none(),
+    st.integers(),
+    st.floats(allow_nan=True),
+    st.lists(st.text(max_size=5), max_size=3),
+    st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant"]), "content": text}), max_size=3),
+)
+row = st.dictionaries(
+    st.sampled_from(
+        ["prompt", "chosen", "rejected", "margin", "subset", "extra", "response_0", "response_1", "safer_response_id"]
+    ),
+    value,
+    max_size=7,
+)
+line = st.one_of(
+    row.map(lambda r: json.dumps(r).encode()),
+    st.binary(max_size=60),
+    st.just(b"\xff\xfe{}"),
+    st.just(b"[1, 2]"),
+    st.just(b'{"prompt": "p", "chosen": "a", "rejected": "a"}'),
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -45,9 +63,28 @@ def test_every_row_is_used_or_counted(tmp_path, lines):
 
 def run_args(model_dir, output_dir, *extra):
     return [
-        "train", "--model", str(model_dir), "--train-data", str(DEFAULT_TRAIN_DATA), "--eval-data", str(DEFAULT_EVAL_DATA),
-        "--max-train-pairs", "24", "--max-eval-pairs", "8", "--max-length", "48", "--batch-size", "4", "--micro-batch-size", "2",
-        "--learning-rate", "1e-3", "--output-dir", str(output_dir), *extra,
+        "train",
+        "--model",
+        str(model_dir),
+        "--train-data",
+        str(DEFAULT_TRAIN_DATA),
+        "--eval-data",
+        str(DEFAULT_EVAL_DATA),
+        "--max-train-pairs",
+        "24",
+        "--max-eval-pairs",
+        "8",
+        "--max-length",
+        "48",
+        "--batch-size",
+        "4",
+        "--micro-batch-size",
+        "2",
+        "--learning-rate",
+        "1e-3",
+        "--output-dir",
+        str(output_dir),
+        *extra,
     ]
 
 
@@ -72,7 +109,16 @@ def test_nan_loss_stops_with_the_step(tokenizer, tmp_path, capsys, tiny_causal_l
 
 
 def test_sigkill_then_resume_matches_uninterrupted_run(tiny_model_dir, tmp_path):
-    common = ["--max-steps", "12", "--save-steps", "1", "--save-total-limit", "3", "--eval-data", str(DEFAULT_EVAL_DATA)]
+    common = [
+        "--max-steps",
+        "12",
+        "--save-steps",
+        "1",
+        "--save-total-limit",
+        "3",
+        "--eval-data",
+        str(DEFAULT_EVAL_DATA),
+    ]
     assert main(run_args(tiny_model_dir, tmp_path / "whole", *common)) == 0
     interrupted = tmp_path / "interrupted"
     command = [sys.executable, "-m", "hafrm.cli"] + run_args(tiny_model_dir, interrupted, *common)

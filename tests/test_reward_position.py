@@ -32,7 +32,9 @@ def base_tokenizer_folder(folder):
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     corpus = ["Human: How do I keep bread fresh? Assistant: Keep it in a paper bag. Wrap it tightly."] * 20
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tokenizer.train_from_iterator(corpus, trainer)
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>").save_pretrained(folder)
     return folder
@@ -40,8 +42,18 @@ def base_tokenizer_folder(folder):
 
 def tiny_llama(vocab_size: int, pad_token_id: int | None, seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=512, pad_token_id=pad_token_id, bos_token_id=0, eos_token_id=1)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=pad_token_id,
+        bos_token_id=0,
+        eos_token_id=1,
+    )
     return LlamaForCausalLM(config).float()
 
 
@@ -64,8 +76,13 @@ def exported(request, tmp_path_factory, default_model_dir):
 def training_rewards(model, tokenizer, padding_side: str) -> torch.Tensor:
     """Rewards as training computes them: pairs (each response against the next) in one padded batch."""
     encoder = PairEncoder(tokenizer, 128)
-    pairs = [{"prompt": PROMPT, "chosen": RESPONSES[i], "rejected": RESPONSES[(i + 1) % len(RESPONSES)]} for i in range(len(RESPONSES))]
-    batch = PairCollator(tokenizer.pad_token_id, padding_side, share_prompt=False)([encoder.encode_pair(p) for p in pairs])
+    pairs = [
+        {"prompt": PROMPT, "chosen": RESPONSES[i], "rejected": RESPONSES[(i + 1) % len(RESPONSES)]}
+        for i in range(len(RESPONSES))
+    ]
+    batch = PairCollator(tokenizer.pad_token_id, padding_side, share_prompt=False)(
+        [encoder.encode_pair(p) for p in pairs]
+    )
     with torch.no_grad():
         return model(batch["input_ids"], batch["segment_ids"], with_logps=False).rewards[: len(RESPONSES)]
 
@@ -84,18 +101,29 @@ def test_training_export_and_reload_read_the_same_token(exported):
     expected = training_rewards(model, tokenizer, "right")
     torch.testing.assert_close(training_rewards(model, tokenizer, "left"), expected, **TOLERANCE)
     reloaded = HybridRewardModel.from_pretrained(folder).eval()
-    torch.testing.assert_close(training_rewards(reloaded, load_tokenizer(str(folder / "policy")), "right"), expected, **TOLERANCE)
+    torch.testing.assert_close(
+        training_rewards(reloaded, load_tokenizer(str(folder / "policy")), "right"), expected, **TOLERANCE
+    )
     classifier = AutoModelForSequenceClassification.from_pretrained(folder / "reward_model").eval()
     assert classifier.config.problem_type == "regression"
     assert "Method: `baseline`" in (folder / "reward_model" / "README.md").read_text()
     encoder = PairEncoder(tokenizer, 128)
     for side in ("right", "left"):
-        batch = PairCollator(tokenizer.pad_token_id, side, share_prompt=False)([
-            {"chosen_input_ids": encoder.encode_single(PROMPT, r)["input_ids"], "rejected_input_ids": [1], "prompt_length": 0, "margin": 0.0}
-            for r in RESPONSES
-        ])
+        batch = PairCollator(tokenizer.pad_token_id, side, share_prompt=False)(
+            [
+                {
+                    "chosen_input_ids": encoder.encode_single(PROMPT, r)["input_ids"],
+                    "rejected_input_ids": [1],
+                    "prompt_length": 0,
+                    "margin": 0.0,
+                }
+                for r in RESPONSES
+            ]
+        )
         with torch.no_grad():
-            logits = classifier(input_ids=batch["input_ids"], attention_mask=(batch["segment_ids"] != 0).long()).logits[: len(RESPONSES), 0]
+            logits = classifier(input_ids=batch["input_ids"], attention_mask=(batch["segment_ids"] != 0).long()).logits[
+                : len(RESPONSES), 0
+            ]
         torch.testing.assert_close(logits, expected, **TOLERANCE)
 
 
@@ -107,8 +135,12 @@ def test_every_scoring_path_gives_the_training_reward(exported):
     texts = [encoder.conversation_text(PROMPT, r) for r in RESPONSES]
     prompt_text = encoder.prompt_text(PROMPT)
     eos, pad = tokenizer.eos_token, tokenizer.pad_token
-    at_eos = [t[: t.rindex(eos) + len(eos)] for t in texts]  # a rollout that stops at EOS, without the template's suffix
-    generated = [t[len(prompt_text) :].removesuffix(encoder.turn_end) for t in texts]  # what a policy writes after the prompt
+    at_eos = [
+        t[: t.rindex(eos) + len(eos)] for t in texts
+    ]  # a rollout that stops at EOS, without the template's suffix
+    generated = [
+        t[len(prompt_text) :].removesuffix(encoder.turn_end) for t in texts
+    ]  # what a policy writes after the prompt
     variants = {
         "messages": scorer.score([PROMPT] * len(RESPONSES), RESPONSES),
         "messages one by one": [scorer.score([PROMPT], [r], batch_size=1)[0] for r in RESPONSES],
@@ -117,11 +149,15 @@ def test_every_scoring_path_gives_the_training_reward(exported):
         "left-padded rollout (OpenRLHF)": scorer.score_ids([scorer.encode_text(eos * 3 + t) for t in at_eos]),
         "pad strings both sides": scorer.score_ids([scorer.encode_text(pad * 2 + t + pad * 4) for t in at_eos]),
         "right-padded with EOS": scorer.score_ids([scorer.encode_text(t + eos * 3) for t in at_eos]),
-        "TRL messages": reward_function(folder, max_length=128)([PROMPT] * len(RESPONSES), [[{"role": "assistant", "content": r}] for r in RESPONSES]),
+        "TRL messages": reward_function(folder, max_length=128)(
+            [PROMPT] * len(RESPONSES), [[{"role": "assistant", "content": r}] for r in RESPONSES]
+        ),
         "TRL formatted prompt": reward_function(folder, max_length=128)([prompt_text] * len(RESPONSES), generated),
     }
     if tokenizer.chat_template:
-        variants["TRL plain prompt"] = reward_function(folder, max_length=128)([PROMPT[0]["content"]] * len(RESPONSES), RESPONSES)
+        variants["TRL plain prompt"] = reward_function(folder, max_length=128)(
+            [PROMPT[0]["content"]] * len(RESPONSES), RESPONSES
+        )
     for name, rewards in variants.items():
         assert rewards == pytest.approx(expected, abs=1e-4), name
 

@@ -36,12 +36,33 @@ def test_online_rl_trainer_runs_with_hafrm_reward(reward_dir, tiny_model_dir, tm
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     reward = reward_function(reward_dir)
-    prompts = Dataset.from_list([{"prompt": [{"role": "user", "content": f"Tell me about topic {i}."}]} for i in range(4)])
-    args = Config(output_dir=str(tmp_path), per_device_train_batch_size=2, num_generations=2, max_completion_length=6,
-                      max_steps=1, use_cpu=True, report_to="none", logging_steps=1, save_strategy="no", bf16=False, gradient_checkpointing=False)
-    trainer = Trainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), reward_funcs=[reward], args=args, train_dataset=prompts, processing_class=tokenizer)
+    prompts = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": f"Tell me about topic {i}."}]} for i in range(4)]
+    )
+    args = Config(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        num_generations=2,
+        max_completion_length=6,
+        max_steps=1,
+        use_cpu=True,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        bf16=False,
+        gradient_checkpointing=False,
+    )
+    trainer = Trainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        reward_funcs=[reward],
+        args=args,
+        train_dataset=prompts,
+        processing_class=tokenizer,
+    )
     trainer.train()
-    logged = [entry for entry in trainer.state.log_history if any(k.startswith(f"rewards/{reward.__name__}") for k in entry)]
+    logged = [
+        entry for entry in trainer.state.log_history if any(k.startswith(f"rewards/{reward.__name__}") for k in entry)
+    ]
     assert logged, trainer.state.log_history
     value = next(v for k, v in logged[0].items() if k.startswith(f"rewards/{reward.__name__}") and k.endswith("mean"))
     assert math.isfinite(value) and value != 0.0

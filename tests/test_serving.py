@@ -22,7 +22,15 @@ from hafrm.serving import (
 )
 
 TOKEN = "s3cret"
-LIMITS = ServeLimits(max_items=8, max_chars=2000, max_body_bytes=50_000, max_batch_size=4, max_wait_ms=20, body_timeout=1.0, timeout_keep_alive=1.0)
+LIMITS = ServeLimits(
+    max_items=8,
+    max_chars=2000,
+    max_body_bytes=50_000,
+    max_batch_size=4,
+    max_wait_ms=20,
+    body_timeout=1.0,
+    timeout_keep_alive=1.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +72,12 @@ def running(app, limits: ServeLimits):
 @pytest.fixture(scope="module")
 def server(served_model, scorer):
     app = create_app(scorer, LIMITS, api_key=TOKEN, model_name=public_name(served_model))
-    with running(app, LIMITS) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client:
+    with (
+        running(app, LIMITS) as port,
+        httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+        ) as client,
+    ):
         yield client, scorer
 
 
@@ -90,17 +103,26 @@ def test_health_and_score_match_direct_scoring(server, served_model):
     health = client.get("/health")
     assert health.json() == {"status": "ok", "model": served_model.name}
     assert str(served_model.parent) not in health.text  # no absolute path for anyone to read
-    items = [{"prompt": "How do I bake bread?", "response": "Knead and bake."}, {"prompt": "Hi", "response": "Hello there"}]
+    items = [
+        {"prompt": "How do I bake bread?", "response": "Knead and bake."},
+        {"prompt": "Hi", "response": "Hello there"},
+    ]
     rewards = client.post("/score", json={"items": items}).json()["rewards"]
-    assert rewards == pytest.approx(scorer.score([i["prompt"] for i in items], [i["response"] for i in items]), rel=1e-5)
+    assert rewards == pytest.approx(
+        scorer.score([i["prompt"] for i in items], [i["response"] for i in items]), rel=1e-5
+    )
 
 
 def test_compare_and_openrlhf_endpoint(server):
     client, scorer = server
-    answer = client.post("/compare", json={"items": [{"prompt": "Hi", "response_a": "Hello!", "response_b": "Go away."}]}).json()
+    answer = client.post(
+        "/compare", json={"items": [{"prompt": "Hi", "response_a": "Hello!", "response_b": "Go away."}]}
+    ).json()
     a, b = answer["reward_a"][0], answer["reward_b"][0]
     assert answer["prob_a_preferred"][0] == pytest.approx(1 / (1 + pow(2.718281828459045, b - a)), rel=1e-6)
-    text = scorer.tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}], tokenize=False)
+    text = scorer.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}], tokenize=False
+    )
     openrlhf = client.post("/get_reward", json={"query": [text], "prompts": ["Hi"]}).json()
     assert openrlhf["rewards"] == pytest.approx([a], rel=1e-5) and openrlhf["scores"] == openrlhf["rewards"]
 
@@ -114,15 +136,29 @@ def test_every_endpoint_reads_the_reward_where_training_does(server):
     expected = scorer.score([prompt] * 2, responses)
     tokenizer = scorer.tokenizer
     eos, pad = tokenizer.eos_token, tokenizer.pad_token
-    texts = [tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": r}], tokenize=False) for r in responses]
+    texts = [
+        tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": r}], tokenize=False) for r in responses
+    ]
     at_eos = [t.removesuffix("\n") for t in texts]
     assert all(t.endswith(eos) for t in at_eos)
-    scored = client.post("/score", json={"items": [{"prompt": prompt, "response": r} for r in responses]}).json()["rewards"]
-    compared = client.post("/compare", json={"items": [{"prompt": prompt, "response_a": responses[0], "response_b": responses[1]}]}).json()
+    scored = client.post("/score", json={"items": [{"prompt": prompt, "response": r} for r in responses]}).json()[
+        "rewards"
+    ]
+    compared = client.post(
+        "/compare", json={"items": [{"prompt": prompt, "response_a": responses[0], "response_b": responses[1]}]}
+    ).json()
     assert scored == pytest.approx(expected, abs=1e-4)
     assert [compared["reward_a"][0], compared["reward_b"][0]] == pytest.approx(expected, abs=1e-4)
-    for queries in (texts, at_eos, [eos * 5 + t for t in at_eos], [pad * 3 + t + pad * 2 for t in at_eos], [t + eos * 4 for t in at_eos]):
-        assert client.post("/get_reward", json={"query": queries}).json()["rewards"] == pytest.approx(expected, abs=1e-4), queries
+    for queries in (
+        texts,
+        at_eos,
+        [eos * 5 + t for t in at_eos],
+        [pad * 3 + t + pad * 2 for t in at_eos],
+        [t + eos * 4 for t in at_eos],
+    ):
+        assert client.post("/get_reward", json={"query": queries}).json()["rewards"] == pytest.approx(
+            expected, abs=1e-4
+        ), queries
 
 
 def test_concurrent_requests_are_batched_and_answered_in_order(server):
@@ -192,7 +228,9 @@ def test_a_batch_that_fails_is_retried_request_by_request():
     async def scenario():
         batcher = DynamicBatcher(Scorer(), ServeLimits(max_batch_size=16, max_wait_ms=50))
         batcher.start()
-        outcomes = await asyncio.gather(batcher.score([[1], [2]]), batcher.score([[666]]), batcher.score([[3]]), return_exceptions=True)
+        outcomes = await asyncio.gather(
+            batcher.score([[1], [2]]), batcher.score([[666]]), batcher.score([[3]]), return_exceptions=True
+        )
         await batcher.stop()
         return outcomes
 
@@ -258,7 +296,11 @@ def test_token_is_checked_before_the_body_is_read(server):
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
 def test_bearer_scheme_is_case_insensitive(server, scheme):
     client, _ = server
-    answer = httpx.post(f"{client.base_url}/score", json={"items": [{"prompt": "q", "response": "r"}]}, headers={"Authorization": f"{scheme} {TOKEN}"})
+    answer = httpx.post(
+        f"{client.base_url}/score",
+        json={"items": [{"prompt": "q", "response": "r"}]},
+        headers={"Authorization": f"{scheme} {TOKEN}"},
+    )
     assert answer.status_code == 200
 
 
@@ -273,12 +315,18 @@ def test_bearer_token_is_required(server, authorization):
 def test_a_stalled_body_gets_408_and_the_connection_is_closed(server):
     port = server[0].base_url.port
     start = time.perf_counter()
-    answer = raw_exchange(port, head("/get_reward", "Content-Length: 100\r\n") + b'{"query": [', wait=LIMITS.body_timeout + 4)
+    answer = raw_exchange(
+        port, head("/get_reward", "Content-Length: 100\r\n") + b'{"query": [', wait=LIMITS.body_timeout + 4
+    )
     assert answer.startswith(b"HTTP/1.1 408")
     assert time.perf_counter() - start < LIMITS.body_timeout + 2  # closed by the server, not by our wait
 
 
-@pytest.mark.parametrize("sent", [b"", b"POST /score HTTP/1.1\r\nHost: x\r\n", b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"], ids=["silent", "slow-head", "kept-alive"])
+@pytest.mark.parametrize(
+    "sent",
+    [b"", b"POST /score HTTP/1.1\r\nHost: x\r\n", b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"],
+    ids=["silent", "slow-head", "kept-alive"],
+)
 def test_idle_and_slow_connections_are_closed(server, sent):
     port = server[0].base_url.port
     start = time.perf_counter()
@@ -290,8 +338,13 @@ def test_health_answers_while_a_large_request_is_tokenized(scorer):
     """Tokenization runs off the event loop: /health stays fast while a multi-megabyte request is prepared."""
     roomy = ServeLimits(max_items=64, max_chars=200_000, max_body_bytes=32 * 2**20, max_batch_size=4)
     text = "A long answer about bread and patience, sentence after sentence. " * 3000  # ~200k characters
-    with running(create_app(scorer, roomy), roomy) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-        big = threading.Thread(target=lambda: client.post("/get_reward", json={"query": [text] * 32}).raise_for_status())
+    with (
+        running(create_app(scorer, roomy), roomy) as port,
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client,
+    ):
+        big = threading.Thread(
+            target=lambda: client.post("/get_reward", json={"query": [text] * 32}).raise_for_status()
+        )
         latencies = []
         big.start()
         while big.is_alive():
@@ -332,7 +385,17 @@ def test_serve_refuses_an_open_service_by_accident(argv, env, message, monkeypat
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["--port", "99999"], ["--port", "0"], ["--max-batch-size", "0"], ["--max-items", "-1"], ["--body-timeout", "nan"], ["--max-length", "x"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--port", "99999"],
+        ["--port", "0"],
+        ["--max-batch-size", "0"],
+        ["--max-items", "-1"],
+        ["--body-timeout", "nan"],
+        ["--max-length", "x"],
+    ],
+)
 def test_serve_rejects_bad_numbers_with_one_error_line(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["serve", "no-such-model", *argv])
@@ -343,7 +406,12 @@ def test_serve_rejects_bad_numbers_with_one_error_line(argv, capsys):
 
 @pytest.mark.parametrize(
     "argv, env, api_key",
-    [(["--host", "0.0.0.0", "--no-auth"], {}, None), ([], {}, None), ([], {"HAFRM_API_KEY": "k"}, "k"), (["--host", "0.0.0.0", "--api-key", "k2"], {"HAFRM_API_KEY": "k"}, "k2")],
+    [
+        (["--host", "0.0.0.0", "--no-auth"], {}, None),
+        ([], {}, None),
+        ([], {"HAFRM_API_KEY": "k"}, "k"),
+        (["--host", "0.0.0.0", "--api-key", "k2"], {"HAFRM_API_KEY": "k"}, "k2"),
+    ],
 )
 def test_serve_starts_with_a_key_on_loopback_or_with_no_auth(argv, env, api_key, monkeypatch):
     import hafrm.serving
@@ -352,6 +420,10 @@ def test_serve_starts_with_a_key_on_loopback_or_with_no_auth(argv, env, api_key,
     monkeypatch.delenv("HAFRM_API_KEY", raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(hafrm.serving, "serve", lambda model_dir, host, port, key, limits, max_length: started.update(key=key, limits=limits))
+    monkeypatch.setattr(
+        hafrm.serving,
+        "serve",
+        lambda model_dir, host, port, key, limits, max_length: started.update(key=key, limits=limits),
+    )
     assert main(["serve", "model", "--body-timeout", "3", *argv]) == 0
     assert started["key"] == api_key and started["limits"].body_timeout == 3.0

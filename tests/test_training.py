@@ -17,9 +17,30 @@ from hafrm.training import train
 
 def tiny_args(model_dir, output_dir, *extra):
     return [
-        "train", "--model", str(model_dir), "--train-data", str(DEFAULT_TRAIN_DATA), "--eval-data", str(DEFAULT_EVAL_DATA),
-        "--max-train-pairs", "16", "--max-eval-pairs", "8", "--max-length", "64", "--batch-size", "4",
-        "--micro-batch-size", "2", "--learning-rate", "1e-3", "--output-dir", str(output_dir), "--logging-steps", "1", *extra,
+        "train",
+        "--model",
+        str(model_dir),
+        "--train-data",
+        str(DEFAULT_TRAIN_DATA),
+        "--eval-data",
+        str(DEFAULT_EVAL_DATA),
+        "--max-train-pairs",
+        "16",
+        "--max-eval-pairs",
+        "8",
+        "--max-length",
+        "64",
+        "--batch-size",
+        "4",
+        "--micro-batch-size",
+        "2",
+        "--learning-rate",
+        "1e-3",
+        "--output-dir",
+        str(output_dir),
+        "--logging-steps",
+        "1",
+        *extra,
     ]
 
 
@@ -31,7 +52,13 @@ def trained_haf(tiny_model_dir, tmp_path_factory):
 
 
 def test_train_writes_hf_formats_and_metrics(trained_haf):
-    for part in ("reward_model/config.json", "policy/config.json", "reward_head.safetensors", "hafrm.json", "eval_metrics.json"):
+    for part in (
+        "reward_model/config.json",
+        "policy/config.json",
+        "reward_head.safetensors",
+        "hafrm.json",
+        "eval_metrics.json",
+    ):
         assert (trained_haf / part).exists(), part
     metrics = json.loads((trained_haf / "eval_metrics.json").read_text())
     for key in ("eval_reward_accuracy", "eval_implicit_accuracy", "eval_combined_accuracy"):
@@ -53,7 +80,10 @@ def test_standalone_eval_matches_trainer_eval(trained_haf, harmless_pairs):
 
 
 def test_score_cli_uses_saved_sequence_classifier(trained_haf, tmp_path, capsys, write_jsonl):
-    rows = [{"prompt": "How do I bake bread?", "response": "Mix flour, water, yeast; knead; bake."}, {"prompt": "Hi", "response": "Hello"}]
+    rows = [
+        {"prompt": "How do I bake bread?", "response": "Mix flour, water, yeast; knead; bake."},
+        {"prompt": "Hi", "response": "Hello"},
+    ]
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     assert main(["score", str(trained_haf), "--input", str(source), "--output", str(tmp_path / "out.jsonl")]) == 0
     scored = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
@@ -63,7 +93,21 @@ def test_score_cli_uses_saved_sequence_classifier(trained_haf, tmp_path, capsys,
 
 
 def test_eval_cli_reports_each_data_set(trained_haf, tmp_path, capsys):
-    assert main(["eval", str(trained_haf), "--data", f"harmless={DEFAULT_EVAL_DATA}", "--max-pairs", "4", "--output", str(tmp_path / "r.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(trained_haf),
+                "--data",
+                f"harmless={DEFAULT_EVAL_DATA}",
+                "--max-pairs",
+                "4",
+                "--output",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 0
+    )
     results = json.loads((tmp_path / "r.json").read_text())
     assert results["harmless"]["pairs"] == 4 and "implicit_accuracy" in results["harmless"]
 
@@ -91,8 +135,31 @@ def test_response_scores_match_pair_scores_for_every_head(trained_haf):
 def test_best_of_n_cli_selector_equal_to_judge_always_agrees(trained_haf, tmp_path, capsys):
     output = tmp_path / "best-of-n.json"
     spec = f"{trained_haf}@reward"
-    assert main(["best-of-n", "--prompts", str(DEFAULT_EVAL_DATA), "--num-prompts", "3", "--n", "3", "--max-new-tokens", "6",
-                 "--policy", str(trained_haf), "--selector", spec, f"{trained_haf}@combined", "--judge", spec, "--output", str(output)]) == 0
+    assert (
+        main(
+            [
+                "best-of-n",
+                "--prompts",
+                str(DEFAULT_EVAL_DATA),
+                "--num-prompts",
+                "3",
+                "--n",
+                "3",
+                "--max-new-tokens",
+                "6",
+                "--policy",
+                str(trained_haf),
+                "--selector",
+                spec,
+                f"{trained_haf}@combined",
+                "--judge",
+                spec,
+                "--output",
+                str(output),
+            ]
+        )
+        == 0
+    )
     result = json.loads(output.read_text())
     assert result["selectors"][spec] == {"top1_recall": 1.0, "top2_recall": 1.0}
     assert result["policy"].endswith("policy") and result["chance"]["top1_recall"] == pytest.approx(1 / 3)
@@ -161,15 +228,33 @@ def test_frozen_trunk_cache_gives_the_same_model_as_computing_the_trunk(tiny_mod
     """freeze_layers trains only the top layers and heads; replaying the cached trunk changes no number."""
     from safetensors.torch import load_file
 
-    data = write_jsonl(tmp_path / "pairs.jsonl", [
-        {"prompt": f"Question {i}?", "chosen": f"A careful answer number {i}.", "rejected": f"No {i}."} for i in range(16)
-    ])
+    data = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            {"prompt": f"Question {i}?", "chosen": f"A careful answer number {i}.", "rejected": f"No {i}."}
+            for i in range(16)
+        ],
+    )
     results = {}
     for cache in (True, False):
-        config = TrainConfig(model=str(tiny_model_dir), method="haf", train_data=str(data), eval_fraction=0.25, max_length=64,
-                             batch_size=4, micro_batch_size=2, max_steps=3, learning_rate=1e-3, freeze_layers=1, trunk_cache=cache,
-                             output_dir=str(tmp_path / f"cache-{cache}"))
-        results[cache] = (train(config).metrics, load_file(tmp_path / f"cache-{cache}" / "reward_model" / "model.safetensors"))
+        config = TrainConfig(
+            model=str(tiny_model_dir),
+            method="haf",
+            train_data=str(data),
+            eval_fraction=0.25,
+            max_length=64,
+            batch_size=4,
+            micro_batch_size=2,
+            max_steps=3,
+            learning_rate=1e-3,
+            freeze_layers=1,
+            trunk_cache=cache,
+            output_dir=str(tmp_path / f"cache-{cache}"),
+        )
+        results[cache] = (
+            train(config).metrics,
+            load_file(tmp_path / f"cache-{cache}" / "reward_model" / "model.safetensors"),
+        )
     (metrics_cached, weights_cached), (metrics_live, weights_live) = results[True], results[False]
     assert metrics_cached["eval_reward_accuracy"] == metrics_live["eval_reward_accuracy"]
     assert metrics_cached["eval_loss"] == pytest.approx(metrics_live["eval_loss"], rel=1e-5)
@@ -177,18 +262,35 @@ def test_frozen_trunk_cache_gives_the_same_model_as_computing_the_trunk(tiny_mod
     for name, tensor in weights_cached.items():
         torch.testing.assert_close(tensor, weights_live[name], rtol=1e-5, atol=1e-6, msg=name)
     # the frozen trunk (embeddings, layer 0) is the base model's; the top layer and the head moved
-    torch.testing.assert_close(weights_cached["model.layers.0.mlp.up_proj.weight"], base["model.layers.0.mlp.up_proj.weight"])
+    torch.testing.assert_close(
+        weights_cached["model.layers.0.mlp.up_proj.weight"], base["model.layers.0.mlp.up_proj.weight"]
+    )
     torch.testing.assert_close(weights_cached["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
-    assert not torch.allclose(weights_cached["model.layers.1.mlp.up_proj.weight"], base["model.layers.1.mlp.up_proj.weight"])
+    assert not torch.allclose(
+        weights_cached["model.layers.1.mlp.up_proj.weight"], base["model.layers.1.mlp.up_proj.weight"]
+    )
 
 
 def test_subset_during_training_full_eval_and_comparison_with_the_untrained_model(tiny_model_dir, tmp_path):
     from hafrm.data import load_pairs
 
     output = tmp_path / "run"
-    config = TrainConfig(model=str(tiny_model_dir), method="haf", train_data=str(DEFAULT_TRAIN_DATA), eval_data=str(DEFAULT_EVAL_DATA),
-                         max_train_pairs=8, max_eval_pairs=12, eval_during_training_pairs=4, compare_to_untrained=True,
-                         max_length=64, batch_size=4, micro_batch_size=2, learning_rate=1e-3, eval_steps=1, output_dir=str(output))
+    config = TrainConfig(
+        model=str(tiny_model_dir),
+        method="haf",
+        train_data=str(DEFAULT_TRAIN_DATA),
+        eval_data=str(DEFAULT_EVAL_DATA),
+        max_train_pairs=8,
+        max_eval_pairs=12,
+        eval_during_training_pairs=4,
+        compare_to_untrained=True,
+        max_length=64,
+        batch_size=4,
+        micro_batch_size=2,
+        learning_rate=1e-3,
+        eval_steps=1,
+        output_dir=str(output),
+    )
     metrics = train(config).metrics
     comparison = metrics["compared_to_untrained"]["reward"]
     assert comparison["pairs"] == 12  # the final evaluation and the comparison use the whole eval set
@@ -204,15 +306,39 @@ def test_named_eval_sets_evaluated_at_given_steps_with_per_pair_scores_kept(tiny
     from hafrm.evaluation import PairScores
     from hafrm.training import train
 
-    rows = [{"prompt": f"Question {i}?", "chosen": f"A careful answer number {i}.", "rejected": f"No {i}."} for i in range(12)]
-    config = TrainConfig(model=str(tiny_model_dir), method="haf", max_length=64, batch_size=2, micro_batch_size=2, max_steps=4,
-                         learning_rate=1e-3, eval_at_steps=[1, 4], keep_eval_scores=True, freeze_layers=1, output_dir=str(tmp_path / "run"))
+    rows = [
+        {"prompt": f"Question {i}?", "chosen": f"A careful answer number {i}.", "rejected": f"No {i}."}
+        for i in range(12)
+    ]
+    config = TrainConfig(
+        model=str(tiny_model_dir),
+        method="haf",
+        max_length=64,
+        batch_size=2,
+        micro_batch_size=2,
+        max_steps=4,
+        learning_rate=1e-3,
+        eval_at_steps=[1, 4],
+        keep_eval_scores=True,
+        freeze_layers=1,
+        output_dir=str(tmp_path / "run"),
+    )
     result = train(config, train_data=rows[:8], eval_data={"near": rows[8:], "far": rows[:3]})
     kept = sorted(p.name for p in (tmp_path / "run" / "eval-scores").glob("*.npz"))
-    assert kept == ["step-1-far.npz", "step-1-near.npz", "step-4-far.npz", "step-4-near.npz"]  # the last one is not redone
+    assert kept == [
+        "step-1-far.npz",
+        "step-1-near.npz",
+        "step-4-far.npz",
+        "step-4-near.npz",
+    ]  # the last one is not redone
     evaluations = [e for e in result.log_history if "eval_near_reward_accuracy" in e]
     assert [e["step"] for e in evaluations] == [1, 4]
-    assert result.metrics["eval_far_reward_accuracy"] == next(e for e in result.log_history if "eval_far_reward_accuracy" in e and e["step"] == 4)["eval_far_reward_accuracy"]
+    assert (
+        result.metrics["eval_far_reward_accuracy"]
+        == next(e for e in result.log_history if "eval_far_reward_accuracy" in e and e["step"] == 4)[
+            "eval_far_reward_accuracy"
+        ]
+    )
     scores = PairScores.load(tmp_path / "run" / "eval-scores" / "step-4-near.npz")
     assert len(scores.chosen_rewards) == 4 and not np.isnan(scores.chosen_implicit).any()
     assert scores.metrics()["reward_accuracy"] == pytest.approx(evaluations[-1]["eval_near_reward_accuracy"])

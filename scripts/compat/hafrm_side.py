@@ -1,9 +1,9 @@
 """The hafrm side of check_transformers4.sh; runs in the project's own environment (transformers 5.x).
 
-  hafrm_side.py export OUTPUT_DIR        export the default model (SmolLM2-135M-Instruct) with a fresh, seeded
-                                         reward head; reward_model/ is made portable (idempotent if export did)
-  hafrm_side.py rows REWARD_BENCH OUT    RewardBench rows (prompt/chosen/rejected/id) -> one prompt/response
-                                         row per (id, side), the input of `hafrm score`
+hafrm_side.py export OUTPUT_DIR        export the default model (SmolLM2-135M-Instruct) with a fresh, seeded
+                                       reward head; reward_model/ is made portable (idempotent if export did)
+hafrm_side.py rows REWARD_BENCH OUT    RewardBench rows (prompt/chosen/rejected/id) -> one prompt/response
+                                       row per (id, side), the input of `hafrm score`
 """
 
 from __future__ import annotations
@@ -27,9 +27,18 @@ def export(output_dir: Path) -> None:
     causal_lm = load_causal_lm(path, torch.float32)
     torch.manual_seed(0)
     # from_causal_lm took the pad id as its second argument before the pad rule moved to one place (issue 10).
-    extra = {"pad_token_id": tokenizer.pad_token_id} if "pad_token_id" in inspect.signature(HybridRewardModel.from_causal_lm).parameters else {}
+    extra = (
+        {"pad_token_id": tokenizer.pad_token_id}
+        if "pad_token_id" in inspect.signature(HybridRewardModel.from_causal_lm).parameters
+        else {}
+    )
     model = HybridRewardModel.from_causal_lm(causal_lm, **extra)
-    model.export(output_dir, tokenizer, {"base_model": "SmolLM2-135M-Instruct (hafrm default)", "note": "fresh reward head, seed 0"}, save_policy=False)
+    model.export(
+        output_dir,
+        tokenizer,
+        {"base_model": "SmolLM2-135M-Instruct (hafrm default)", "note": "fresh reward head, seed 0"},
+        save_policy=False,
+    )
     make_portable(output_dir / "reward_model")
 
 
@@ -39,7 +48,12 @@ def rows(source: Path, out: Path) -> None:
         if line.strip():
             row = json.loads(line)
             for side in ("chosen", "rejected"):
-                lines.append(json.dumps({"id": row["id"], "side": side, "prompt": row["prompt"], "response": row[side]}, ensure_ascii=False))
+                lines.append(
+                    json.dumps(
+                        {"id": row["id"], "side": side, "prompt": row["prompt"], "response": row[side]},
+                        ensure_ascii=False,
+                    )
+                )
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 LOWEST = {"transformers", "peft", "accelerate", "datasets", "numpy", "safetensors"}
 TORCH = "torch==2.13.0"

@@ -24,13 +24,12 @@ import argparse
 import json
 import sys
 
+import rewardbench
 import torch
 import transformers
 from datasets import Dataset
-from transformers import AutoTokenizer, BatchEncoding, pipeline
-
-import rewardbench
 from rewardbench.utils import check_tokenizer_chat_template, load_model_config, prepare_dialogue_from_tokenizer
+from transformers import AutoTokenizer, BatchEncoding, pipeline
 
 
 def cuda_to_model_device() -> None:
@@ -61,12 +60,16 @@ def main() -> int:
         print("the tokenizer has no chat template: RewardBench would need a FastChat template; not checked here")
         return 1
     raw = [json.loads(line) for line in open(args.rows, encoding="utf-8") if line.strip()]
-    dataset = Dataset.from_list(raw).map(prepare_dialogue_from_tokenizer, fn_kwargs={"tokenizer": tokenizer}, load_from_cache_file=False)
+    dataset = Dataset.from_list(raw).map(
+        prepare_dialogue_from_tokenizer, fn_kwargs={"tokenizer": tokenizer}, load_from_cache_file=False
+    )
 
     # --- model and pipeline: the "default" entry, non-quantized branch
     config = load_model_config(args.model_dir)
     assert config is rewardbench.REWARD_MODEL_CONFIG["default"], "expected RewardBench's default entry"
-    print(f"RewardBench config: model_builder={config['model_builder'].__qualname__}, pipeline_builder={config['pipeline_builder'].__name__} (quantized={config['quantized']} -> run as --not_quantized, float32)")
+    print(
+        f"RewardBench config: model_builder={config['model_builder'].__qualname__}, pipeline_builder={config['pipeline_builder'].__name__} (quantized={config['quantized']} -> run as --not_quantized, float32)"
+    )
     tokenizer.padding_side = "left"
     model = config["model_builder"](args.model_dir, device_map="auto", torch_dtype=torch.float32)
     reward_pipe = config["pipeline_builder"]("text-classification", model=model, tokenizer=tokenizer)
@@ -75,7 +78,14 @@ def main() -> int:
         reward_pipe.tokenizer.pad_token_id = reward_pipe.tokenizer.eos_token_id
     if reward_pipe.model.config.pad_token_id is None:
         reward_pipe.model.config.pad_token_id = reward_pipe.tokenizer.pad_token_id
-    kwargs = {"batch_size": args.batch_size, "truncation": False, "padding": True, "max_length": 512, "function_to_apply": "none", "return_token_type_ids": False}
+    kwargs = {
+        "batch_size": args.batch_size,
+        "truncation": False,
+        "padding": True,
+        "max_length": 512,
+        "function_to_apply": "none",
+        "return_token_type_ids": False,
+    }
     cuda_to_model_device()
 
     scores = {}
@@ -91,7 +101,9 @@ def main() -> int:
     first = dataset[0]
     plain_score = plain(first["text_chosen"])[0]["score"]
     plain_diff = abs(plain_score - scores[(first["id"], "chosen")])
-    print(f"pipeline('text-classification') default function_to_apply on row {first['id']} chosen: {plain_score:.6f} vs RewardBench {scores[(first['id'], 'chosen')]:.6f} (|diff| {plain_diff:.2e})")
+    print(
+        f"pipeline('text-classification') default function_to_apply on row {first['id']} chosen: {plain_score:.6f} vs RewardBench {scores[(first['id'], 'chosen')]:.6f} (|diff| {plain_diff:.2e})"
+    )
 
     # --- compare with hafrm score
     hafrm = {}
@@ -103,18 +115,28 @@ def main() -> int:
         print(f"row sets differ: {len(hafrm)} scored by hafrm, {len(scores)} by RewardBench")
         return 1
     worst_rows = []
-    print(f"{'id':>6} {'chosen hafrm':>13} {'chosen rb':>13} {'rejected hafrm':>15} {'rejected rb':>13} {'max |diff|':>11}")
+    print(
+        f"{'id':>6} {'chosen hafrm':>13} {'chosen rb':>13} {'rejected hafrm':>15} {'rejected rb':>13} {'max |diff|':>11}"
+    )
     for row in raw:
         key_c, key_r = (row["id"], "chosen"), (row["id"], "rejected")
         diff = max(abs(hafrm[key_c] - scores[key_c]), abs(hafrm[key_r] - scores[key_r]))
         worst_rows.append((diff, row["id"]))
         flag = "  <-- over tolerance" if diff > args.tolerance else ""
-        print(f"{row['id']:>6} {hafrm[key_c]:>13.6f} {scores[key_c]:>13.6f} {hafrm[key_r]:>15.6f} {scores[key_r]:>13.6f} {diff:>11.2e}{flag}")
+        print(
+            f"{row['id']:>6} {hafrm[key_c]:>13.6f} {scores[key_c]:>13.6f} {hafrm[key_r]:>15.6f} {scores[key_r]:>13.6f} {diff:>11.2e}{flag}"
+        )
     worst, worst_id = max(worst_rows)
     over = [row_id for diff, row_id in worst_rows if diff > args.tolerance]
-    agree = sum((hafrm[(r["id"], "chosen")] > hafrm[(r["id"], "rejected")]) == (scores[(r["id"], "chosen")] > scores[(r["id"], "rejected")]) for r in raw)
-    print(f"rows: {len(raw)} ({2 * len(raw)} texts); max |hafrm score - RewardBench 0.1.4| = {worst:.3e} (row {worst_id}); tolerance {args.tolerance:g}; "
-          f"over tolerance: {len(over)} {over}; same preference in {agree}/{len(raw)} rows")
+    agree = sum(
+        (hafrm[(r["id"], "chosen")] > hafrm[(r["id"], "rejected")])
+        == (scores[(r["id"], "chosen")] > scores[(r["id"], "rejected")])
+        for r in raw
+    )
+    print(
+        f"rows: {len(raw)} ({2 * len(raw)} texts); max |hafrm score - RewardBench 0.1.4| = {worst:.3e} (row {worst_id}); tolerance {args.tolerance:g}; "
+        f"over tolerance: {len(over)} {over}; same preference in {agree}/{len(raw)} rows"
+    )
     failed = bool(over) or plain_diff > args.tolerance
     print("FAILED" if failed else "OK: transformers 4.51 + RewardBench 0.1.4 read the export as hafrm does")
     return 1 if failed else 0

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hafrm import __version__
 from hafrm.config import TrainConfig
+from hafrm.curves import PROTOCOLS as CURVE_PROTOCOLS
 from hafrm.data.errors import DataError
 from hafrm.filechecks import check_writable_dir, check_writable_file
 
@@ -22,7 +23,11 @@ logger = logging.getLogger("hafrm")
 
 def _parse_value(kind):
     """An argparse type for a config field's annotation (optional, list and dict fields included)."""
-    options = [k for k in typing.get_args(kind) if k is not type(None)] if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union else [kind]
+    options = (
+        [k for k in typing.get_args(kind) if k is not type(None)]
+        if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union
+        else [kind]
+    )
     base = typing.get_origin(options[0]) or options[0]
     if base is dict:
         return json.loads
@@ -86,7 +91,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     )
     for alias in ALIASES.values():
         kind = hints.get(alias.target)
-        if alias.name in ("use_peft", "precompute_ref_log_probs"):  # TRL's booleans, spelled as HfArgumentParser reads them
+        if alias.name in (
+            "use_peft",
+            "precompute_ref_log_probs",
+        ):  # TRL's booleans, spelled as HfArgumentParser reads them
             options = dict(type=_text_to_bool, nargs="?", const=True, metavar="BOOL")
         elif alias.name == "gradient_accumulation_steps":
             options = dict(type=int, metavar="STEPS")
@@ -117,10 +125,14 @@ def command_train(args: argparse.Namespace) -> int:
 
     demo = not args.config and not given_options(args)
     if demo:
-        logger.info("No options given: the first-run demo (%s); any option or --config runs with the paper's defaults",
-                    ", ".join(f"{k}={v}" for k, v in DEMO_TRAINING.items()))
+        logger.info(
+            "No options given: the first-run demo (%s); any option or --config runs with the paper's defaults",
+            ", ".join(f"{k}={v}" for k, v in DEMO_TRAINING.items()),
+        )
     result = train(TrainConfig(**DEMO_TRAINING) if demo else config_from_args(args))
-    print(json.dumps({"output_dir": str(result.output_dir), "eval": result.metrics, "data": result.data_report}, indent=2))
+    print(
+        json.dumps({"output_dir": str(result.output_dir), "eval": result.metrics, "data": result.data_report}, indent=2)
+    )
     comparison = result.metrics.get("compared_to_untrained", {}).get("reward")
     if comparison:
         print(comparison_summary(comparison))
@@ -135,7 +147,13 @@ def comparison_summary(comparison: dict) -> str:
         return f"{value:.1f}% [{low:.1f}, {high:.1f}]"
 
     difference, low, high = (100 * v for v in comparison["difference"])
-    verdict = "the gain is clear of zero" if low > 0 else "the interval includes zero: no gain shown" if high >= 0 else "training made it worse"
+    verdict = (
+        "the gain is clear of zero"
+        if low > 0
+        else "the interval includes zero: no gain shown"
+        if high >= 0
+        else "training made it worse"
+    )
     return (
         f"Reward-head accuracy on {comparison['pairs']} held-out pairs (95% intervals):\n"
         f"  untrained:  {percent(comparison['before'])}\n"
@@ -147,6 +165,7 @@ def comparison_summary(comparison: dict) -> str:
 def command_eval(args: argparse.Namespace) -> int:
     from hafrm.data import load_pairs
     from hafrm.evaluation import load_trained, score_pairs
+    from hafrm.rewardbench import rewardbench_metrics
 
     if args.output:
         check_writable_file(args.output)
@@ -154,10 +173,17 @@ def command_eval(args: argparse.Namespace) -> int:
     results = {}
     for spec in args.data:
         name, _, source = spec.rpartition("=") if "=" in spec else (Path(spec).name, "", spec)
-        pairs, report = load_pairs(source, data_format=args.data_format, split=args.split, limit=args.max_pairs, on_error=args.on_bad_row)
+        pairs, report = load_pairs(
+            source, data_format=args.data_format, split=args.split, limit=args.max_pairs, on_error=args.on_bad_row
+        )
         scores, encode_report = score_pairs(loaded, pairs, args.max_length, args.batch_size)
         report.truncated += encode_report.truncated
-        results[name] = {**scores.metrics(), "pairs": len(pairs), "data": report.as_dict()}
+        results[name] = {
+            **scores.metrics(),
+            "pairs": len(pairs),
+            **rewardbench_metrics(scores),
+            "data": report.as_dict(),
+        }
     text = json.dumps(results, indent=2)
     if args.output:
         Path(args.output).write_text(text)
@@ -183,63 +209,66 @@ def command_score(args: argparse.Namespace) -> int:
 def command_report(args: argparse.Namespace) -> int:
     import shlex
 
-    from hafrm.protocols import ProtocolSettings, run_protocol, untested_sets
-    from hafrm.report import load_results, write_report
-
     command = "hafrm " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "hafrm report"
     check_writable_dir(args.output, "report folder")
-    if args.merge:
-        sources = ", ".join(f"`{d}` (its command is in `{d}/report.md`)" for d in args.merge)
-        print(write_report(load_results(args.merge), args.output, command, f"Runs merged from {sources}."))
-        return 0
     overrides = config_from_args(args).to_dict()
-    overrides["training_args"].setdefault("save_strategy", "no")  # report runs keep only the exported model
-    if not hasattr(args, "logging_steps"):
-        overrides["logging_steps"] = 1  # short CPU runs: log every step so the training curves have points
-    settings = ProtocolSettings(args.data_root, args.train_pairs, args.test_pairs, overrides, args.skip_unavailable)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    datasets = args.datasets.split(",")
-    results = run_protocol(args.protocol, datasets, args.methods.split(","), seeds, settings, args.output)
-    settings_text = (
-        f"Protocol `{args.protocol}` on {args.datasets} with methods {args.methods}, seeds {args.seeds}; "
-        f"training pairs per data set: {args.train_pairs or 'all'}, test pairs: {args.test_pairs or 'all'}; "
-        f"data: {args.data_root or 'Hugging Face hub'}."
+    datasets, methods, seeds = (
+        args.datasets.split(","),
+        args.methods.split(","),
+        [int(s) for s in args.seeds.split(",")],
     )
-    left_out = untested_sets(args.protocol, datasets, results)
-    if left_out:
-        settings_text += f" Not available, so not tested: {', '.join(left_out)}."
-    print(write_report(results, args.output, command, settings_text))
+    if args.protocol in CURVE_PROTOCOLS:
+        from hafrm.curves import CurveSettings, claim_report
+
+        settings = CurveSettings(
+            data_root=args.data_root or "",
+            steps=tuple(args.steps),
+            test_pairs=args.test_pairs or 1000,
+            overrides=overrides,
+        )
+        print(
+            claim_report(
+                args.protocol, datasets, methods, seeds, settings, args.output, command, args.alphas, args.merge
+            )
+        )
+    else:
+        from hafrm.protocols import ProtocolSettings, paper_report
+
+        settings = ProtocolSettings(
+            data_root=args.data_root,
+            train_pairs=args.train_pairs,
+            test_pairs=args.test_pairs,
+            overrides=overrides,
+            skip_unavailable=args.skip_unavailable,
+        )
+        print(paper_report(args.protocol, datasets, methods, seeds, settings, args.output, command, args.merge))
     return 0
 
 
 def command_best_of_n(args: argparse.Namespace) -> int:
-    import torch
-
-    from hafrm.bestofn import best_of_n, sample_responses, scorer_from_spec
+    from hafrm.bestofn import distinct_prompts, run_best_of_n
     from hafrm.data import load_pairs
-    from hafrm.pretrained import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 
     if args.output:
         check_writable_file(args.output)
     pairs, _ = load_pairs(args.prompts, data_format=args.data_format, split=args.split, on_error=args.on_bad_row)
-    prompts = list({json.dumps(p["prompt"]): p["prompt"] for p in pairs}.values())[: args.num_prompts]
-    policy_path = resolve_model_path(args.policy)
-    if (Path(policy_path) / "policy").is_dir():  # a hafrm output folder: sample from its own policy head
-        policy_path = str(Path(policy_path) / "policy")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    policy, tokenizer = load_causal_lm(policy_path, resolve_dtype("auto")).to(device).eval(), load_tokenizer(policy_path)
-    candidates = sample_responses(policy, tokenizer, prompts, args.n, args.max_new_tokens, args.temperature, args.seed)
-    judge = scorer_from_spec(args.judge, args.max_length, args.batch_size)
-    results = {"policy": policy_path, "judge": args.judge, "prompts": len(prompts), "n": args.n,
-               "chance": {f"top{k}_recall": k / args.n for k in (1, 2)}, "selectors": {}}
-    for spec in args.selector:
-        outcome = best_of_n(prompts, candidates, scorer_from_spec(spec, args.max_length, args.batch_size), judge)
-        results["selectors"][spec] = {k: v for k, v in outcome.items() if k != "picks"}
-    text = json.dumps(results, indent=2)
+    prompts = distinct_prompts(pairs, args.num_prompts)
+    results, candidates = run_best_of_n(
+        prompts,
+        args.policy,
+        args.selector,
+        args.judge,
+        args.n,
+        args.max_new_tokens,
+        args.temperature,
+        args.seed,
+        args.max_length,
+        args.batch_size,
+    )
     if args.output:
         samples = [{"prompt": p, "candidates": c} for p, c in zip(prompts, candidates)]
         Path(args.output).write_text(json.dumps({**results, "samples": samples}, indent=2, ensure_ascii=False))
-    print(text)
+    print(json.dumps(results, indent=2))
     return 0
 
 
@@ -254,7 +283,9 @@ def number_in_range(kind, low, high=None):
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"{text} is not a finite number")
         if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"{text} is out of range ({low} to {high})" if high is not None else f"{text} is below {low}")
+            raise argparse.ArgumentTypeError(
+                f"{text} is out of range ({low} to {high})" if high is not None else f"{text} is below {low}"
+            )
         return value
 
     return parse
@@ -265,17 +296,26 @@ def command_serve(args: argparse.Namespace) -> int:
 
     from hafrm.serving import ServeLimits, resolve_api_key, serve
 
-    api_key = resolve_api_key(args.api_key if args.api_key is not None else os.environ.get("HAFRM_API_KEY"), args.no_auth, args.host)
+    api_key = resolve_api_key(
+        args.api_key if args.api_key is not None else os.environ.get("HAFRM_API_KEY"), args.no_auth, args.host
+    )
     limits = ServeLimits(
-        max_items=args.max_items, max_chars=args.max_chars, max_body_bytes=args.max_body_bytes, max_batch_size=args.max_batch_size,
-        max_wait_ms=args.max_wait_ms, body_timeout=args.body_timeout, timeout_keep_alive=args.timeout_keep_alive,
+        max_items=args.max_items,
+        max_chars=args.max_chars,
+        max_body_bytes=args.max_body_bytes,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        body_timeout=args.body_timeout,
+        timeout_keep_alive=args.timeout_keep_alive,
     )
     serve(args.model_dir, args.host, args.port, api_key, limits, args.max_length)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hafrm", description="Train and use reward models with the Hybrid Alignment Framework (HAF-RM).")
+    parser = argparse.ArgumentParser(
+        prog="hafrm", description="Train and use reward models with the Hybrid Alignment Framework (HAF-RM)."
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--log-level", default="INFO")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -287,7 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="pairwise accuracy: reward head, implicit DPO reward, combined")
     evaluate.add_argument("model_dir")
-    evaluate.add_argument("--data", nargs="+", required=True, metavar="[NAME=]SOURCE", help="files, folders or hub names")
+    evaluate.add_argument(
+        "--data", nargs="+", required=True, metavar="[NAME=]SOURCE", help="files, folders or hub names"
+    )
     evaluate.add_argument("--data-format", default="auto")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--max-pairs", type=number_in_range(int, 1))
@@ -309,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.set_defaults(handler=command_score)
 
     serve = commands.add_parser(
-        "serve", help="HTTP reward service (also OpenRLHF's remote reward model API)",
+        "serve",
+        help="HTTP reward service (also OpenRLHF's remote reward model API)",
         description="Authentication: with an API key (--api-key or HAFRM_API_KEY) every path but /health needs "
         "'Authorization: Bearer KEY'. An empty key is refused. Without a key the service starts only on a loopback host "
         "(127.0.0.1, ::1, localhost); any other host needs a key or an explicit --no-auth.",
@@ -318,25 +361,46 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("model_dir")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=number_in_range(int, 1, 65535), default=8000)
-    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $HAFRM_API_KEY); an empty key is an error")
+    serve.add_argument(
+        "--api-key", help="require 'Authorization: Bearer KEY' (default: $HAFRM_API_KEY); an empty key is an error"
+    )
     serve.add_argument("--no-auth", action="store_true", help="serve a non-loopback host with no authentication")
     serve.add_argument("--max-length", type=positive, default=512, help="tokens per scored sequence")
     serve.add_argument("--max-items", type=positive, default=256, help="sequences per request")
     serve.add_argument("--max-chars", type=positive, default=100_000, help="characters per text")
     serve.add_argument("--max-body-bytes", type=positive, default=16 * 2**20)
     serve.add_argument("--max-batch-size", type=positive, default=16, help="sequences per forward pass")
-    serve.add_argument("--max-wait-ms", type=number_in_range(float, 0), default=10.0, help="how long a batch waits for more requests")
-    serve.add_argument("--body-timeout", type=number_in_range(float, 0.001), default=10.0,
-                       help="seconds to receive a request body, else 408 and the connection is closed")
-    serve.add_argument("--timeout-keep-alive", type=number_in_range(float, 0.001), default=5.0,
-                       help="seconds a connection (new or kept alive) may wait without sending a complete request head")
+    serve.add_argument(
+        "--max-wait-ms", type=number_in_range(float, 0), default=10.0, help="how long a batch waits for more requests"
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=number_in_range(float, 0.001),
+        default=10.0,
+        help="seconds to receive a request body, else 408 and the connection is closed",
+    )
+    serve.add_argument(
+        "--timeout-keep-alive",
+        type=number_in_range(float, 0.001),
+        default=5.0,
+        help="seconds a connection (new or kept alive) may wait without sending a complete request head",
+    )
     serve.set_defaults(handler=command_serve)
 
-    best = commands.add_parser("best-of-n", help="sample N responses per prompt, pick by reward models, score the picks against a judge")
+    best = commands.add_parser(
+        "best-of-n", help="sample N responses per prompt, pick by reward models, score the picks against a judge"
+    )
     best.add_argument("--prompts", required=True, help="pairs file, folder or hub name whose prompts are used")
-    best.add_argument("--selector", nargs="+", required=True, metavar="MODEL[@HEAD]",
-                      help="hafrm output folder (HEAD: reward, implicit or combined) or any sequence-classification reward model")
-    best.add_argument("--judge", required=True, metavar="MODEL[@HEAD]", help="the ranking the picks are checked against")
+    best.add_argument(
+        "--selector",
+        nargs="+",
+        required=True,
+        metavar="MODEL[@HEAD]",
+        help="hafrm output folder (HEAD: reward, implicit or combined) or any sequence-classification reward model",
+    )
+    best.add_argument(
+        "--judge", required=True, metavar="MODEL[@HEAD]", help="the ranking the picks are checked against"
+    )
     best.add_argument("--policy", help="causal LM or hafrm output folder to sample from (default: the embedded model)")
     best.add_argument("--n", type=number_in_range(int, 1), default=4)
     best.add_argument("--num-prompts", type=number_in_range(int, 1), default=50)
@@ -351,19 +415,49 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--output", help="also write the results with every sampled candidate as JSON")
     best.set_defaults(handler=command_best_of_n)
 
-    report = commands.add_parser("report", help="run a paper protocol for several methods and seeds; write a Markdown report with plots")
-    report.add_argument("--protocol", choices=("in-distribution", "mixed", "ood-internal", "ood-external"), default="in-distribution")
-    report.add_argument("--datasets", default="hh-harmless", help="comma-separated: beaver-safe, hh-harmless, alpaca-human-pref, chatbot-arena, hh-helpful")
+    report = commands.add_parser(
+        "report", help="run a paper protocol for several methods and seeds; write a Markdown report with plots"
+    )
+    report.add_argument(
+        "--protocol",
+        choices=("in-distribution", "mixed", "ood-internal", "ood-external", *CURVE_PROTOCOLS),
+        default="in-distribution",
+        help="the paper's tables, or the claim's learning curves and alpha sweep (prompt-disjoint splits of beaver-safe, hh-harmless, hh-helpful; needs --data-root)",
+    )
+    report.add_argument(
+        "--steps",
+        type=lambda text: [int(s) for s in text.split(",")],
+        default=[16, 32, 64, 128, 256],
+        help="learning-curve / alpha-sweep: optimiser steps at which every run is evaluated (the last is the run's length)",
+    )
+    report.add_argument(
+        "--alphas",
+        type=lambda text: [float(s) for s in text.split(",")],
+        help="alpha-sweep: the policy ratios (default 0,0.05,0.1,0.2,0.5,1,2)",
+    )
+    report.add_argument(
+        "--datasets",
+        default="hh-harmless",
+        help="comma-separated: beaver-safe, hh-harmless, alpaca-human-pref, chatbot-arena, hh-helpful",
+    )
     report.add_argument("--methods", default="baseline,dpo,haf")
     report.add_argument("--seeds", default="0,1")
     report.add_argument("--data-root", help="local copies in the layout of ../shared/data (default: the hub)")
     report.add_argument("--train-pairs", type=number_in_range(int, 1))
     report.add_argument("--test-pairs", type=number_in_range(int, 1))
-    report.add_argument("--skip-unavailable", action="store_true",
-                        help="leave out test sets that cannot be loaded (e.g. hub-only ones while offline) instead of stopping before training")
+    report.add_argument(
+        "--skip-unavailable",
+        action="store_true",
+        help="leave out test sets that cannot be loaded (e.g. hub-only ones while offline) instead of stopping before training",
+    )
     report.add_argument("--output", default="outputs/report")
     report.add_argument("--config", help="YAML of training options shared by every run")
-    report.add_argument("--merge", nargs="+", metavar="REPORT_DIR", help="train nothing: one report from the runs of earlier reports (e.g. seeds run apart)")
+    report.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="REPORT_DIR",
+        help="train nothing: one report from the runs of earlier reports (e.g. seeds run apart)",
+    )
     add_config_flags(report)
     report.set_defaults(handler=command_report)
     return parser

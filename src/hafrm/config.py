@@ -16,7 +16,8 @@ from pathlib import Path
 import yaml
 
 from hafrm.data.formats import ADAPTERS
-from hafrm.losses import METHODS, POLICY_LOSSES
+from hafrm.losses import METHODS, POLICY_LOSSES, HafObjective, PolicyLoss
+from hafrm.model import LoraSettings
 
 
 @dataclass
@@ -28,75 +29,216 @@ class TrainConfig:
     """
 
     # model
-    model: str | None = field(default=None, metadata={"help": "HF hub name or local model folder; unset: the embedded SmolLM2-135M-Instruct"})
-    lora: bool = field(default=False, metadata={"help": "train PEFT LoRA adapters on the backbone instead of all its weights"})
-    lora_r: int = field(default=64, metadata={"help": "LoRA rank (paper: 64 for Mistral-7B)"})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha (paper: 16)"})
-    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on LoRA inputs; on CPU it cost ~19% of a LoRA step (benchmarks/)"})
-    lora_target_modules: str | list[str] = field(
-        default="all-linear", metadata={"help": "modules LoRA adapts: 'all-linear' or comma-separated module names"}
+    model: str | None = field(
+        default=None, metadata={"help": "HF hub name or local model folder; unset: the embedded SmolLM2-135M-Instruct"}
     )
-    dtype: str = field(default="auto", metadata={"help": "weights dtype; auto: bf16 on a GPU that supports it, else fp32 (bf16 is ~25x slower on CPU); "
-                     "fp16: fp16 autocast over fp32 weights"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in the backward pass: less memory, one more forward pass of compute"})
-    disable_dropout: bool = field(default=True, metadata={"help": "zero the backbone's dropout, as TRL's reward and DPO trainers do by default"})
-    share_prompt: bool = field(default=True, metadata={"help": "one row per pair, [prompt | chosen | rejected]: the shared prompt is computed once"})
-    freeze_layers: int = field(default=0, metadata={"help": "freeze the embeddings and this many bottom layers; train the rest and both heads"})
-    trunk_cache: bool = field(default=True, metadata={"help": "with freeze_layers: compute the frozen trunk once per data set and model, then replay it"})
+    lora: bool = field(
+        default=False, metadata={"help": "train PEFT LoRA adapters on the backbone instead of all its weights"}
+    )
+    lora_r: int = field(default=LoraSettings.r, metadata={"help": "LoRA rank (paper: 64 for Mistral-7B)"})
+    lora_alpha: int = field(default=LoraSettings.alpha, metadata={"help": "LoRA scaling alpha (paper: 16)"})
+    lora_dropout: float = field(
+        default=LoraSettings.dropout,
+        metadata={"help": "dropout on LoRA inputs; on CPU it cost ~19% of a LoRA step (benchmarks/)"},
+    )
+    lora_target_modules: str | list[str] = field(
+        default=LoraSettings.target_modules,
+        metadata={"help": "modules LoRA adapts: 'all-linear' or comma-separated module names"},
+    )
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "weights dtype; auto: bf16 on a GPU that supports it, else fp32 (bf16 is ~25x slower on CPU); "
+            "fp16: fp16 autocast over fp32 weights"
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "recompute activations in the backward pass: less memory, one more forward pass of compute"},
+    )
+    disable_dropout: bool = field(
+        default=True, metadata={"help": "zero the backbone's dropout, as TRL's reward and DPO trainers do by default"}
+    )
+    share_prompt: bool = field(
+        default=True,
+        metadata={"help": "one row per pair, [prompt | chosen | rejected]: the shared prompt is computed once"},
+    )
+    freeze_layers: int = field(
+        default=0, metadata={"help": "freeze the embeddings and this many bottom layers; train the rest and both heads"}
+    )
+    trunk_cache: bool = field(
+        default=True,
+        metadata={"help": "with freeze_layers: compute the frozen trunk once per data set and model, then replay it"},
+    )
     # objective
-    method: str = field(default="haf", metadata={"help": "haf: reward + alpha * policy loss; baseline: Bradley-Terry reward loss only; dpo: policy loss only"})
-    alpha: float = field(default=0.2, metadata={"help": "weight of the policy loss in the haf objective"})
-    tau: float = field(default=0.1, metadata={"help": "DPO's beta: scale of the policy log-ratios in the policy loss and the implicit reward"})
-    policy_loss: str = field(default="sigmoid", metadata={"help": "policy loss: sigmoid (DPO), ipo, hinge (SLiC), robust (rDPO), simpo (reference-free)"})
-    label_smoothing: float = field(default=0.0, metadata={"help": "label-flip rate in [0, 0.5): cDPO for sigmoid (TRL 1.16 ignores it there), rDPO for robust, "
-                     "simpo as TRL's CPO; refused for ipo and hinge"})
-    simpo_gamma: float = field(default=0.5, metadata={"help": "SimPO's target reward margin gamma (policy_loss simpo only)"})
-    center_rewards_coef: float = field(default=0.0, metadata={"help": "weight of (r_chosen + r_rejected)^2 in the reward loss, keeping rewards centred at zero"})
-    use_margin: bool = field(default=False, metadata={"help": "subtract the data's 'margin' column from the reward difference in the Bradley-Terry loss"})
-    reference: str = field(default="precompute", metadata={"help": "reference log-probs: precompute (once, cached on disk) or live "
-                     "(LoRA: adapters off; full fine-tuning: a frozen copy)"})
+    method: str = field(
+        default=HafObjective.method,
+        metadata={
+            "help": "haf: reward + alpha * policy loss; baseline: Bradley-Terry reward loss only; dpo: policy loss only"
+        },
+    )
+    alpha: float = field(
+        default=HafObjective.alpha, metadata={"help": "weight of the policy loss in the haf objective"}
+    )
+    tau: float = field(
+        default=PolicyLoss.tau,
+        metadata={"help": "DPO's beta: scale of the policy log-ratios in the policy loss and the implicit reward"},
+    )
+    policy_loss: str = field(
+        default=PolicyLoss.kind,
+        metadata={"help": "policy loss: sigmoid (DPO), ipo, hinge (SLiC), robust (rDPO), simpo (reference-free)"},
+    )
+    label_smoothing: float = field(
+        default=PolicyLoss.label_smoothing,
+        metadata={
+            "help": "label-flip rate in [0, 0.5): cDPO for sigmoid (TRL 1.16 ignores it there), rDPO for robust, "
+            "simpo as TRL's CPO; refused for ipo and hinge"
+        },
+    )
+    simpo_gamma: float = field(
+        default=PolicyLoss.simpo_gamma, metadata={"help": "SimPO's target reward margin gamma (policy_loss simpo only)"}
+    )
+    center_rewards_coef: float = field(
+        default=HafObjective.center_rewards_coef,
+        metadata={"help": "weight of (r_chosen + r_rejected)^2 in the reward loss, keeping rewards centred at zero"},
+    )
+    use_margin: bool = field(
+        default=HafObjective.use_margin,
+        metadata={"help": "subtract the data's 'margin' column from the reward difference in the Bradley-Terry loss"},
+    )
+    reference: str = field(
+        default="precompute",
+        metadata={
+            "help": "reference log-probs: precompute (once, cached on disk) or live "
+            "(LoRA: adapters off; full fine-tuning: a frozen copy)"
+        },
+    )
     # data
-    train_data: str | None = field(default=None, metadata={"help": "training pairs: a file, a folder or a hub name owner/name[:config]; "
-                     "unset: the shipped HH-RLHF harmless sample"})
-    eval_data: str | None = field(default=None, metadata={"help": "evaluation pairs, as train_data; unset: eval_fraction of train_data (or the shipped test sample)"})
-    data_format: str = field(default="auto", metadata={"help": "schema of the data; auto: detected from each file's columns"})
-    column_map: dict[str, str] = field(default_factory=dict, metadata={"help": "rename columns before reading, as JSON, e.g. '{\"prompt\": \"question\"}'"})
-    eval_fraction: float = field(default=0.1, metadata={"help": "fraction of train_data held out for evaluation when no eval_data is given (0: none)"})
-    max_length: int = field(default=512, metadata={"help": "tokens per sequence; longer pairs lose prompt tokens from the left, the response end is kept"})
-    max_train_pairs: int | None = field(default=None, metadata={"help": "use at most this many training pairs (the first ones)"})
-    max_eval_pairs: int | None = field(default=None, metadata={"help": "cap on the eval set (every evaluation, the final one included)"})
-    eval_during_training_pairs: int | None = field(default=None, metadata={"help": "evaluations during training use a seeded sample this size; the final one uses the whole eval set"})
-    compare_to_untrained: bool = field(default=False, metadata={"help": "also evaluate the untrained model: accuracy before and after with 95% intervals "
-                     "and the paired difference"})
-    eval_at_steps: list[int] | None = field(default=None, metadata={"help": "evaluate (and checkpoint) at exactly these optimiser steps, e.g. 16,32,64,128,256 for a "
-                                                                  "learning curve; the last step's model is the result"})
-    keep_eval_scores: bool = field(default=False, metadata={"help": "keep every evaluation's per-pair scores in OUTPUT_DIR/eval-scores/step-N-NAME.npz, "
-                                                          "so statistics can be recomputed later"})
-    on_bad_row: str = field(default="error", metadata={"help": "a row that does not fit the schema: error (stop, naming file and line) or skip (count it)"})
+    train_data: str | None = field(
+        default=None,
+        metadata={
+            "help": "training pairs: a file, a folder or a hub name owner/name[:config]; "
+            "unset: the shipped HH-RLHF harmless sample"
+        },
+    )
+    eval_data: str | None = field(
+        default=None,
+        metadata={
+            "help": "evaluation pairs, as train_data; unset: eval_fraction of train_data (or the shipped test sample)"
+        },
+    )
+    data_format: str = field(
+        default="auto", metadata={"help": "schema of the data; auto: detected from each file's columns"}
+    )
+    column_map: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"help": 'rename columns before reading, as JSON, e.g. \'{"prompt": "question"}\''},
+    )
+    eval_fraction: float = field(
+        default=0.1,
+        metadata={"help": "fraction of train_data held out for evaluation when no eval_data is given (0: none)"},
+    )
+    max_length: int = field(
+        default=512,
+        metadata={
+            "help": "tokens per sequence; longer pairs lose prompt tokens from the left, the response end is kept"
+        },
+    )
+    max_train_pairs: int | None = field(
+        default=None, metadata={"help": "use at most this many training pairs (the first ones)"}
+    )
+    max_eval_pairs: int | None = field(
+        default=None, metadata={"help": "cap on the eval set (every evaluation, the final one included)"}
+    )
+    eval_during_training_pairs: int | None = field(
+        default=None,
+        metadata={
+            "help": "evaluations during training use a seeded sample this size; the final one uses the whole eval set"
+        },
+    )
+    compare_to_untrained: bool = field(
+        default=False,
+        metadata={
+            "help": "also evaluate the untrained model: accuracy before and after with 95% intervals "
+            "and the paired difference"
+        },
+    )
+    eval_at_steps: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "evaluate (and checkpoint) at exactly these optimiser steps, e.g. 16,32,64,128,256 for a "
+            "learning curve; the last step's model is the result"
+        },
+    )
+    keep_eval_scores: bool = field(
+        default=False,
+        metadata={
+            "help": "keep every evaluation's per-pair scores in OUTPUT_DIR/eval-scores/step-N-NAME.npz, "
+            "so statistics can be recomputed later"
+        },
+    )
+    on_bad_row: str = field(
+        default="error",
+        metadata={"help": "a row that does not fit the schema: error (stop, naming file and line) or skip (count it)"},
+    )
     # optimisation (AdamW)
     learning_rate: float = field(default=1e-5, metadata={"help": "peak AdamW learning rate (paper: 1e-5 to 3e-5)"})
-    batch_size: int = field(default=16, metadata={"help": "global pairs per optimiser step (gradient accumulation makes it up)"})
+    batch_size: int = field(
+        default=16, metadata={"help": "global pairs per optimiser step (gradient accumulation makes it up)"}
+    )
     micro_batch_size: int = field(default=4, metadata={"help": "pairs per device per forward pass"})
     epochs: float = field(default=1.0, metadata={"help": "passes over the training pairs (fractions allowed)"})
     max_steps: int = field(default=-1, metadata={"help": "optimiser steps to train for; -1: as many as epochs take"})
-    warmup_ratio: float = field(default=0.03, metadata={"help": "fraction of the optimiser steps spent warming the learning rate up linearly from 0"})
-    lr_scheduler: str = field(default="cosine", metadata={"help": "learning-rate schedule after warmup (any transformers scheduler)"})
+    warmup_ratio: float = field(
+        default=0.03,
+        metadata={"help": "fraction of the optimiser steps spent warming the learning rate up linearly from 0"},
+    )
+    lr_scheduler: str = field(
+        default="cosine", metadata={"help": "learning-rate schedule after warmup (any transformers scheduler)"}
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient norm to this (0: no clipping)"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, data order and the eval split"})
-    group_by_length: bool = field(default=True, metadata={"help": "batch pairs of similar length together (less padding)"})
+    group_by_length: bool = field(
+        default=True, metadata={"help": "batch pairs of similar length together (less padding)"}
+    )
     # bookkeeping
-    output_dir: str = field(default="outputs/hafrm", metadata={"help": "folder for checkpoints and the exported models"})
-    eval_steps: int | None = field(default=None, metadata={"help": "evaluate (and checkpoint) every this many steps; unset: once per epoch"})
-    save_steps: int | None = field(default=None, metadata={"help": "checkpoint every this many steps; unset: with each evaluation, or once per epoch"})
-    save_total_limit: int | None = field(default=2, metadata={"help": "keep at most this many checkpoints (the best one is always kept)"})
-    early_stopping_patience: int | None = field(default=None, metadata={"help": "stop after this many evaluations without a better eval accuracy; unset: never stop early"})
+    output_dir: str = field(
+        default="outputs/hafrm", metadata={"help": "folder for checkpoints and the exported models"}
+    )
+    eval_steps: int | None = field(
+        default=None, metadata={"help": "evaluate (and checkpoint) every this many steps; unset: once per epoch"}
+    )
+    save_steps: int | None = field(
+        default=None,
+        metadata={"help": "checkpoint every this many steps; unset: with each evaluation, or once per epoch"},
+    )
+    save_total_limit: int | None = field(
+        default=2, metadata={"help": "keep at most this many checkpoints (the best one is always kept)"}
+    )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={"help": "stop after this many evaluations without a better eval accuracy; unset: never stop early"},
+    )
     logging_steps: int = field(default=5, metadata={"help": "log the loss and reward statistics every this many steps"})
-    report_to: str | list[str] = field(default="none", metadata={"help": "experiment trackers, comma-separated: tensorboard, wandb, mlflow, ... (any transformers one)"})
+    report_to: str | list[str] = field(
+        default="none",
+        metadata={
+            "help": "experiment trackers, comma-separated: tensorboard, wandb, mlflow, ... (any transformers one)"
+        },
+    )
     run_name: str | None = field(default=None, metadata={"help": "run name shown by the trackers"})
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint folder to resume from, or auto: the newest readable one in output_dir"})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "replace a finished or checkpointed run in output_dir (else refused)"})
-    training_args: dict = field(default_factory=dict, metadata={"help": "any other transformers.TrainingArguments, as JSON, e.g. '{\"deepspeed\": \"ds.json\"}'"})
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "a checkpoint folder to resume from, or auto: the newest readable one in output_dir"},
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "replace a finished or checkpointed run in output_dir (else refused)"}
+    )
+    training_args: dict = field(
+        default_factory=dict,
+        metadata={"help": 'any other transformers.TrainingArguments, as JSON, e.g. \'{"deepspeed": "ds.json"}\''},
+    )
 
     def __post_init__(self):
         for name in self.field_names():
@@ -104,7 +246,9 @@ class TrainConfig:
         if self.freeze_layers and self.lora:
             raise ValueError("freeze_layers trains the top layers in full; it does not combine with lora")
         if self.batch_size % self.micro_batch_size:
-            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})")
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})"
+            )
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -160,8 +304,16 @@ class TrainConfig:
         """The training objective these settings describe (losses.HafObjective)."""
         from hafrm.losses import HafObjective, PolicyLoss
 
-        policy = PolicyLoss(kind=self.policy_loss, tau=self.tau, label_smoothing=self.label_smoothing, simpo_gamma=self.simpo_gamma)
-        return HafObjective(method=self.method, alpha=self.alpha, policy_loss=policy, center_rewards_coef=self.center_rewards_coef, use_margin=self.use_margin)
+        policy = PolicyLoss(
+            kind=self.policy_loss, tau=self.tau, label_smoothing=self.label_smoothing, simpo_gamma=self.simpo_gamma
+        )
+        return HafObjective(
+            method=self.method,
+            alpha=self.alpha,
+            policy_loss=policy,
+            center_rewards_coef=self.center_rewards_coef,
+            use_margin=self.use_margin,
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -189,8 +341,18 @@ def _at_least(low, text: str | None = None) -> _Rule:
 # transformers' SchedulerType values (5.24), written out because importing transformers.trainer_utils costs every
 # `hafrm` command seconds; tests/test_interface.py checks that the list still matches.
 _SCHEDULERS = (
-    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
-    "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay", "greedy",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
+    "greedy",
 )
 _DTYPES = ("auto", "fp32", "bf16", "fp16", "float32", "bfloat16", "float16")  # the names resolve_dtype reads
 
@@ -258,7 +420,14 @@ def _has_type(value, kind) -> bool:
 def _describe(kind) -> str:
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
         return " or ".join(_describe(option) for option in typing.get_args(kind))
-    names = {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+    names = {
+        type(None): "null",
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        dict: "a mapping",
+    }
     if typing.get_origin(kind) is list:
         return f"a list of {_describe(typing.get_args(kind)[0]).removeprefix('a ').removeprefix('an ')}s"
     if typing.get_origin(kind) is dict:
@@ -313,7 +482,9 @@ _LLAMAFACTORY_LOSSES = ("sigmoid", "hinge", "ipo", "simpo")
 
 def _loss_name(tool: str, field_name: str, known: tuple[str, ...]) -> Callable[[object], str]:
     def convert(value) -> str:
-        if isinstance(value, list) and len(value) == 1:  # TRL >= 0.20 takes a list of losses; its default is ["sigmoid"]
+        if (
+            isinstance(value, list) and len(value) == 1
+        ):  # TRL >= 0.20 takes a list of losses; its default is ["sigmoid"]
             value = value[0]
         if isinstance(value, str) and value in known:
             return value
@@ -333,33 +504,57 @@ def _reference_mode(value) -> str:
 
 def _finetuning_type(value) -> bool:
     if value not in ("lora", "full"):
-        raise ValueError(f"finetuning_type {value!r} (LLaMA-Factory) has no counterpart here: use lora or full "
-                         "(for freezing bottom layers, freeze_layers)")
+        raise ValueError(
+            f"finetuning_type {value!r} (LLaMA-Factory) has no counterpart here: use lora or full "
+            "(for freezing bottom layers, freeze_layers)"
+        )
     return value == "lora"
 
 
-ALIASES: dict[str, Alias] = {alias.name: alias for alias in (
-    Alias("beta", "tau", "TRL DPOConfig"),
-    Alias("pref_beta", "tau", "LLaMA-Factory"),
-    Alias("loss_type", "policy_loss", "TRL DPOConfig", _loss_name("TRL", "loss_type", _TRL_LOSSES),
-          "sigmoid, ipo, hinge, robust; others refused"),
-    Alias("pref_loss", "policy_loss", "LLaMA-Factory", _loss_name("LLaMA-Factory", "pref_loss", _LLAMAFACTORY_LOSSES),
-          "sigmoid, hinge, ipo, simpo; others refused"),
-    Alias("model_name_or_path", "model", "TRL ModelConfig, LLaMA-Factory"),
-    Alias("dataset_name", "train_data", "TRL ScriptArguments"),
-    Alias("num_train_epochs", "epochs", "transformers TrainingArguments"),
-    Alias("lr_scheduler_type", "lr_scheduler", "transformers TrainingArguments"),
-    Alias("per_device_train_batch_size", "micro_batch_size", "transformers TrainingArguments"),
-    Alias("gradient_accumulation_steps", "batch_size", "transformers TrainingArguments", None,
-          "batch_size = per-device batch x this x processes"),
-    Alias("center_rewards_coefficient", "center_rewards_coef", "TRL RewardConfig", lambda v: 0.0 if v is None else v),
-    Alias("precompute_ref_log_probs", "reference", "TRL DPOConfig", _reference_mode, "true: precompute, false: live"),
-    Alias("use_peft", "lora", "TRL ModelConfig"),
-    Alias("finetuning_type", "lora", "LLaMA-Factory", _finetuning_type, "lora or full"),
-    Alias("lora_rank", "lora_r", "LLaMA-Factory"),
-    Alias("cutoff_len", "max_length", "LLaMA-Factory"),
-    Alias("torch_dtype", "dtype", "TRL ModelConfig (before 0.20)"),
-)}
+ALIASES: dict[str, Alias] = {
+    alias.name: alias
+    for alias in (
+        Alias("beta", "tau", "TRL DPOConfig"),
+        Alias("pref_beta", "tau", "LLaMA-Factory"),
+        Alias(
+            "loss_type",
+            "policy_loss",
+            "TRL DPOConfig",
+            _loss_name("TRL", "loss_type", _TRL_LOSSES),
+            "sigmoid, ipo, hinge, robust; others refused",
+        ),
+        Alias(
+            "pref_loss",
+            "policy_loss",
+            "LLaMA-Factory",
+            _loss_name("LLaMA-Factory", "pref_loss", _LLAMAFACTORY_LOSSES),
+            "sigmoid, hinge, ipo, simpo; others refused",
+        ),
+        Alias("model_name_or_path", "model", "TRL ModelConfig, LLaMA-Factory"),
+        Alias("dataset_name", "train_data", "TRL ScriptArguments"),
+        Alias("num_train_epochs", "epochs", "transformers TrainingArguments"),
+        Alias("lr_scheduler_type", "lr_scheduler", "transformers TrainingArguments"),
+        Alias("per_device_train_batch_size", "micro_batch_size", "transformers TrainingArguments"),
+        Alias(
+            "gradient_accumulation_steps",
+            "batch_size",
+            "transformers TrainingArguments",
+            None,
+            "batch_size = per-device batch x this x processes",
+        ),
+        Alias(
+            "center_rewards_coefficient", "center_rewards_coef", "TRL RewardConfig", lambda v: 0.0 if v is None else v
+        ),
+        Alias(
+            "precompute_ref_log_probs", "reference", "TRL DPOConfig", _reference_mode, "true: precompute, false: live"
+        ),
+        Alias("use_peft", "lora", "TRL ModelConfig"),
+        Alias("finetuning_type", "lora", "LLaMA-Factory", _finetuning_type, "lora or full"),
+        Alias("lora_rank", "lora_r", "LLaMA-Factory"),
+        Alias("cutoff_len", "max_length", "LLaMA-Factory"),
+        Alias("torch_dtype", "dtype", "TRL ModelConfig (before 0.20)"),
+    )
+}
 
 
 def alias_help(alias: Alias) -> str:
@@ -409,7 +604,9 @@ def merge_config_values(*sources: tuple[str | None, dict]) -> dict:
             ours = _in_our_names(values)
             steps = values.get("gradient_accumulation_steps")
             if steps is not None and ("batch_size" in ours):
-                raise ValueError("batch_size and gradient_accumulation_steps both set the global batch; give one of them")
+                raise ValueError(
+                    "batch_size and gradient_accumulation_steps both set the global batch; give one of them"
+                )
             if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
                 raise ValueError(f"gradient_accumulation_steps must be an integer of at least 1, got {steps!r}")
         except ValueError as error:
@@ -418,7 +615,7 @@ def merge_config_values(*sources: tuple[str | None, dict]) -> dict:
     merged: dict = {}
     accumulation, batch_names = None, False
     for index, (where, ours, steps, uses_batch_names) in enumerate(converted):
-        later = set().union(*(c[1] for c in converted[index + 1:]))
+        later = set().union(*(c[1] for c in converted[index + 1 :]))
         for name, value in ours.items():
             if name not in later:
                 try:

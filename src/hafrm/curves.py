@@ -92,19 +92,42 @@ def run_curves(runs: list[CurveRun], settings: CurveSettings, output_dir: str | 
             logger.info("%s finished earlier; kept", run.name)
             continue
         if run.train_set not in data:
-            data[run.train_set] = (claim_split(run.train_set, settings.data_root, settings.test_pairs)[0], test_sets(run.train_set, settings))
+            data[run.train_set] = (
+                claim_split(run.train_set, settings.data_root, settings.test_pairs)[0],
+                test_sets(run.train_set, settings),
+            )
         pairs, tests = data[run.train_set]
         model_dir = folder / "model"
-        config = TrainConfig(**{
-            **settings.overrides, "method": run.method, "alpha": run.alpha, "seed": run.seed, "eval_fraction": 0.0,
-            "max_steps": max(settings.steps), "eval_at_steps": list(settings.steps), "keep_eval_scores": True,
-            "output_dir": str(model_dir), "resume_from_checkpoint": "auto" if model_dir.exists() else None,
-        })
+        config = TrainConfig(
+            **{
+                **settings.overrides,
+                "method": run.method,
+                "alpha": run.alpha,
+                "seed": run.seed,
+                "eval_fraction": 0.0,
+                "max_steps": max(settings.steps),
+                "eval_at_steps": list(settings.steps),
+                "keep_eval_scores": True,
+                "output_dir": str(model_dir),
+                "resume_from_checkpoint": "auto" if model_dir.exists() else None,
+            }
+        )
         logger.info("Training %s (%d pairs; %d test sets)", run.name, len(pairs), len(tests))
         start = time.perf_counter()
         train(config, train_data=pairs, eval_data=tests)
-        (folder / DONE_FILE).write_text(json.dumps({"run": run.__dict__, "train_pairs": len(pairs), "test_pairs": {k: len(v) for k, v in tests.items()},
-                                                     "wall_s": time.perf_counter() - start, "config": config.to_dict()}, indent=2, default=str))
+        (folder / DONE_FILE).write_text(
+            json.dumps(
+                {
+                    "run": run.__dict__,
+                    "train_pairs": len(pairs),
+                    "test_pairs": {k: len(v) for k, v in tests.items()},
+                    "wall_s": time.perf_counter() - start,
+                    "config": config.to_dict(),
+                },
+                indent=2,
+                default=str,
+            )
+        )
         chosen_longer(tests, folder)
     return folders
 
@@ -113,7 +136,10 @@ def chosen_longer(tests: dict[str, list[dict]], folder: Path) -> None:
     """For the length split: per test pair, whether the chosen response is longer (in characters) than the rejected."""
     import numpy as np
 
-    np.savez(folder / "lengths.npz", **{name: np.array([len(p["chosen"]) > len(p["rejected"]) for p in pairs]) for name, pairs in tests.items()})
+    np.savez(
+        folder / "lengths.npz",
+        **{name: np.array([len(p["chosen"]) > len(p["rejected"]) for p in pairs]) for name, pairs in tests.items()},
+    )
 
 
 def step_scores(folder: Path) -> dict[tuple[int, str], PairScores]:
@@ -123,3 +149,68 @@ def step_scores(folder: Path) -> dict[tuple[int, str], PairScores]:
         step, _, test_set = path.stem.removeprefix("step-").partition("-")
         scores[(int(step), test_set)] = PairScores.load(path)
     return scores
+
+
+# ---------------------------------------------------------------------------------------------- the protocol as a command
+
+PROTOCOLS = ("learning-curve", "alpha-sweep")
+SWEEP_ALPHAS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+def planned_runs(
+    protocol: str, datasets: list[str], methods: list[str], seeds: list[int], alphas: list[float], alpha: float
+) -> list[CurveRun]:
+    """learning-curve: every method and seed on every data set (haf at `alpha`); alpha-sweep: haf at every alpha."""
+    if protocol == "learning-curve":
+        return [CurveRun(d, m, s, alpha if m == "haf" else 0.0) for d in datasets for s in seeds for m in methods]
+    if protocol == "alpha-sweep":
+        return [CurveRun(d, "haf" if a > 0 else "baseline", s, a) for d in datasets for s in seeds for a in alphas]
+    raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+
+
+def run_folders(report_dirs: list[str | Path]) -> list[Path]:
+    """Finished runs of earlier reports (for --merge): every runs/<name> with a done.json."""
+    return sorted(p.parent for d in report_dirs for p in Path(d).glob(f"runs/*/{DONE_FILE}"))
+
+
+def run_record(folder: Path) -> dict:
+    return json.loads((folder / DONE_FILE).read_text())
+
+
+def claim_report(
+    protocol: str,
+    datasets: list[str],
+    methods: list[str],
+    seeds: list[int],
+    settings: CurveSettings,
+    output_dir: str | Path,
+    command: str,
+    alphas: list[float] | None = None,
+    merge: list[str | Path] | None = None,
+) -> Path:
+    """Run (or, with merge, only collect) the runs of a claim protocol and write its report; returns report.md."""
+    from hafrm.report import CurveResult, write_curve_report
+
+    if merge:
+        folders = run_folders(merge)
+        text = (
+            "Runs merged from "
+            + ", ".join(f"`{d}`" for d in merge)
+            + " (each run's settings are in its runs/<name>/done.json)."
+        )
+    else:
+        alpha = float(settings.overrides.get("alpha", 0.2))
+        folders = run_curves(
+            planned_runs(protocol, datasets, methods, seeds, list(alphas or SWEEP_ALPHAS), alpha), settings, output_dir
+        )
+        shared = {
+            k: v
+            for k, v in settings.overrides.items()
+            if k in ("freeze_layers", "learning_rate", "batch_size", "max_length", "model", "tau")
+        }
+        text = (
+            f"Protocol `{protocol}` on {', '.join(datasets)}; seeds {', '.join(map(str, seeds))}; evaluated at steps "
+            f"{', '.join(map(str, settings.steps))}; {settings.test_pairs}+ test pairs per set, disjoint by question from training "
+            f"(split seed {SPLIT_SEED}); data: {settings.data_root}; shared settings: {shared or 'the defaults'}."
+        )
+    return write_curve_report([CurveResult.load(f) for f in folders], output_dir, command, text)

@@ -15,6 +15,7 @@ from hafrm.config import TrainConfig
 from hafrm.data import PairCollator, PairEncoder, SkipReport
 from hafrm.data.encoding import encode_pairs, length_sorted_batches, pad_sequences
 from hafrm.data.formats import as_messages
+from hafrm.export import POLICY_DIR
 from hafrm.metrics import accuracy_from_scores, pair_correctness
 from hafrm.model import METADATA_FILE, HybridRewardModel
 from hafrm.pretrained import fit_embeddings, load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
@@ -34,10 +35,14 @@ class PairScores:
     ARRAYS = ("chosen_rewards", "rejected_rewards", "chosen_implicit", "rejected_implicit")
 
     def metrics(self) -> dict[str, float]:
-        return accuracy_from_scores(self.chosen_rewards, self.rejected_rewards, self.chosen_implicit, self.rejected_implicit)
+        return accuracy_from_scores(
+            self.chosen_rewards, self.rejected_rewards, self.chosen_implicit, self.rejected_implicit
+        )
 
     def correctness(self) -> dict[str, np.ndarray]:
-        return pair_correctness(self.chosen_rewards, self.rejected_rewards, self.chosen_implicit, self.rejected_implicit)
+        return pair_correctness(
+            self.chosen_rewards, self.rejected_rewards, self.chosen_implicit, self.rejected_implicit
+        )
 
     @classmethod
     def from_predictions(cls, predictions) -> PairScores:
@@ -87,12 +92,14 @@ def load_trained(model_dir: str | Path, reference: str | None = None, dtype: str
     model_dir = Path(model_dir)
     metadata_path = model_dir / METADATA_FILE
     if not metadata_path.exists():
-        raise FileNotFoundError(f"{model_dir} is not a hafrm output folder (no {METADATA_FILE}); `hafrm score` reads any reward model")
+        raise FileNotFoundError(
+            f"{model_dir} is not a hafrm output folder (no {METADATA_FILE}); `hafrm score` reads any reward model"
+        )
     metadata = json.loads(metadata_path.read_text())
     config = TrainConfig(**metadata["config"])
     torch_dtype = resolve_dtype(dtype)
     model = HybridRewardModel.from_pretrained(model_dir, torch_dtype).eval()
-    tokenizer = load_tokenizer(str(model_dir / "policy"))
+    tokenizer = load_tokenizer(str(model_dir / POLICY_DIR))
     objective = config.objective()
     if objective.uses_policy_head and objective.policy_loss.needs_reference:
         base = reference or resolve_model_path(None if metadata["base_model"] == "default" else metadata["base_model"])
@@ -102,14 +109,21 @@ def load_trained(model_dir: str | Path, reference: str | None = None, dtype: str
     return LoadedModel(model, tokenizer, config)
 
 
-def score_pairs(loaded: LoadedModel, pairs: list[dict], max_length: int | None = None, batch_size: int = 8, progress: bool = True) -> tuple[PairScores, SkipReport]:
+def score_pairs(
+    loaded: LoadedModel, pairs: list[dict], max_length: int | None = None, batch_size: int = 8, progress: bool = True
+) -> tuple[PairScores, SkipReport]:
     """Rewards and implicit rewards of every pair, each pair's prompt computed once for both responses."""
     tokenizer = loaded.tokenizer
     report = SkipReport(rows_read=len(pairs), rows_used=len(pairs))
     dataset = encode_pairs(pairs, PairEncoder(tokenizer, max_length or loaded.config.max_length), report)
     collator = PairCollator(tokenizer.pad_token_id, share_prompt=loaded.model.shares_prompts)
     columns: list[list[torch.Tensor]] = [[], [], [], []]
-    for batch in tqdm(DataLoader(dataset, batch_size=batch_size, collate_fn=collator), desc="scoring pairs", disable=not progress, leave=False):
+    for batch in tqdm(
+        DataLoader(dataset, batch_size=batch_size, collate_fn=collator),
+        desc="scoring pairs",
+        disable=not progress,
+        leave=False,
+    ):
         rewards, implicit = batch_scores(loaded.model, loaded.objective, batch)
         for column, values in zip(columns, (*rewards.chunk(2), *implicit.chunk(2))):
             column.append(values)
@@ -117,17 +131,28 @@ def score_pairs(loaded: LoadedModel, pairs: list[dict], max_length: int | None =
     return PairScores(*arrays, subsets=[p.get("subset") for p in pairs]), report
 
 
-def score_responses(loaded: LoadedModel, prompts: list, responses: list[str], head: str = "reward", max_length: int | None = None, batch_size: int = 8) -> np.ndarray:
+def score_responses(
+    loaded: LoadedModel,
+    prompts: list,
+    responses: list[str],
+    head: str = "reward",
+    max_length: int | None = None,
+    batch_size: int = 8,
+) -> np.ndarray:
     """One score per (prompt, response) from the reward head, the implicit reward, or both combined (their sum)."""
     check_head(head)
     if head != "reward" and not loaded.objective.uses_policy_head:
-        raise ValueError(f"a {loaded.config.method} model has no trained policy head, so no {head} score; use head 'reward'")
+        raise ValueError(
+            f"a {loaded.config.method} model has no trained policy head, so no {head} score; use head 'reward'"
+        )
     encoder = PairEncoder(loaded.tokenizer, max_length or loaded.config.max_length)
     encoded = [encoder.encode_single(as_messages(p, "prompt"), r) for p, r in zip(prompts, responses)]
     scores = np.zeros(len(encoded), dtype=np.float32)
     for indices in length_sorted_batches([len(e["input_ids"]) for e in encoded], batch_size):
         chunk = [encoded[i] for i in indices]
-        batch = pad_sequences([e["input_ids"] for e in chunk], [e["prompt_length"] for e in chunk], loaded.tokenizer.pad_token_id)
+        batch = pad_sequences(
+            [e["input_ids"] for e in chunk], [e["prompt_length"] for e in chunk], loaded.tokenizer.pad_token_id
+        )
         rewards, implicit = batch_scores(loaded.model, loaded.objective, batch, with_implicit=head != "reward")
         scores[indices] = head_scores(rewards, implicit, head).numpy()
     return scores

@@ -15,8 +15,16 @@ from torch import nn
 
 from hafrm.portable import make_portable
 
+# The folders of a hafrm output (one place names them): the reward model and the policy as Hugging Face models,
+# and the LoRA adapter of LoRA runs.
+REWARD_MODEL_DIR = "reward_model"
+POLICY_DIR = "policy"
+ADAPTER_DIR = "adapter"
 
-def save_sequence_classifier(causal_lm: nn.Module, score: nn.Linear, tokenizer, directory: Path, metadata: dict) -> None:
+
+def save_sequence_classifier(
+    causal_lm: nn.Module, score: nn.Linear, tokenizer, directory: Path, metadata: dict
+) -> None:
     """Save backbone + reward head as an AutoModelForSequenceClassification (num_labels=1, head `score`).
 
     The classifier is built on the meta device and takes the trained tensors by assignment, so no
@@ -58,7 +66,10 @@ def model_card(metadata: dict) -> str:
         "dpo": f"{config.get('policy_loss')} policy loss only (tau {config.get('tau')}); rank by the implicit reward, not this head",
     }.get(method, method)
     metrics = metadata.get("eval_metrics") or {}
-    metric_lines = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()) or "| (no evaluation) | |"
+    metric_lines = (
+        "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
+        or "| (no evaluation) | |"
+    )
     data = metadata.get("data", {})
     return f"""---
 library_name: transformers

@@ -15,7 +15,12 @@ POLICY_LOSSES = ("sigmoid", "ipo", "hinge", "robust", "simpo")
 METHODS = ("baseline", "dpo", "haf")
 
 
-def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, margin: torch.Tensor | None = None, center_coef: float = 0.0) -> torch.Tensor:
+def bradley_terry_loss(
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    margin: torch.Tensor | None = None,
+    center_coef: float = 0.0,
+) -> torch.Tensor:
     """-log sigmoid(r_w - r_l - margin), plus center_coef * (r_w + r_l)^2 to keep rewards centred at zero."""
     difference = chosen_rewards - rejected_rewards
     if margin is not None:
@@ -51,7 +56,9 @@ class PolicyLoss:
         if self.tau <= 0:
             raise ValueError(f"tau must be positive, got {self.tau}")
         if self.label_smoothing and self.kind in ("ipo", "hinge"):
-            raise ValueError(f"label_smoothing has no meaning for the {self.kind} policy loss (use sigmoid, robust or simpo)")
+            raise ValueError(
+                f"label_smoothing has no meaning for the {self.kind} policy loss (use sigmoid, robust or simpo)"
+            )
 
     @property
     def needs_reference(self) -> bool:
@@ -78,7 +85,9 @@ class PolicyLoss:
         if self.kind == "ipo":
             return (logits - 1 / (2 * self.tau)) ** 2
         if self.kind == "robust":
-            return (-(1 - eps) * F.logsigmoid(self.tau * logits) + eps * F.logsigmoid(-self.tau * logits)) / (1 - 2 * eps)
+            return (-(1 - eps) * F.logsigmoid(self.tau * logits) + eps * F.logsigmoid(-self.tau * logits)) / (
+                1 - 2 * eps
+            )
         z = self.tau * logits - (self.simpo_gamma if self.kind == "simpo" else 0.0)
         return -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)  # sigmoid (cDPO when eps > 0) and simpo
 
@@ -128,7 +137,9 @@ class HafObjective:
     def trains_policy(self) -> bool:
         return self.method == "dpo" or (self.method == "haf" and self.alpha > 0)
 
-    def sequence_scores(self, logps: torch.Tensor, token_counts: torch.Tensor, reference_logps: torch.Tensor | None) -> torch.Tensor:
+    def sequence_scores(
+        self, logps: torch.Tensor, token_counts: torch.Tensor, reference_logps: torch.Tensor | None
+    ) -> torch.Tensor:
         """Per-sequence log-ratio (or log-prob) the policy loss compares, length-normalised for IPO/SimPO."""
         if self.policy_loss.length_normalised:
             counts = token_counts.clamp(min=1)
@@ -136,7 +147,9 @@ class HafObjective:
             reference_logps = None if reference_logps is None else reference_logps / counts
         return self.policy_loss.log_ratios(logps, reference_logps)
 
-    def implicit_rewards(self, logps: torch.Tensor, token_counts: torch.Tensor, reference_logps: torch.Tensor | None) -> torch.Tensor:
+    def implicit_rewards(
+        self, logps: torch.Tensor, token_counts: torch.Tensor, reference_logps: torch.Tensor | None
+    ) -> torch.Tensor:
         """DPO's implicit reward tau * log-ratio; a model ranks responses by it when used as a reward model."""
         return self.policy_loss.tau * self.sequence_scores(logps, token_counts, reference_logps)
 
@@ -153,7 +166,9 @@ class HafObjective:
         reward_loss = policy_loss = None
         if self.trains_reward:
             chosen, rejected = rewards.chunk(2)
-            reward_loss = bradley_terry_loss(chosen, rejected, margin if self.use_margin else None, self.center_rewards_coef).mean()
+            reward_loss = bradley_terry_loss(
+                chosen, rejected, margin if self.use_margin else None, self.center_rewards_coef
+            ).mean()
             stats["reward_loss"] = reward_loss.detach()
             stats["reward_accuracy"] = (chosen > rejected).float().mean()
             stats["reward_margin"] = (chosen - rejected).detach().mean()

@@ -38,7 +38,10 @@ def correctness_from_predictions(predictions) -> dict[str, np.ndarray]:
 
 def pairwise_metrics(prediction) -> dict[str, float]:
     """compute_metrics for the Trainer: the accuracy of each head."""
-    return {f"{head}_accuracy": float(np.mean(values)) for head, values in correctness_from_predictions(prediction.predictions).items()}
+    return {
+        f"{head}_accuracy": float(np.mean(values))
+        for head, values in correctness_from_predictions(prediction.predictions).items()
+    }
 
 
 def accuracy_interval(correct) -> tuple[float, float, float]:

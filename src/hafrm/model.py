@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from hafrm.data.encoding import PAD, PROMPT, REJECTED, RESPONSE
-from hafrm.export import save_causal_lm, save_sequence_classifier
+from hafrm.export import ADAPTER_DIR, POLICY_DIR, REWARD_MODEL_DIR, save_causal_lm, save_sequence_classifier
 from hafrm.trunk import FrozenTrunk
 
 logger = logging.getLogger(__name__)
@@ -110,7 +110,9 @@ def attention_mask_for(segment_ids: torch.Tensor, attn_implementation: str, dtyp
     causal = torch.ones(width, width, dtype=torch.bool, device=segment_ids.device).tril()
     query, key = segment_ids[:, :, None], segment_ids[:, None, :]
     allowed = causal & (key != PAD) & ~((query == REJECTED) & (key == RESPONSE))
-    allowed |= torch.eye(width, dtype=torch.bool, device=segment_ids.device)  # pad rows attend to themselves: no empty row
+    allowed |= torch.eye(
+        width, dtype=torch.bool, device=segment_ids.device
+    )  # pad rows attend to themselves: no empty row
     if attn_implementation == "flex_attention":
         from torch.nn.attention.flex_attention import create_block_mask
 
@@ -120,7 +122,9 @@ def attention_mask_for(segment_ids: torch.Tensor, attn_implementation: str, dtyp
         return create_block_mask(mask_mod, segment_ids.shape[0], None, width, width, device=segment_ids.device)
     if attn_implementation == "sdpa":
         return allowed[:, None]
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
+        ~allowed, torch.finfo(dtype).min
+    )[:, None]
 
 
 SHARED_PROMPT_ATTENTION = ("sdpa", "eager", "flex_attention")  # implementations that honour a custom 4D mask
@@ -136,7 +140,9 @@ def logprob_chunk_tokens(vocab_size: int) -> int:
     return max(16, LOGIT_CHUNK_BYTES // (4 * vocab_size))
 
 
-def response_logps(hidden: torch.Tensor, input_ids: torch.Tensor, segment_ids: torch.Tensor, lm_head: nn.Module, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def response_logps(
+    hidden: torch.Tensor, input_ids: torch.Tensor, segment_ids: torch.Tensor, lm_head: nn.Module, chunk_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(N,) summed log-probs of each response's tokens and (N,) their counts, in `response_ends`' order.
 
     The LM head runs only on the positions that predict response tokens, in chunks; under autograd each chunk is
@@ -154,7 +160,9 @@ def response_logps(hidden: torch.Tensor, input_ids: torch.Tensor, segment_ids: t
     token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0)
     count = int((segment_ids == RESPONSE).any(dim=1).sum() + (segment_ids == REJECTED).any(dim=1).sum())
     logps = torch.zeros(count, dtype=token_logps.dtype, device=input_ids.device).index_add(0, outputs, token_logps)
-    counts = torch.zeros(count, dtype=torch.long, device=input_ids.device).index_add(0, outputs, torch.ones_like(outputs))
+    counts = torch.zeros(count, dtype=torch.long, device=input_ids.device).index_add(
+        0, outputs, torch.ones_like(outputs)
+    )
     return logps, counts
 
 
@@ -165,14 +173,18 @@ class HybridRewardModel(nn.Module):
         super().__init__()
         self.policy = policy
         self.score = score
-        self.logprob_chunk_size = logprob_chunk_size or logprob_chunk_tokens(self.causal_lm.get_output_embeddings().out_features)
+        self.logprob_chunk_size = logprob_chunk_size or logprob_chunk_tokens(
+            self.causal_lm.get_output_embeddings().out_features
+        )
         self.reference_model: nn.Module | None = None
         self.trunk: FrozenTrunk | None = None
 
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_causal_lm(cls, causal_lm: nn.Module, lora: LoraSettings | None = None, score: nn.Linear | None = None) -> HybridRewardModel:
+    def from_causal_lm(
+        cls, causal_lm: nn.Module, lora: LoraSettings | None = None, score: nn.Linear | None = None
+    ) -> HybridRewardModel:
         """Attach a fresh reward head (std 1/sqrt(hidden+1)) and, if asked, LoRA adapters to a causal LM."""
         if score is None:
             hidden = causal_lm.config.get_text_config().hidden_size
@@ -181,7 +193,16 @@ class HybridRewardModel(nn.Module):
         if lora is not None:
             from peft import LoraConfig, get_peft_model
 
-            causal_lm = get_peft_model(causal_lm, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+            causal_lm = get_peft_model(
+                causal_lm,
+                LoraConfig(
+                    r=lora.r,
+                    lora_alpha=lora.alpha,
+                    lora_dropout=lora.dropout,
+                    target_modules=lora.target_modules,
+                    task_type="CAUSAL_LM",
+                ),
+            )
         return cls(causal_lm, score)
 
     @classmethod
@@ -190,7 +211,7 @@ class HybridRewardModel(nn.Module):
         from hafrm.pretrained import load_causal_lm
 
         output_dir = Path(output_dir)
-        causal_lm = load_causal_lm(str(output_dir / "policy"), dtype)
+        causal_lm = load_causal_lm(str(output_dir / POLICY_DIR), dtype)
         weight = load_file(output_dir / REWARD_HEAD_FILE)["weight"].to(dtype)
         score = nn.Linear(weight.shape[1], 1, bias=False, dtype=dtype)
         score.weight.data.copy_(weight)
@@ -221,7 +242,9 @@ class HybridRewardModel(nn.Module):
         return self.config._attn_implementation in SHARED_PROMPT_ATTENTION
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        self.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs or {"use_reentrant": False})
+        self.causal_lm.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs=gradient_checkpointing_kwargs or {"use_reentrant": False}
+        )
         if self.is_peft:
             self.causal_lm.enable_input_require_grads()
 
@@ -244,12 +267,23 @@ class HybridRewardModel(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def hidden_states(self, body: nn.Module, input_ids: torch.Tensor, segment_ids: torch.Tensor, position_ids: torch.Tensor | None) -> torch.Tensor:
+    def hidden_states(
+        self, body: nn.Module, input_ids: torch.Tensor, segment_ids: torch.Tensor, position_ids: torch.Tensor | None
+    ) -> torch.Tensor:
         """(B, T, H) last hidden states of a backbone for a batch in the layout of `segment_ids`."""
         mask = attention_mask_for(segment_ids, self.config._attn_implementation, self.score.weight.dtype)
-        return body(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False).last_hidden_state
+        return body(
+            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
 
-    def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor, position_ids: torch.Tensor | None = None, with_logps: bool = True, trunk_states: torch.Tensor | None = None) -> HybridOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        segment_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        with_logps: bool = True,
+        trunk_states: torch.Tensor | None = None,
+    ) -> HybridOutput:
         """Rewards (and response log-probs) of every response in the batch, in `response_ends`' order.
 
         trunk_states: (B, T, H) cached output of the frozen trunk for this batch; the frozen layers then replay it.
@@ -260,11 +294,15 @@ class HybridRewardModel(nn.Module):
         rewards = self.score(hidden[rows, ends].to(self.score.weight.dtype)).squeeze(-1).float()
         if not with_logps:
             return HybridOutput(rewards, None, None)
-        logps, counts = response_logps(hidden, input_ids, segment_ids, self.causal_lm.get_output_embeddings(), self.logprob_chunk_size)
+        logps, counts = response_logps(
+            hidden, input_ids, segment_ids, self.causal_lm.get_output_embeddings(), self.logprob_chunk_size
+        )
         return HybridOutput(rewards, logps, counts)
 
     @torch.no_grad()
-    def reference_logps(self, input_ids: torch.Tensor, segment_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def reference_logps(
+        self, input_ids: torch.Tensor, segment_ids: torch.Tensor, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Response log-probs under the reference policy: the frozen copy, or the base with LoRA adapters off."""
         if self.reference_model is not None:
             reference = self.reference_model
@@ -274,9 +312,13 @@ class HybridRewardModel(nn.Module):
             context = self.policy.disable_adapter()
         else:
             raise RuntimeError("no reference policy: precompute reference log-probs, use LoRA, or keep a frozen copy")
-        with context, _eval_mode(reference):
-            hidden = self.hidden_states(getattr(reference, reference.base_model_prefix), input_ids, segment_ids, position_ids)
-            logps, _ = response_logps(hidden, input_ids, segment_ids, reference.get_output_embeddings(), self.logprob_chunk_size)
+        with context, eval_mode(reference):
+            hidden = self.hidden_states(
+                getattr(reference, reference.base_model_prefix), input_ids, segment_ids, position_ids
+            )
+            logps, _ = response_logps(
+                hidden, input_ids, segment_ids, reference.get_output_embeddings(), self.logprob_chunk_size
+            )
         return logps
 
     # ------------------------------------------------------------------ checkpoints (training state)
@@ -289,7 +331,9 @@ class HybridRewardModel(nn.Module):
         expected = set(self.trainable_state_dict())
         if set(state) != expected:
             missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-            raise ValueError(f"checkpoint does not match this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise ValueError(
+                f"checkpoint does not match this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
         self.load_state_dict(state, strict=False)
 
     # ------------------------------------------------------------------ export
@@ -300,17 +344,18 @@ class HybridRewardModel(nn.Module):
         output_dir.mkdir(parents=True, exist_ok=True)
         save_file({"weight": self.score.weight.detach().contiguous()}, output_dir / REWARD_HEAD_FILE)
         if self.is_peft:
-            self.policy.save_pretrained(output_dir / "adapter")
+            self.policy.save_pretrained(output_dir / ADAPTER_DIR)
             self.policy = self.policy.merge_and_unload()
-        save_sequence_classifier(self.causal_lm, self.score, tokenizer, output_dir / "reward_model", metadata)
+        save_sequence_classifier(self.causal_lm, self.score, tokenizer, output_dir / REWARD_MODEL_DIR, metadata)
         if save_policy:
-            save_causal_lm(self.causal_lm, tokenizer, output_dir / "policy")
+            save_causal_lm(self.causal_lm, tokenizer, output_dir / POLICY_DIR)
         (output_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
         return output_dir
 
 
 @contextmanager
-def _eval_mode(module: nn.Module):
+def eval_mode(module: nn.Module):
+    """Within the block the module is in eval mode; its training flag is restored afterwards."""
     was_training = module.training
     module.eval()
     try:

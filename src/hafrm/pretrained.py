@@ -17,7 +17,14 @@ def resolve_dtype(dtype: str) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     try:
-        return {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}[dtype]
+        return {
+            "fp32": torch.float32,
+            "float32": torch.float32,
+            "bf16": torch.bfloat16,
+            "bfloat16": torch.bfloat16,
+            "fp16": torch.float16,
+            "float16": torch.float16,
+        }[dtype]
     except KeyError:
         raise ValueError(f"dtype must be auto, fp32, bf16 or fp16, got {dtype!r}") from None
 
@@ -73,7 +80,9 @@ def fit_embeddings(causal_lm, tokenizer) -> None:
         return
     causal_lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     with torch.no_grad():
-        for embedding in {id(e): e for e in (causal_lm.get_input_embeddings(), causal_lm.get_output_embeddings()) if e is not None}.values():
+        for embedding in {
+            id(e): e for e in (causal_lm.get_input_embeddings(), causal_lm.get_output_embeddings()) if e is not None
+        }.values():
             embedding.weight[old:] = embedding.weight[:old].mean(dim=0)
 
 
@@ -101,5 +110,7 @@ def load_pretrained(auto_class, path: str, dtype: torch.dtype):
         return auto_class.from_pretrained(path, dtype=dtype, use_safetensors=use_safetensors)
     except pickle.UnpicklingError as error:
         refused = next((line for line in str(error).splitlines() if "GLOBAL" in line), first_line(error))
-        raise ValueError(f"{path}: refused to unpickle its weights, which hold more than tensors ({refused.strip()}); "
-                         "use a safetensors copy from a trusted source") from None
+        raise ValueError(
+            f"{path}: refused to unpickle its weights, which hold more than tensors ({refused.strip()}); "
+            "use a safetensors copy from a trusted source"
+        ) from None

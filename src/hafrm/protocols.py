@@ -13,19 +13,16 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from hafrm.config import TrainConfig
 from hafrm.data.catalog import CATALOG, PAPER_DATASETS, group_members, load_named, mixed
 from hafrm.data.errors import DataError
 from hafrm.evaluation import LoadedModel, load_trained, score_pairs, scores_file
-from hafrm.rewardbench import section_scores, subset_accuracies
+from hafrm.rewardbench import rewardbench_metrics
 from hafrm.training import train
 
 logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("in-distribution", "mixed", "ood-internal", "ood-external")
-METHOD_ORDER = ("baseline", "dpo", "haf")
 
 
 @dataclass
@@ -36,13 +33,13 @@ class Experiment:
 
 def experiments(protocol: str, datasets: list[str]) -> list[Experiment]:
     if protocol == "in-distribution":
-        return [Experiment(name, [name]) for name in datasets]
+        return [Experiment(train_set=name, test_sets=[name]) for name in datasets]
     if protocol == "mixed":
-        return [Experiment("mixed", list(datasets))]
+        return [Experiment(train_set="mixed", test_sets=list(datasets))]
     if protocol == "ood-internal":
-        return [Experiment(name, [name] + group_members(name)) for name in datasets]
+        return [Experiment(train_set=name, test_sets=[name] + group_members(name)) for name in datasets]
     if protocol == "ood-external":
-        return [Experiment(name, [name, "reward-bench"]) for name in datasets]
+        return [Experiment(train_set=name, test_sets=[name, "reward-bench"]) for name in datasets]
     raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
 
 
@@ -67,7 +64,9 @@ class RunResult:
 
 def training_pairs(experiment: Experiment, settings: ProtocolSettings, seed: int) -> list[dict]:
     if experiment.train_set == "mixed":
-        per_member = settings.train_pairs or min(len(load_named(n, "train", settings.data_root, seed=seed)[0]) for n in experiment.test_sets)
+        per_member = settings.train_pairs or min(
+            len(load_named(n, "train", settings.data_root, seed=seed)[0]) for n in experiment.test_sets
+        )
         return mixed(experiment.test_sets, "train", per_member, settings.data_root, seed)
     return load_named(experiment.train_set, "train", settings.data_root, settings.train_pairs, seed)[0]
 
@@ -81,7 +80,9 @@ def load_test_sets(experiment: Experiment, settings: ProtocolSettings, seed: int
             loaded[name] = load_named(name, "test", settings.data_root, settings.test_pairs, seed)[0]
         except DataError as error:
             if not settings.skip_unavailable:
-                raise DataError(f"test set {name} is not available ({error}); pass --skip-unavailable to leave it out") from error
+                raise DataError(
+                    f"test set {name} is not available ({error}); pass --skip-unavailable to leave it out"
+                ) from error
             logger.warning("Leaving out test set %s: %s", name, error)
     return loaded
 
@@ -90,17 +91,17 @@ def evaluate_test_set(loaded: LoadedModel, model_dir: Path, name: str, pairs: li
     """Accuracies on one test set; per-pair scores are kept (`scores_file`) for the statistics and plots."""
     scores, _ = score_pairs(loaded, pairs)
     scores.save(scores_file(model_dir, name))
-    metrics = {**scores.metrics(), "pairs": len(pairs)}
-    if name == "reward-bench":
-        for head, (chosen, rejected) in {"reward": (scores.chosen_rewards, scores.rejected_rewards), "implicit": (scores.chosen_implicit, scores.rejected_implicit)}.items():
-            if not np.isnan(chosen).any():
-                per_subset = subset_accuracies(chosen > rejected, scores.subsets)
-                metrics[f"{head}_subsets"] = per_subset
-                metrics[f"{head}_sections"] = section_scores(per_subset)
-    return metrics
+    return {**scores.metrics(), "pairs": len(pairs), **rewardbench_metrics(scores)}
 
 
-def run_protocol(protocol: str, datasets: list[str], methods: list[str], seeds: list[int], settings: ProtocolSettings, output_dir: str | Path) -> list[RunResult]:
+def run_protocol(
+    protocol: str,
+    datasets: list[str],
+    methods: list[str],
+    seeds: list[int],
+    settings: ProtocolSettings,
+    output_dir: str | Path,
+) -> list[RunResult]:
     """Train every method with every seed on every experiment's training data, then score its test sets."""
     unknown = [d for d in datasets if d not in PAPER_DATASETS]
     if unknown:
@@ -113,17 +114,38 @@ def run_protocol(protocol: str, datasets: list[str], methods: list[str], seeds: 
             for method in methods:
                 run_dir = Path(output_dir) / "runs" / f"{experiment.train_set}-{method}-seed{seed}"
                 run_dir.mkdir(parents=True, exist_ok=True)
-                data_file = run_dir / "train.jsonl"
-                data_file.write_text("".join(json.dumps(p) + "\n" for p in pairs))
                 # Every run is trained afresh into its own folder, so a report run again replaces its runs in place.
-                config = TrainConfig(**{**settings.overrides, "method": method, "seed": seed, "train_data": str(data_file),
-                                        "eval_data": None, "eval_fraction": 0.0, "output_dir": str(run_dir / "model"),
-                                        "overwrite_output_dir": True})
+                # report runs keep only the exported model, and log every step so the training curves have points
+                training_args = {"save_strategy": "no", **settings.overrides.get("training_args", {})}
+                config = TrainConfig(
+                    **{
+                        **settings.overrides,
+                        "method": method,
+                        "seed": seed,
+                        "train_data": None,
+                        "eval_data": None,
+                        "eval_fraction": 0.0,
+                        "output_dir": str(run_dir / "model"),
+                        "overwrite_output_dir": True,
+                        "logging_steps": 1,
+                        "training_args": training_args,
+                    }
+                )
                 logger.info("Training %s on %s (seed %d, %d pairs)", method, experiment.train_set, seed, len(pairs))
-                trained = train(config)
+                trained = train(config, train_data=pairs)
                 loaded = load_trained(trained.output_dir)  # once per run, with its reference policy
-                metrics = {name: evaluate_test_set(loaded, trained.output_dir, name, test_pairs) for name, test_pairs in tests.items()}
-                result = RunResult(method, seed, experiment.train_set, metrics, trained.log_history, str(trained.output_dir))
+                metrics = {
+                    name: evaluate_test_set(loaded, trained.output_dir, name, test_pairs)
+                    for name, test_pairs in tests.items()
+                }
+                result = RunResult(
+                    method=method,
+                    seed=seed,
+                    train_set=experiment.train_set,
+                    test_metrics=metrics,
+                    log_history=trained.log_history,
+                    output_dir=str(trained.output_dir),
+                )
                 (run_dir / "result.json").write_text(json.dumps(result.__dict__, indent=2, default=str))
                 results.append(result)
     return results
@@ -138,3 +160,31 @@ def untested_sets(protocol: str, datasets: list[str], results: list[RunResult]) 
 
 def dataset_title(name: str) -> str:
     return CATALOG[name].title if name in CATALOG else name
+
+
+def paper_report(
+    protocol: str,
+    datasets: list[str],
+    methods: list[str],
+    seeds: list[int],
+    settings: ProtocolSettings,
+    output_dir: str | Path,
+    command: str,
+    merge: list[str | Path] | None = None,
+) -> Path:
+    """Run a paper protocol (or, with merge, only collect the runs of earlier reports) and write its report."""
+    from hafrm.report import load_results, write_report
+
+    if merge:
+        sources = ", ".join(f"`{d}` (its command is in `{d}/report.md`)" for d in merge)
+        return write_report(load_results(merge), output_dir, command, f"Runs merged from {sources}.")
+    results = run_protocol(protocol, datasets, methods, seeds, settings, output_dir)
+    text = (
+        f"Protocol `{protocol}` on {', '.join(datasets)} with methods {', '.join(methods)}, seeds {', '.join(map(str, seeds))}; "
+        f"training pairs per data set: {settings.train_pairs or 'all'}, test pairs: {settings.test_pairs or 'all'}; "
+        f"data: {settings.data_root or 'Hugging Face hub'}."
+    )
+    left_out = untested_sets(protocol, datasets, results)
+    if left_out:
+        text += f" Not available, so not tested: {', '.join(left_out)}."
+    return write_report(results, output_dir, command, text)

@@ -41,20 +41,35 @@ def data_fingerprint(dataset) -> str:
 
 def cache_key(*parts) -> str:
     """Cache file name from fingerprints: modules (their weights) and tokenized data sets, plus any plain values."""
-    values = [model_fingerprint(p) if isinstance(p, torch.nn.Module) else data_fingerprint(p) if hasattr(p, "column_names") else p for p in parts]
+    values = [
+        model_fingerprint(p)
+        if isinstance(p, torch.nn.Module)
+        else data_fingerprint(p)
+        if hasattr(p, "column_names")
+        else p
+        for p in parts
+    ]
     return hashlib.sha256(json.dumps(values).encode()).hexdigest()[:24]
 
 
 @torch.no_grad()
-def compute_reference_logps(model, dataset, collator, batch_size: int, device: torch.device, description: str) -> torch.Tensor:
+def compute_reference_logps(
+    model, dataset, collator, batch_size: int, device: torch.device, description: str
+) -> torch.Tensor:
     """Summed response log-probs of the current policy for chosen then rejected, shape (len(dataset), 2)."""
-    was_training = model.training
-    model.eval()
+    from hafrm.model import eval_mode
+
     logps = torch.zeros(len(dataset), 2)
-    for indices, batch in batches_by_length(dataset, collator, batch_size, device, description):
-        out = model(batch["input_ids"], batch["segment_ids"], batch.get("position_ids"), with_logps=True, trunk_states=batch.get("trunk_states"))
-        logps[indices] = torch.stack(out.logps.float().cpu().chunk(2), dim=1)
-    model.train(was_training)
+    with eval_mode(model):
+        for indices, batch in batches_by_length(dataset, collator, batch_size, device, description):
+            out = model(
+                batch["input_ids"],
+                batch["segment_ids"],
+                batch.get("position_ids"),
+                with_logps=True,
+                trunk_states=batch.get("trunk_states"),
+            )
+            logps[indices] = torch.stack(out.logps.float().cpu().chunk(2), dim=1)
     return logps
 
 

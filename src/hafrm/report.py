@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from hafrm.evaluation import PairScores, scores_file
-from hafrm.metrics import discordant_counts, mcnemar_p
-from hafrm.protocols import METHOD_ORDER, RunResult, dataset_title
+from hafrm.losses import METHODS
+from hafrm.metrics import accuracy_interval, discordant_counts, mcnemar_p, paired_bootstrap_interval
+from hafrm.protocols import RunResult, dataset_title
 
 HEADS = (("reward_accuracy", "reward head"), ("implicit_accuracy", "implicit (DPO)"), ("combined_accuracy", "combined"))
 
@@ -33,15 +35,22 @@ def accuracy_table(results: list[RunResult]) -> str:
             for key, _ in HEADS:
                 if key in metrics:
                     cells[(r.train_set, r.method, key, test_set)].append(metrics[key])
-    lines = ["| trained on | method | head | " + " | ".join(dataset_title(t) for t in test_sets) + " |", "|---|---|---|" + "---|" * len(test_sets)]
+    lines = [
+        "| trained on | method | head | " + " | ".join(dataset_title(t) for t in test_sets) + " |",
+        "|---|---|---|" + "---|" * len(test_sets),
+    ]
     train_sets = list(dict.fromkeys(r.train_set for r in results))
-    methods = [m for m in METHOD_ORDER if any(r.method == m for r in results)]
+    methods = [m for m in METHODS if any(r.method == m for r in results)]
     for train_set in train_sets:
         for method in methods:
             for key, head in HEADS:
                 row = [cells.get((train_set, method, key, t), []) for t in test_sets]
                 if any(row):
-                    lines.append(f"| {dataset_title(train_set)} | {method} | {head} | " + " | ".join(mean_spread(v) for v in row) + " |")
+                    lines.append(
+                        f"| {dataset_title(train_set)} | {method} | {head} | "
+                        + " | ".join(mean_spread(v) for v in row)
+                        + " |"
+                    )
     return "\n".join(lines)
 
 
@@ -58,7 +67,11 @@ def rewardbench_table(results: list[RunResult]) -> str:
     sections = list(dict.fromkeys(s for row in rows.values() for s in row))
     lines = ["| trained on | method | head | " + " | ".join(sections) + " |", "|---|---|---|" + "---|" * len(sections)]
     for (train_set, method, head), values in rows.items():
-        lines.append(f"| {dataset_title(train_set)} | {method} | {head} | " + " | ".join(mean_spread(values[s]) for s in sections) + " |")
+        lines.append(
+            f"| {dataset_title(train_set)} | {method} | {head} | "
+            + " | ".join(mean_spread(values[s]) for s in sections)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -72,7 +85,10 @@ def paired_table(results: list[RunResult]) -> str:
     """Every other method's heads against the baseline reward head of the same seed, on the same test pairs: the pairs
     one gets right and the other wrong, and the exact McNemar p-value (seeds apart, since each seed is its own pairing)."""
     baselines = {(r.train_set, r.seed): r for r in results if r.method == "baseline"}
-    lines = ["| trained on | seed | test set | method | head | pairs | better | worse | McNemar p |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| trained on | seed | test set | method | head | pairs | better | worse | McNemar p |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         baseline = baselines.get((r.train_set, r.seed))
         if baseline is None or r is baseline:
@@ -83,8 +99,10 @@ def paired_table(results: list[RunResult]) -> str:
                 continue
             for head, correct in ours.items():
                 better, worse = discordant_counts(correct, theirs["reward"])
-                lines.append(f"| {dataset_title(r.train_set)} | {r.seed} | {dataset_title(test_set)} | {r.method} | {head} | {len(correct)} | "
-                             f"{better} | {worse} | {mcnemar_p(better, worse):.2g} |")
+                lines.append(
+                    f"| {dataset_title(r.train_set)} | {r.seed} | {dataset_title(test_set)} | {r.method} | {head} | {len(correct)} | "
+                    f"{better} | {worse} | {mcnemar_p(better, worse):.2g} |"
+                )
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
@@ -135,7 +153,10 @@ def plot_scores(results: list[RunResult], path_distributions: Path, path_scatter
         bins = np.linspace(min(chosen.min(), rejected.min()), max(chosen.max(), rejected.max()), 30)
         axis.hist(chosen, bins=bins, alpha=0.6, label="chosen")
         axis.hist(rejected, bins=bins, alpha=0.6, label="rejected")
-        axis.set_title(f"{method}: {'implicit reward' if key == 'implicit' else 'reward head'} on {dataset_title(test_set)}", fontsize=9)
+        axis.set_title(
+            f"{method}: {'implicit reward' if key == 'implicit' else 'reward head'} on {dataset_title(test_set)}",
+            fontsize=9,
+        )
         axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path_distributions, dpi=110)
@@ -145,7 +166,12 @@ def plot_scores(results: list[RunResult], path_distributions: Path, path_scatter
         test_set = next(iter(r.test_metrics))
         scores = PairScores.load(scores_file(r.output_dir, test_set))
         figure, axis = plt.subplots(figsize=(5, 4.2))
-        axis.scatter(scores.chosen_rewards - scores.rejected_rewards, scores.chosen_implicit - scores.rejected_implicit, s=8, alpha=0.6)
+        axis.scatter(
+            scores.chosen_rewards - scores.rejected_rewards,
+            scores.chosen_implicit - scores.rejected_implicit,
+            s=8,
+            alpha=0.6,
+        )
         axis.axhline(0, color="grey", lw=0.8)
         axis.axvline(0, color="grey", lw=0.8)
         axis.set_xlabel("reward-head margin r(y_w) - r(y_l)")
@@ -197,4 +223,192 @@ def write_report(results: list[RunResult], output_dir: str | Path, command: str,
     path = output_dir / "report.md"
     path.write_text("\n".join(sections) + "\n")
     (output_dir / "results.json").write_text(json.dumps([r.__dict__ for r in results], indent=2, default=str))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- learning curves and the alpha sweep
+
+
+@dataclass
+class CurveResult:
+    """One run of the claim protocols: what it was and its per-pair scores at every evaluated step."""
+
+    train_set: str
+    method: str
+    seed: int
+    alpha: float
+    scores: dict  # (step, test set) -> PairScores
+    chosen_longer: dict  # test set -> per-pair bool
+    wall_s: float
+
+    @property
+    def label(self) -> str:
+        return f"haf (alpha {self.alpha:g})" if self.method == "haf" else self.method
+
+    @classmethod
+    def load(cls, folder: Path) -> CurveResult:
+        from hafrm.curves import run_record, step_scores
+
+        record = run_record(folder)
+        run = record["run"]
+        with np.load(folder / "lengths.npz") as lengths:
+            longer = {name: lengths[name] for name in lengths.files}
+        return cls(
+            run["train_set"], run["method"], run["seed"], run["alpha"], step_scores(folder), longer, record["wall_s"]
+        )
+
+
+CURVE_HEADS = {"baseline": ("reward",), "dpo": ("implicit",), "haf": ("reward", "implicit", "combined")}
+
+
+def _seed_correctness(runs: list[CurveResult], step: int, test_set: str, head: str) -> np.ndarray:
+    """(seeds, pairs) right/wrong of one head at one step."""
+    return np.array([r.scores[(step, test_set)].correctness()[head] for r in runs if (step, test_set) in r.scores])
+
+
+def curve_table(results: list[CurveResult], train_set: str, test_set: str) -> str:
+    """Accuracy at every step for each method's heads (mean ± std over seeds), and haf's reward head against the
+    baseline's on the same pairs: the difference with a paired bootstrap 95% interval (pairs resampled, each pair's
+    correctness averaged over seeds) and the exact McNemar p of each seed."""
+    runs = [r for r in results if r.train_set == train_set]
+    labels = list(dict.fromkeys(r.label for r in sorted(runs, key=lambda r: (METHODS.index(r.method), r.alpha))))
+    steps = sorted({step for r in runs for step, name in r.scores if name == test_set})
+    columns = [
+        (label, head) for label in labels for head in CURVE_HEADS[next(r.method for r in runs if r.label == label)]
+    ]
+    haf_labels = [label for label in labels if label.startswith("haf")]
+    header = [
+        "step",
+        *(f"{label} {head}" for label, head in columns),
+        *(f"{label} − baseline, reward head [95% CI] | McNemar p by seed" for label in haf_labels),
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * (len(header) + len(haf_labels))]
+    for step in steps:
+        cells = []
+        for label, head in columns:
+            correct = _seed_correctness([r for r in runs if r.label == label], step, test_set, head)
+            cells.append(mean_spread(list(correct.mean(axis=1))) if len(correct) else "–")
+        for label in haf_labels:
+            haf_runs = {r.seed: r for r in runs if r.label == label}
+            base_runs = {r.seed: r for r in runs if r.method == "baseline"}
+            seeds = sorted(set(haf_runs) & set(base_runs))
+            if not seeds:
+                cells += ["–", "–"]
+                continue
+            ours = _seed_correctness([haf_runs[s] for s in seeds], step, test_set, "reward")
+            theirs = _seed_correctness([base_runs[s] for s in seeds], step, test_set, "reward")
+            mean, low, high = paired_bootstrap_interval(ours.mean(axis=0), theirs.mean(axis=0))
+            p_values = ", ".join(f"{mcnemar_p(*discordant_counts(o, t)):.2g}" for o, t in zip(ours, theirs))
+            cells += [f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]", p_values]
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def length_table(results: list[CurveResult], train_set: str) -> str:
+    """At the last step: each head's accuracy on pairs whose chosen response is longer than the rejected one, and on
+    the others (mean over seeds; pairs in brackets). A head that prefers short answers scores high on the second."""
+    runs = [r for r in results if r.train_set == train_set]
+    lines = ["| test set | method | head | chosen longer | chosen shorter or equal |", "|---|---|---|---|---|"]
+    for test_set in dict.fromkeys(name for r in runs for _, name in r.scores):
+        for label in dict.fromkeys(r.label for r in runs):
+            group = [r for r in runs if r.label == label]
+            last = max(step for step, name in group[0].scores if name == test_set)
+            longer = group[0].chosen_longer[test_set]
+            for head in CURVE_HEADS[group[0].method]:
+                correct = _seed_correctness(group, last, test_set, head)
+                lines.append(
+                    f"| {dataset_title(test_set)} | {label} | {head} | {100 * correct[:, longer].mean():.1f} ({int(longer.sum())}) | "
+                    f"{100 * correct[:, ~longer].mean():.1f} ({int((~longer).sum())}) |"
+                )
+    return "\n".join(lines)
+
+
+def alpha_table(results: list[CurveResult], train_set: str) -> str:
+    """The alpha sweep at the last step on the run's own test set (paper Figure 6): reward-head accuracy, its mean
+    reward margin r(y_w) - r(y_l), and the implicit reward's accuracy; mean ± std over seeds."""
+    runs = sorted((r for r in results if r.train_set == train_set), key=lambda r: r.alpha)
+    lines = [
+        "| alpha | reward-head accuracy | mean reward margin | implicit accuracy | seeds |",
+        "|---|---|---|---|---|",
+    ]
+    for alpha in dict.fromkeys(r.alpha for r in runs):
+        group = [r for r in runs if r.alpha == alpha]
+        last = max(step for step, name in group[0].scores if name == train_set)
+        scores = [r.scores[(last, train_set)] for r in group]
+        accuracy = [float(np.mean(s.correctness()["reward"])) for s in scores]
+        margin = [float(np.mean(s.chosen_rewards - s.rejected_rewards)) for s in scores]
+        implicit = [float(np.mean(s.correctness()["implicit"])) for s in scores if "implicit" in s.correctness()]
+        margin_text = f"{statistics.mean(margin):.3f}" + (
+            f" ± {statistics.stdev(margin):.3f}" if len(margin) > 1 else ""
+        )
+        lines.append(
+            f"| {alpha:g} | {mean_spread(accuracy)} | {margin_text} | {mean_spread(implicit)} | {len(group)} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_curves(results: list[CurveResult], train_set: str, test_set: str, path: Path) -> None:
+    """Accuracy against steps, one line per method and head, the band spanning the seeds (or, for one seed, its
+    Wilson 95% interval)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in results if r.train_set == train_set]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for label in dict.fromkeys(r.label for r in runs):
+        group = [r for r in runs if r.label == label]
+        steps = sorted(step for step, name in group[0].scores if name == test_set)
+        for head in CURVE_HEADS[group[0].method]:
+            correct = [_seed_correctness(group, step, test_set, head) for step in steps]
+            means = [100 * c.mean() for c in correct]
+            if len(group) > 1:
+                low, high = [100 * c.mean(axis=1).min() for c in correct], [100 * c.mean(axis=1).max() for c in correct]
+            else:
+                intervals = [accuracy_interval(c[0]) for c in correct]
+                low, high = [100 * i[1] for i in intervals], [100 * i[2] for i in intervals]
+            (line,) = axis.plot(steps, means, marker="o", label=f"{label} {head}")
+            axis.fill_between(steps, low, high, color=line.get_color(), alpha=0.15)
+    axis.axhline(50, color="grey", lw=0.8, ls=":")
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("optimiser steps (batch 16)")
+    axis.set_ylabel("pairwise accuracy (%)")
+    axis.set_title(f"trained on {dataset_title(train_set)}, tested on {dataset_title(test_set)}", fontsize=9)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_curve_report(results: list[CurveResult], output_dir: str | Path, command: str, settings_text: str) -> Path:
+    """report.md with the learning-curve tables and plots, the length split and (when several alphas ran) the sweep."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    sections = ["# hafrm learning curves", "", f"Command: `{command}`", "", settings_text, ""]
+    for train_set in dict.fromkeys(r.train_set for r in results):
+        runs = [r for r in results if r.train_set == train_set]
+        hours = sum(r.wall_s for r in runs) / 3600
+        sections += [
+            f"## Trained on {dataset_title(train_set)} ({len(runs)} runs, {hours:.1f} h of training and evaluation)",
+            "",
+        ]
+        for test_set in dict.fromkeys(name for r in runs for _, name in r.scores):
+            plot = f"curve-{train_set}-{test_set}.png"
+            plot_curves(results, train_set, test_set, output_dir / plot)
+            sections += [
+                f"### Tested on {dataset_title(test_set)} ({len(next(iter(r.scores[k] for r in runs for k in r.scores if k[1] == test_set)).chosen_rewards)} pairs)",
+                "",
+                "Accuracy (%), mean ± std over seeds.",
+                "",
+                curve_table(results, train_set, test_set),
+                "",
+                f"![{plot}]({plot})",
+                "",
+            ]
+        sections += ["### Length preference at the last step (%)", "", length_table(results, train_set), ""]
+        if len({r.alpha for r in runs if r.method == "haf"}) > 1:
+            sections += ["### Policy ratio alpha (paper Figure 6)", "", alpha_table(results, train_set), ""]
+    path = output_dir / "report.md"
+    path.write_text("\n".join(sections) + "\n")
     return path

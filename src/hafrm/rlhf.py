@@ -20,7 +20,9 @@ def _text(value) -> str:
     return value
 
 
-def reward_function(model_dir: str | Path, max_length: int = 512, batch_size: int = 8, dtype: str = "fp32", device: str | None = None):
+def reward_function(
+    model_dir: str | Path, max_length: int = 512, batch_size: int = 8, dtype: str = "fp32", device: str | None = None
+):
     """A TRL-style reward function scoring (prompt, completion) pairs with the reward head.
 
     Prompts may be chat messages (conversational datasets), plain strings (templated here, as in training), or

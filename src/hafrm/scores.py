@@ -16,7 +16,9 @@ from hafrm.model import HybridOutput, HybridRewardModel
 HEADS = ("reward", "implicit", "combined")
 
 
-def forward_batch(model, objective: HafObjective, batch: dict, with_logps: bool, reference_source: HybridRewardModel | None = None) -> tuple[HybridOutput, torch.Tensor | None]:
+def forward_batch(
+    model, objective: HafObjective, batch: dict, with_logps: bool, reference_source: HybridRewardModel | None = None
+) -> tuple[HybridOutput, torch.Tensor | None]:
     """Outputs of one forward pass and the reference log-probs the policy loss compares against: precomputed ones
     from the batch, else from `reference_source` (the unwrapped model: frozen copy, or LoRA base with adapters off)."""
     inputs = (batch["input_ids"], batch["segment_ids"], batch.get("position_ids"))
@@ -35,7 +37,9 @@ def implicit_rewards(objective: HafObjective, outputs: HybridOutput, reference: 
 
 
 @torch.no_grad()
-def batch_scores(model: HybridRewardModel, objective: HafObjective, batch: dict, with_implicit: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_scores(
+    model: HybridRewardModel, objective: HafObjective, batch: dict, with_implicit: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(rewards, implicit rewards) of every response of a batch, on the CPU. Asking for the reward head alone skips
     the LM head and the reference forward."""
     device = next(model.parameters()).device

@@ -11,6 +11,7 @@ from hafrm.data.encoding import PAD, PairEncoder, length_sorted_batches, pad_seq
 from hafrm.data.errors import DataError
 from hafrm.data.formats import SkipRow, as_messages, as_response, require
 from hafrm.data.reading import read_rows
+from hafrm.export import REWARD_MODEL_DIR
 from hafrm.model import response_ends
 from hafrm.pretrained import load_pretrained, load_tokenizer, resolve_dtype
 
@@ -26,11 +27,15 @@ class RewardScorer:
         from transformers import AutoModelForSequenceClassification
 
         model_dir = Path(model_dir)
-        if (model_dir / "reward_model").is_dir():
-            model_dir = model_dir / "reward_model"
+        if (model_dir / REWARD_MODEL_DIR).is_dir():
+            model_dir = model_dir / REWARD_MODEL_DIR
         self.tokenizer = load_tokenizer(str(model_dir))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = load_pretrained(AutoModelForSequenceClassification, str(model_dir), resolve_dtype(dtype)).to(self.device).eval()
+        self.model = (
+            load_pretrained(AutoModelForSequenceClassification, str(model_dir), resolve_dtype(dtype))
+            .to(self.device)
+            .eval()
+        )
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.encoder = PairEncoder(self.tokenizer, max_length)
 
@@ -57,8 +62,18 @@ class RewardScorer:
     def score_ids(self, sequences: list[list[int]], batch_size: int = 8, progress: bool = False) -> list[float]:
         """Rewards of token sequences, batched by similar length to cut padding; results in input order."""
         rewards = [0.0] * len(sequences)
-        for chunk in tqdm(length_sorted_batches([len(s) for s in sequences], batch_size), desc="scoring", disable=not progress, leave=False):
-            batch = pad_sequences([sequences[i] for i in chunk], [0] * len(chunk), self.tokenizer.pad_token_id, self.tokenizer.padding_side)
+        for chunk in tqdm(
+            length_sorted_batches([len(s) for s in sequences], batch_size),
+            desc="scoring",
+            disable=not progress,
+            leave=False,
+        ):
+            batch = pad_sequences(
+                [sequences[i] for i in chunk],
+                [0] * len(chunk),
+                self.tokenizer.pad_token_id,
+                self.tokenizer.padding_side,
+            )
             values = self._rewards(batch["input_ids"].to(self.device), batch["segment_ids"].to(self.device))
             for i, value in zip(chunk, values.float().cpu().tolist()):
                 rewards[i] = value
@@ -68,25 +83,33 @@ class RewardScorer:
         attention_mask = (segment_ids != PAD).long()
         score = getattr(self.model, "score", None)
         if isinstance(score, torch.nn.Linear) and score.out_features == 1:
-            hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            hidden = self.model.base_model(
+                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+            ).last_hidden_state
             rows, ends = response_ends(segment_ids)
             return score(hidden[rows, ends].to(score.weight.dtype)).squeeze(-1)
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
 
 
-def read_scoring_rows(source: str, prompt_column: str = "prompt", response_column: str = "response") -> list[tuple[dict, list, str]]:
+def read_scoring_rows(
+    source: str, prompt_column: str = "prompt", response_column: str = "response"
+) -> list[tuple[dict, list, str]]:
     """(row, prompt messages, response) of every row of a JSONL/CSV/Parquet file, all checked before any model is
     loaded: a missing column or an empty response is an error naming the file and line."""
     rows = []
     for where, row in read_rows(source):
         require(row, (prompt_column, response_column), where)
-        rows.append((row, as_messages(row[prompt_column], where), response_text(row[response_column], response_column, where)))
+        rows.append(
+            (row, as_messages(row[prompt_column], where), response_text(row[response_column], response_column, where))
+        )
     return rows
 
 
 def score_rows(scorer: RewardScorer, rows: list[tuple[dict, list, str]], batch_size: int = 8) -> list[dict]:
     """The rows with a 'reward' field added."""
-    rewards = scorer.score_ids([scorer.encode(prompt, response) for _, prompt, response in rows], batch_size, progress=True)
+    rewards = scorer.score_ids(
+        [scorer.encode(prompt, response) for _, prompt, response in rows], batch_size, progress=True
+    )
     return [{**row, "reward": reward} for (row, _, _), reward in zip(rows, rewards)]
 
 

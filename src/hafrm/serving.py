@@ -87,11 +87,15 @@ def resolve_api_key(api_key: str | None, no_auth: bool, host: str) -> str | None
     or with an explicit no_auth.
     """
     if api_key is not None and not api_key.strip():
-        raise ValueError("the API key is empty (is the variable holding it unset?); give a key, or --no-auth to serve without one")
+        raise ValueError(
+            "the API key is empty (is the variable holding it unset?); give a key, or --no-auth to serve without one"
+        )
     if api_key is not None and no_auth:
         raise ValueError("--no-auth contradicts the API key given (--api-key or HAFRM_API_KEY)")
     if api_key is None and not no_auth and not is_loopback(host):
-        raise ValueError(f"refusing to serve {host} without an API key: give --api-key (or HAFRM_API_KEY), or --no-auth to serve it open")
+        raise ValueError(
+            f"refusing to serve {host} without an API key: give --api-key (or HAFRM_API_KEY), or --no-auth to serve it open"
+        )
     return api_key
 
 
@@ -184,7 +188,11 @@ def replay(body: bytes, receive):
 async def send_error(send, status: int, detail: str, headers: list | None = None) -> None:
     """A JSON error that also closes the connection: the rest of an unread body is never read."""
     body = json.dumps({"detail": detail}).encode()
-    fixed = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+    fixed = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
     await send({"type": "http.response.start", "status": status, "headers": fixed + (headers or [])})
     await send({"type": "http.response.body", "body": body})
 
@@ -238,7 +246,9 @@ class DynamicBatcher:
     async def _run(self, waiting: list) -> None:
         sequences = [s for request, _ in waiting for s in request]
         try:
-            rewards = await asyncio.get_running_loop().run_in_executor(self.executor, self.scorer.score_ids, sequences, self.limits.max_batch_size)
+            rewards = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.scorer.score_ids, sequences, self.limits.max_batch_size
+            )
         except Exception as error:
             if len(waiting) > 1:  # find the request at fault: each one alone
                 for one in waiting:
@@ -277,14 +287,23 @@ class Preparer:
         request = parse(CompareRequest, body)
         self.check_count(2 * len(request.items))
         for n, item in enumerate(request.items):
-            self.check_texts(f"items[{n}]", prompt_texts(item.prompt) + [("response_a", item.response_a), ("response_b", item.response_b)])
-        return [self.encode(f"items[{n}]", item.prompt, r) for n, item in enumerate(request.items) for r in (item.response_a, item.response_b)]
+            self.check_texts(
+                f"items[{n}]",
+                prompt_texts(item.prompt) + [("response_a", item.response_a), ("response_b", item.response_b)],
+            )
+        return [
+            self.encode(f"items[{n}]", item.prompt, r)
+            for n, item in enumerate(request.items)
+            for r in (item.response_a, item.response_b)
+        ]
 
     def get_reward(self, body: bytes) -> list[list[int]]:
         request = parse(OpenRLHFRequest, body)
         self.check_count(len(request.query))
         self.check_texts("query", [(f"[{n}]", q) for n, q in enumerate(request.query)])
-        return [self.nonempty(f"query[{n}]", self.guarded(self.scorer.encode_text, q)) for n, q in enumerate(request.query)]
+        return [
+            self.nonempty(f"query[{n}]", self.guarded(self.scorer.encode_text, q)) for n, q in enumerate(request.query)
+        ]
 
     def check_count(self, items: int) -> None:
         if items > self.limits.max_items:
@@ -342,7 +361,9 @@ def prompt_texts(prompt) -> list[tuple[str, str]]:
     return [(f"prompt[{n}].content", m.get("content", "")) for n, m in enumerate(prompt)]
 
 
-def create_app(scorer: RewardScorer, limits: ServeLimits | None = None, api_key: str | None = None, model_name: str = "") -> RequestGuard:
+def create_app(
+    scorer: RewardScorer, limits: ServeLimits | None = None, api_key: str | None = None, model_name: str = ""
+) -> RequestGuard:
     """The service as an ASGI app: the FastAPI routes inside a RequestGuard. An empty api_key is refused."""
     limits = limits or ServeLimits()
     if api_key is not None and not api_key.strip():
@@ -426,10 +447,24 @@ def public_name(model_dir: str | Path) -> str:
 def server_config(app, host: str, port: int, limits: ServeLimits, log_level: str = "info"):
     import uvicorn
 
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=HeadTimeoutProtocol, timeout_keep_alive=limits.timeout_keep_alive)
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        http=HeadTimeoutProtocol,
+        timeout_keep_alive=limits.timeout_keep_alive,
+    )
 
 
-def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, limits: ServeLimits | None = None, max_length: int = 512) -> None:
+def serve(
+    model_dir: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    limits: ServeLimits | None = None,
+    max_length: int = 512,
+) -> None:
     import uvicorn
 
     limits = limits or ServeLimits()

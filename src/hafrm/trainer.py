@@ -121,22 +121,37 @@ class HafTrainer(_TrainableStateCheckpoints, Trainer):
         args.remove_unused_columns = False
         train_dataset = self._encoded(train_dataset, "train_dataset", processing_class, max_length)
         if isinstance(eval_dataset, dict):
-            eval_dataset = {k: self._encoded(v, f"eval_dataset[{k}]", processing_class, max_length) for k, v in eval_dataset.items()}
+            eval_dataset = {
+                k: self._encoded(v, f"eval_dataset[{k}]", processing_class, max_length) for k, v in eval_dataset.items()
+            }
         else:
             eval_dataset = self._encoded(eval_dataset, "eval_dataset", processing_class, max_length)
         if data_collator is None and processing_class is not None and model is not None:
-            data_collator = PairCollator(processing_class.pad_token_id, processing_class.padding_side, model.shares_prompts)
+            data_collator = PairCollator(
+                processing_class.pad_token_id, processing_class.padding_side, model.shares_prompts
+            )
         if compute_metrics is None:
             from hafrm.training import primary_metrics
 
             compute_metrics = primary_metrics(objective.method)
         precomputed = train_dataset is not None and "reference_chosen_logps" in train_dataset.column_names
-        if objective.uses_policy_head and objective.policy_loss.needs_reference and model is not None and not precomputed:
+        if (
+            objective.uses_policy_head
+            and objective.policy_loss.needs_reference
+            and model is not None
+            and not precomputed
+        ):
             if not model.is_peft and model.reference_model is None:
                 model.keep_frozen_reference()
         super().__init__(
-            model=model, args=args, data_collator=data_collator, train_dataset=train_dataset, eval_dataset=eval_dataset,
-            processing_class=processing_class, compute_metrics=compute_metrics, **kwargs,
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            compute_metrics=compute_metrics,
+            **kwargs,
         )
         self.objective = objective
         self.eval_scores_dir = Path(eval_scores_dir) if eval_scores_dir is not None else None
@@ -156,8 +171,12 @@ class HafTrainer(_TrainableStateCheckpoints, Trainer):
 
     def _batch_outputs(self, model, inputs, with_logps: bool):
         """Forward the batch once; return the loss, its statistics, the outputs and the reference log-probs."""
-        outputs, reference = forward_batch(model, self.objective, inputs, with_logps, self.accelerator.unwrap_model(model))
-        loss, stats = self.objective(outputs.rewards, outputs.logps, outputs.token_counts, reference, inputs.get("margin"))
+        outputs, reference = forward_batch(
+            model, self.objective, inputs, with_logps, self.accelerator.unwrap_model(model)
+        )
+        loss, stats = self.objective(
+            outputs.rewards, outputs.logps, outputs.token_counts, reference, inputs.get("margin")
+        )
         return loss, stats, outputs, reference
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -186,7 +205,9 @@ class HafTrainer(_TrainableStateCheckpoints, Trainer):
 
     # ------------------------------------------------------------------ evaluation
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
         """Trainer.evaluation_loop, keeping each evaluation's per-pair scores when eval_scores_dir is set."""
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         if self.eval_scores_dir is not None and self.is_world_process_zero() and output.predictions is not None:
@@ -194,7 +215,9 @@ class HafTrainer(_TrainableStateCheckpoints, Trainer):
 
             name = metric_key_prefix.removeprefix("eval_") if metric_key_prefix != "eval" else "eval"
             self.eval_scores_dir.mkdir(parents=True, exist_ok=True)
-            PairScores.from_predictions(output.predictions).save(self.eval_scores_dir / f"step-{self.state.global_step}-{name}.npz")
+            PairScores.from_predictions(output.predictions).save(
+                self.eval_scores_dir / f"step-{self.state.global_step}-{name}.npz"
+            )
         return output
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

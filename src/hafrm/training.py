@@ -43,7 +43,9 @@ class TrainResult:
 Rows = datasets.Dataset | list[dict]  # preference data in memory, in any schema a file may have
 
 
-def load_splits(config: TrainConfig, encoder: PairEncoder, train_rows: Rows | None = None, eval_rows=None) -> tuple[datasets.Dataset, dict, SkipReport]:
+def load_splits(
+    config: TrainConfig, encoder: PairEncoder, train_rows: Rows | None = None, eval_rows=None
+) -> tuple[datasets.Dataset, dict, SkipReport]:
     """The train set and the named eval sets: given files or rows in memory (eval_rows may also be a mapping of
     test-set names to rows), the shipped default, or a seeded split of the train data. One unnamed eval set is
     called "eval"; no eval set gives an empty mapping."""
@@ -51,10 +53,22 @@ def load_splits(config: TrainConfig, encoder: PairEncoder, train_rows: Rows | No
     train_source = train_rows if train_rows is not None else config.train_data or str(DEFAULT_TRAIN_DATA)
     train_pairs, report = load_pairs(train_source, limit=config.max_train_pairs, name="train_data", **options)
     own_train_data = config.train_data is not None or train_rows is not None
-    eval_source = eval_rows if eval_rows is not None else config.eval_data or (str(DEFAULT_EVAL_DATA) if not own_train_data else None)
+    eval_source = (
+        eval_rows
+        if eval_rows is not None
+        else config.eval_data or (str(DEFAULT_EVAL_DATA) if not own_train_data else None)
+    )
     eval_pairs: dict[str, list[dict]] = {}
-    for name, source in (eval_source.items() if isinstance(eval_source, dict) else [("eval", eval_source)] if eval_source is not None else []):
-        eval_pairs[name], eval_report = load_pairs(source, split="test", limit=config.max_eval_pairs, name=name, **options)
+    for name, source in (
+        eval_source.items()
+        if isinstance(eval_source, dict)
+        else [("eval", eval_source)]
+        if eval_source is not None
+        else []
+    ):
+        eval_pairs[name], eval_report = load_pairs(
+            source, split="test", limit=config.max_eval_pairs, name=name, **options
+        )
         report.merge(eval_report)
     if eval_source is None and config.eval_fraction > 0:
         train_pairs, held_out = train_test_split(train_pairs, config.eval_fraction, config.seed)
@@ -74,7 +88,16 @@ def weights_dtype(config: TrainConfig) -> torch.dtype:
 def build_model(config: TrainConfig, model_path: str, tokenizer) -> HybridRewardModel:
     causal_lm = load_causal_lm(model_path, weights_dtype(config))
     fit_embeddings(causal_lm, tokenizer)
-    lora = LoraSettings(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules) if config.lora else None
+    lora = (
+        LoraSettings(
+            r=config.lora_r,
+            alpha=config.lora_alpha,
+            dropout=config.lora_dropout,
+            target_modules=config.lora_target_modules,
+        )
+        if config.lora
+        else None
+    )
     model = HybridRewardModel.from_causal_lm(causal_lm, lora)
     if config.freeze_layers:
         model.freeze_trunk(config.freeze_layers)
@@ -100,7 +123,10 @@ def pair_collator(config: TrainConfig, model: HybridRewardModel, tokenizer) -> P
     FlashAttention, which ignores custom masks) chosen and rejected are separate rows, with a log line."""
     share = config.share_prompt and model.shares_prompts
     if config.share_prompt and not share:
-        logger.info("Attention %r cannot take a block mask: chosen and rejected are computed as separate rows", model.config._attn_implementation)
+        logger.info(
+            "Attention %r cannot take a block mask: chosen and rejected are computed as separate rows",
+            model.config._attn_implementation,
+        )
     return PairCollator(tokenizer.pad_token_id, tokenizer.padding_side, share)
 
 
@@ -129,7 +155,9 @@ def training_arguments(config: TrainConfig, has_eval: bool, train_pairs: int | N
     """
     per_step = config.micro_batch_size * world_size()
     if config.batch_size % per_step:
-        raise ValueError(f"batch_size {config.batch_size} is not a multiple of micro_batch_size x processes = {per_step}")
+        raise ValueError(
+            f"batch_size {config.batch_size} is not a multiple of micro_batch_size x processes = {per_step}"
+        )
     if config.early_stopping_patience and not has_eval:
         raise ValueError("early_stopping_patience needs an eval set: give eval_data or an eval_fraction above 0")
     # Checkpoints follow evaluations when there is an eval set, so the best one can be kept and reloaded.
@@ -137,7 +165,9 @@ def training_arguments(config: TrainConfig, has_eval: bool, train_pairs: int | N
     eval_steps = (config.eval_steps or save_steps) if has_eval else None
     save_strategy = "steps" if save_steps else "epoch"
     eval_strategy = ("steps" if eval_steps else "epoch") if has_eval else "no"
-    if config.eval_at_steps:  # EvaluateAtSteps evaluates and checkpoints at those steps only; the last step's model is the result
+    if (
+        config.eval_at_steps
+    ):  # EvaluateAtSteps evaluates and checkpoints at those steps only; the last step's model is the result
         save_strategy = eval_strategy = "no"
     dtype = resolve_dtype(config.dtype)
     arguments = dict(
@@ -310,13 +340,18 @@ def train(
     """
     config = config or TrainConfig()
     train_rows, eval_rows = _in_memory(train_data), _in_memory(eval_data)
-    paths = {name: str(value) for name, value in (("train_data", train_data), ("eval_data", eval_data))
-             if value is not None and isinstance(value, (str, os.PathLike))}
+    paths = {
+        name: str(value)
+        for name, value in (("train_data", train_data), ("eval_data", eval_data))
+        if value is not None and isinstance(value, (str, os.PathLike))
+    }
     if paths:
         config = dataclasses.replace(config, **paths)
     preflight(config, train_rows is not None, eval_rows is not None)
     if isinstance(eval_rows, dict) and (config.compare_to_untrained or config.eval_during_training_pairs):
-        raise ValueError("compare_to_untrained and eval_during_training_pairs work on one eval set, not on named test sets")
+        raise ValueError(
+            "compare_to_untrained and eval_during_training_pairs work on one eval set, not on named test sets"
+        )
     set_seed(config.seed)
     model_path = resolve_model_path(config.model)
     tokenizer = load_tokenizer(model_path)
@@ -334,13 +369,20 @@ def train(
     model.to(args.device)  # the Trainer would move it later; the precomputations need it there now
     if config.freeze_layers and config.trunk_cache and collator.share_prompt:
         with args.main_process_first(desc="frozen trunk"):
-            train_set, *evaluated = replay_frozen_trunk(model, collator, [train_set, *eval_sets.values()], config.micro_batch_size, args.device)
+            train_set, *evaluated = replay_frozen_trunk(
+                model, collator, [train_set, *eval_sets.values()], config.micro_batch_size, args.device
+            )
             eval_sets = dict(zip(eval_sets, evaluated))
     if objective.uses_policy_head and objective.policy_loss.needs_reference:
         if config.reference == "precompute":
             with args.main_process_first(desc="reference log-probs"):
-                train_set = add_reference_logps(model, train_set, collator, config.micro_batch_size, args.device, "train")
-                eval_sets = {name: add_reference_logps(model, s, collator, config.micro_batch_size, args.device, name) for name, s in eval_sets.items()}
+                train_set = add_reference_logps(
+                    model, train_set, collator, config.micro_batch_size, args.device, "train"
+                )
+                eval_sets = {
+                    name: add_reference_logps(model, s, collator, config.micro_batch_size, args.device, name)
+                    for name, s in eval_sets.items()
+                }
         elif not model.is_peft:
             model.keep_frozen_reference()
     eval_set = eval_sets.get("eval") if list(eval_sets) == ["eval"] else (eval_sets or None)
@@ -373,8 +415,11 @@ def train(
             "base_model": config.model or "default",
             "base_model_path": model_path,
             "config": config.to_dict(),
-            **({"in_memory_data": [n for n, r in (("train", train_rows), ("eval", eval_rows)) if r is not None]}
-               if train_rows is not None or eval_rows is not None else {}),
+            **(
+                {"in_memory_data": [n for n, r in (("train", train_rows), ("eval", eval_rows)) if r is not None]}
+                if train_rows is not None or eval_rows is not None
+                else {}
+            ),
             "eval_metrics": metrics,
             "data": report.as_dict(),
         }
@@ -401,7 +446,10 @@ def _in_memory(data):
     if data is None or isinstance(data, (str, os.PathLike)):
         return None
     if isinstance(data, dict):
-        return {str(name): value if isinstance(value, (str, os.PathLike)) else _in_memory(value) for name, value in data.items()}
+        return {
+            str(name): value if isinstance(value, (str, os.PathLike)) else _in_memory(value)
+            for name, value in data.items()
+        }
     if isinstance(data, datasets.Dataset) or (isinstance(data, list) and all(isinstance(row, dict) for row in data)):
         return data
     raise TypeError(f"training data must be a path, a datasets.Dataset or a list of dicts, got {type(data).__name__}")

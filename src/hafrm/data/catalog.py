@@ -35,19 +35,72 @@ class DatasetSpec:
 CATALOG: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in [
-        DatasetSpec("hh-harmless", "HH-Harmless", "Anthropic/hh-rlhf", "hh-rlhf", "safety", {"train": "train", "test": "test"}, {"data_dir": "harmless-base"},
-                    {"train": "hh-rlhf-harmless-base/harmless_train_sample.jsonl", "test": "hh-rlhf-harmless-base/test.jsonl.gz"}),
-        DatasetSpec("hh-helpful", "HH-Helpful", "Anthropic/hh-rlhf", "hh-rlhf", "chat", {"train": "train", "test": "test"}, {"data_dir": "helpful-base"},
-                    {"train": "hh-rlhf-helpful-base/helpful_train_sample.jsonl", "test": "hh-rlhf-helpful-base/test.jsonl.gz"}),
-        DatasetSpec("beaver-safe", "Beaver Safe", "PKU-Alignment/PKU-SafeRLHF", "pku-saferlhf", "safety", {"train": "train", "test": "test"}, {},
-                    {"train": "pku-saferlhf/PKU-Alignment_PKU-SafeRLHF_sample.jsonl", "test": "pku-saferlhf/pku_seferlhf_realign_dpo_5k.json.gz"},
-                    note="locally: the test split is 5,135 PKU-SafeRLHF pairs where exactly one response is safe (chosen = the safe one)"),
-        DatasetSpec("alpaca-human-pref", "Alpaca Human Pref", "tatsu-lab/alpaca_farm:alpaca_human_preference", "alpaca-farm", "chat", {"train": "preference"}),
-        DatasetSpec("chatbot-arena", "Chatbot Arena", "lmsys/chatbot_arena_conversations", "chatbot-arena", "chat", {"train": "train"}, {},
-                    {"train": "arena-human-preference-55k/lmsys_lmsys-arena-human-preference-55k_sample.jsonl"},
-                    note="locally: the arena-human-preference-55k sample stands in for the 33k conversations"),
-        DatasetSpec("reward-bench", "RewardBench", "allenai/reward-bench", "reward-bench", None, {"test": "filtered"}, {},
-                    {"test": "reward-bench/reward_bench_format_sample.jsonl"}),
+        DatasetSpec(
+            name="hh-harmless",
+            title="HH-Harmless",
+            hub="Anthropic/hh-rlhf",
+            data_format="hh-rlhf",
+            group="safety",
+            hub_splits={"train": "train", "test": "test"},
+            hub_kwargs={"data_dir": "harmless-base"},
+            local={
+                "train": "hh-rlhf-harmless-base/harmless_train_sample.jsonl",
+                "test": "hh-rlhf-harmless-base/test.jsonl.gz",
+            },
+        ),
+        DatasetSpec(
+            name="hh-helpful",
+            title="HH-Helpful",
+            hub="Anthropic/hh-rlhf",
+            data_format="hh-rlhf",
+            group="chat",
+            hub_splits={"train": "train", "test": "test"},
+            hub_kwargs={"data_dir": "helpful-base"},
+            local={
+                "train": "hh-rlhf-helpful-base/helpful_train_sample.jsonl",
+                "test": "hh-rlhf-helpful-base/test.jsonl.gz",
+            },
+        ),
+        DatasetSpec(
+            name="beaver-safe",
+            title="Beaver Safe",
+            hub="PKU-Alignment/PKU-SafeRLHF",
+            data_format="pku-saferlhf",
+            group="safety",
+            hub_splits={"train": "train", "test": "test"},
+            local={
+                "train": "pku-saferlhf/PKU-Alignment_PKU-SafeRLHF_sample.jsonl",
+                "test": "pku-saferlhf/pku_seferlhf_realign_dpo_5k.json.gz",
+            },
+            note="locally: the test split is 5,135 PKU-SafeRLHF pairs where exactly one response is safe (chosen = the safe one)",
+        ),
+        DatasetSpec(
+            name="alpaca-human-pref",
+            title="Alpaca Human Pref",
+            hub="tatsu-lab/alpaca_farm:alpaca_human_preference",
+            data_format="alpaca-farm",
+            group="chat",
+            hub_splits={"train": "preference"},
+        ),
+        DatasetSpec(
+            name="chatbot-arena",
+            title="Chatbot Arena",
+            hub="lmsys/chatbot_arena_conversations",
+            data_format="chatbot-arena",
+            group="chat",
+            hub_splits={"train": "train"},
+            local={"train": "arena-human-preference-55k/lmsys_lmsys-arena-human-preference-55k_sample.jsonl"},
+            note="locally: the arena-human-preference-55k sample stands in for the 33k conversations",
+        ),
+        DatasetSpec(
+            name="reward-bench",
+            title="RewardBench",
+            hub="allenai/reward-bench",
+            data_format="reward-bench",
+            group=None,
+            hub_splits={"test": "filtered"},
+            local={"test": "reward-bench/reward_bench_format_sample.jsonl"},
+        ),
     ]
 }
 
@@ -60,7 +113,9 @@ def group_members(name: str) -> list[str]:
     return [other for other in PAPER_DATASETS if other != name and CATALOG[other].group == group]
 
 
-def load_named(name: str, split: str, data_root: str | Path | None = None, limit: int | None = None, seed: int = 0) -> tuple[list[dict], SkipReport]:
+def load_named(
+    name: str, split: str, data_root: str | Path | None = None, limit: int | None = None, seed: int = 0
+) -> tuple[list[dict], SkipReport]:
     """Pairs of a catalogued data set's split: local files when data_root has them, else the hub.
 
     Where the source has no test split, train and test are the seeded 90% / 10% split of its train split.
@@ -70,7 +125,9 @@ def load_named(name: str, split: str, data_root: str | Path | None = None, limit
     if split not in ("train", "test"):
         raise DataError(f"split must be 'train' or 'test', got {split!r}")
     spec = CATALOG[name]
-    local_files = {s: Path(data_root) / p for s, p in spec.local.items() if data_root and (Path(data_root) / p).exists()}
+    local_files = {
+        s: Path(data_root) / p for s, p in spec.local.items() if data_root and (Path(data_root) / p).exists()
+    }
 
     def read(source_split: str) -> tuple[list[dict], SkipReport]:
         if local_files:
@@ -93,7 +150,9 @@ def load_named(name: str, split: str, data_root: str | Path | None = None, limit
     return (pairs[:limit] if limit is not None else pairs), report
 
 
-def mixed(names: list[str], split: str, per_dataset: int, data_root: str | Path | None = None, seed: int = 0) -> list[dict]:
+def mixed(
+    names: list[str], split: str, per_dataset: int, data_root: str | Path | None = None, seed: int = 0
+) -> list[dict]:
     """An evenly mixed data set: the same number of pairs from each, shuffled with the seed."""
     pairs: list[dict] = []
     for name in names:

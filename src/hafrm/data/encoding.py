@@ -57,10 +57,17 @@ class PairEncoder:
         """The whole conversation, prompt then response and the turn end the format puts after it."""
         prompt_text = self.prompt_text(prompt)
         if self.tokenizer.chat_template:
-            full = self.tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}], tokenize=False)
+            full = self.tokenizer.apply_chat_template(
+                prompt + [{"role": "assistant", "content": response}], tokenize=False
+            )
             if full.startswith(prompt_text):
                 return full
-        return prompt_text + (" " if not self.tokenizer.chat_template else "") + response + (self.tokenizer.eos_token or "")
+        return (
+            prompt_text
+            + (" " if not self.tokenizer.chat_template else "")
+            + response
+            + (self.tokenizer.eos_token or "")
+        )
 
     @cached_property
     def assistant_prefix(self) -> str:
@@ -175,7 +182,9 @@ def encode_pairs(pairs: list[dict], encoder: PairEncoder, report) -> datasets.Da
     return datasets.Dataset.from_list(encoded)
 
 
-def pad_sequences(sequences: list[list[int]], prompt_lengths: list[int], pad_id: int, padding_side: str = "right") -> dict:
+def pad_sequences(
+    sequences: list[list[int]], prompt_lengths: list[int], pad_id: int, padding_side: str = "right"
+) -> dict:
     """One sequence per row, padded to a common length; segment_ids mark prompt, response and padding."""
     width = max(len(s) for s in sequences)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
@@ -193,7 +202,11 @@ def shared_prompt_rows(features: list[dict], pad_id: int) -> dict:
     rows = []
     for f in features:
         length = f["prompt_length"]
-        prompt, chosen, rejected = f["chosen_input_ids"][:length], f["chosen_input_ids"][length:], f["rejected_input_ids"][length:]
+        prompt, chosen, rejected = (
+            f["chosen_input_ids"][:length],
+            f["chosen_input_ids"][length:],
+            f["rejected_input_ids"][length:],
+        )
         segments = [PROMPT] * length + [RESPONSE] * len(chosen) + [REJECTED] * len(rejected)
         positions = list(range(length + len(chosen))) + list(range(length, length + len(rejected)))
         rows.append((prompt + chosen + rejected, segments, positions))
@@ -241,10 +254,14 @@ class PairCollator:
         if self.share_prompt:
             batch = shared_prompt_rows(features, self.pad_token_id)
             if self.trunk is not None:
-                batch["trunk_states"] = self.trunk.batch([f["pair_index"] for f in features], batch["input_ids"].shape[1])
+                batch["trunk_states"] = self.trunk.batch(
+                    [f["pair_index"] for f in features], batch["input_ids"].shape[1]
+                )
         else:
             sequences = [f["chosen_input_ids"] for f in features] + [f["rejected_input_ids"] for f in features]
-            batch = pad_sequences(sequences, [f["prompt_length"] for f in features] * 2, self.pad_token_id, self.padding_side)
+            batch = pad_sequences(
+                sequences, [f["prompt_length"] for f in features] * 2, self.pad_token_id, self.padding_side
+            )
         batch["margin"] = torch.tensor([f["margin"] for f in features], dtype=torch.float32)
         if "reference_chosen_logps" in features[0]:
             batch["reference_logps"] = torch.tensor(

@@ -40,9 +40,13 @@ class SkipReport:
 
     def summary(self) -> str:
         parts = [f"{self.rows_used} of {self.rows_read} rows used"]
-        parts += [f"{n} skipped: {reason} (e.g. {', '.join(self.examples[reason])})" for reason, n in self.skipped.items()]
+        parts += [
+            f"{n} skipped: {reason} (e.g. {', '.join(self.examples[reason])})" for reason, n in self.skipped.items()
+        ]
         if self.truncated:
-            parts.append(f"{self.truncated} pairs truncated to max_length (prompt cut from the left, response end kept)")
+            parts.append(
+                f"{self.truncated} pairs truncated to max_length (prompt cut from the left, response end kept)"
+            )
         return "; ".join(parts)
 
     def as_dict(self) -> dict:

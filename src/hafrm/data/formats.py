@@ -32,7 +32,9 @@ def parse_hh_dialogue(text: str) -> Messages:
     if len(pieces) < 3 or pieces[0].strip():
         raise SkipRow("not an HH dialogue (no Human/Assistant turns)")
     roles = {"Human": "user", "Assistant": "assistant"}
-    return [{"role": roles[speaker], "content": content.strip()} for speaker, content in zip(pieces[1::2], pieces[2::2])]
+    return [
+        {"role": roles[speaker], "content": content.strip()} for speaker, content in zip(pieces[1::2], pieces[2::2])
+    ]
 
 
 def split_last_assistant_turn(chosen: Messages, rejected: Messages) -> tuple[Messages, str, str]:
@@ -50,7 +52,9 @@ def as_messages(prompt: object, where: str) -> Messages:
         return [{"role": "user", "content": prompt}]
     if isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
         return [{"role": m["role"], "content": m["content"]} for m in prompt]
-    raise DataError(f"{where}: 'prompt' must be a string or a list of {{role, content}} messages, got {type(prompt).__name__}")
+    raise DataError(
+        f"{where}: 'prompt' must be a string or a list of {{role, content}} messages, got {type(prompt).__name__}"
+    )
 
 
 def as_response(value: object, column: str, where: str) -> str:
@@ -60,7 +64,9 @@ def as_response(value: object, column: str, where: str) -> str:
     if value is None:
         raise SkipRow("empty response")
     if not isinstance(value, str):
-        raise DataError(f"{where}: column '{column}' must be a string or one assistant message, got {type(value).__name__}")
+        raise DataError(
+            f"{where}: column '{column}' must be a string or one assistant message, got {type(value).__name__}"
+        )
     return value
 
 
@@ -95,7 +101,9 @@ def canonical(row: dict, where: str) -> dict:
     if row.get("subset") is not None:
         extra["subset"] = str(row["subset"])
     prompt = as_messages(row["prompt"], where)
-    return pair(prompt, as_response(row["chosen"], "chosen", where), as_response(row["rejected"], "rejected", where), **extra)
+    return pair(
+        prompt, as_response(row["chosen"], "chosen", where), as_response(row["rejected"], "rejected", where), **extra
+    )
 
 
 def implicit_prompt(row: dict, where: str) -> dict:
@@ -116,7 +124,10 @@ def pku_saferlhf(row: dict, where: str, preference: str = "safer_response_id") -
     winner = row[preference]
     if winner not in (0, 1):
         raise DataError(f"{where}: '{preference}' must be 0 or 1, got {winner!r}")
-    responses = [as_response(row["response_0"], "response_0", where), as_response(row["response_1"], "response_1", where)]
+    responses = [
+        as_response(row["response_0"], "response_0", where),
+        as_response(row["response_1"], "response_1", where),
+    ]
     return pair(as_messages(row["prompt"], where), responses[winner], responses[1 - winner])
 
 
@@ -126,7 +137,11 @@ def pku_pair_list(row: dict, where: str) -> dict:
     responses = row["response"]
     if not isinstance(responses, list) or len(responses) != 2:
         raise DataError(f"{where}: 'response' must be a list [chosen, rejected]")
-    return pair(as_messages(row["prompt"], where), as_response(responses[0], "response[0]", where), as_response(responses[1], "response[1]", where))
+    return pair(
+        as_messages(row["prompt"], where),
+        as_response(responses[0], "response[0]", where),
+        as_response(responses[1], "response[1]", where),
+    )
 
 
 def alpaca_farm(row: dict, where: str) -> dict:

@@ -56,7 +56,9 @@ def load_pairs(
     return pairs, report
 
 
-def _pairs_of_rows(rows, adapter, column_map: dict[str, str] | None, report: SkipReport, on_error: str) -> Iterator[dict]:
+def _pairs_of_rows(
+    rows, adapter, column_map: dict[str, str] | None, report: SkipReport, on_error: str
+) -> Iterator[dict]:
     """The pairs of one file's rows, each read row counted as used or skipped in the report.
 
     With no adapter the format is detected from the file's first row, per file: a folder may mix schemas.

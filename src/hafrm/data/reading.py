@@ -16,7 +16,13 @@ from hafrm.data.errors import DataError, SkipReport
 Row = tuple[str, dict]
 
 
-def read_rows(source: str, split: str = "train", on_error: str = "error", report: SkipReport | None = None, hub_kwargs: dict | None = None) -> Iterator[Row]:
+def read_rows(
+    source: str,
+    split: str = "train",
+    on_error: str = "error",
+    report: SkipReport | None = None,
+    hub_kwargs: dict | None = None,
+) -> Iterator[Row]:
     """Yield (location, row) from a local file or folder, or from a hub dataset name `owner/name[:config]`.
 
     hub_kwargs go to `datasets.load_dataset` (e.g. data_dir="harmless-base" for Anthropic/hh-rlhf).
@@ -25,7 +31,13 @@ def read_rows(source: str, split: str = "train", on_error: str = "error", report
         yield from rows
 
 
-def read_sources(source: str, split: str = "train", on_error: str = "error", report: SkipReport | None = None, hub_kwargs: dict | None = None) -> Iterator[Iterator[Row]]:
+def read_sources(
+    source: str,
+    split: str = "train",
+    on_error: str = "error",
+    report: SkipReport | None = None,
+    hub_kwargs: dict | None = None,
+) -> Iterator[Iterator[Row]]:
     """The rows of each file of `source` (one file, a folder's files, or a hub split) as a separate stream,
     so that callers can tell each file's schema apart: one folder may mix formats."""
     path = Path(source)
@@ -163,6 +175,8 @@ def _read_hub(source: str, split: str, hub_kwargs: dict) -> Iterator[Row]:
     try:
         table = datasets.load_dataset(name, config or None, split=split, **hub_kwargs)
     except Exception as error:  # datasets raises many types for an unreachable or unknown dataset
-        raise DataError(f"{source}: not a local file, and loading it from the Hugging Face hub failed: {error}") from error
+        raise DataError(
+            f"{source}: not a local file, and loading it from the Hugging Face hub failed: {error}"
+        ) from error
     for index, row in enumerate(table):
         yield f"{source}[{split}]:row {index + 1}", row
