@@ -275,7 +275,8 @@ def probe_health(base: str, stop, results) -> None:
 
 
 def healthy_failures(outcomes: list[dict]) -> list[str]:
-    """Healthy requests answered with anything but 200 and the right number of finite rewards, consistent across repeats."""
+    """Healthy requests answered with anything but 200 and the right number of finite rewards, consistent across
+    repeats."""
     failures, first_seen = [], {}
     for outcome in outcomes:
         if outcome["expect"] != 200:
@@ -302,10 +303,12 @@ def report(args, model_dir, outcomes, elapsed, latencies, rss, log_path) -> None
     server_errors = [o for o in outcomes if isinstance(o["status"], int) and o["status"] >= 500]
     quantiles = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [float("nan")] * 99
     print(
-        f"model: {model_dir if args.model_dir else 'tiny random Llama (hidden 32, 2 layers), default tokenizer'}; {os.cpu_count()} CPUs"
+        f"model: {model_dir if args.model_dir else 'tiny random Llama (hidden 32, 2 layers), default tokenizer'}; "
+        f"{os.cpu_count()} CPUs"
     )
     print(
-        f"requests sent: {len(outcomes)} of {args.requests} in {elapsed:.1f} s ({len(outcomes) / elapsed:.0f}/s), concurrency {args.concurrency}, "
+        f"requests sent: {len(outcomes)} of {args.requests} in {elapsed:.1f} s ({len(outcomes) / elapsed:.0f}/s), "
+        f"concurrency {args.concurrency}, "
         f"{len(bad)} bad mixed in"
     )
     print(f"healthy requests failed: {len(failures)} of {len(outcomes) - len(bad)}")
@@ -317,7 +320,8 @@ def report(args, model_dir, outcomes, elapsed, latencies, rss, log_path) -> None
         + ", ".join(f"{kind} -> {status} x{n}" for (kind, status), n in sorted(bad_statuses.items(), key=str))
     )
     print(
-        f"/health under load ({len(latencies)} probes): p50 {quantiles[49] * 1000:.1f} ms, p99 {quantiles[98] * 1000:.1f} ms, "
+        f"/health under load ({len(latencies)} probes): p50 {quantiles[49] * 1000:.1f} ms, "
+        f"p99 {quantiles[98] * 1000:.1f} ms, "
         f"max {max(latencies, default=float('nan')) * 1000:.1f} ms"
     )
     print(

@@ -365,12 +365,16 @@ def summarize(
         return f"{(max(values) - min(values)) / statistics.median(values) * 100:.0f}%" if len(values) > 1 else "-"
 
     lines = [
-        f"Data: {args.data}, {pairs} pairs that fit {args.max_length} tokens untruncated (of the first {looked}); mean tokens per pair: "
-        f"prompt {tokens['prompt']:.0f}, both responses {tokens['responses']:.0f} (shared-prompt row {tokens['shared']:.0f}, two rows {tokens['separate']:.0f}).",
-        f"Settings: {args.rounds} interleaved rounds, {args.steps} steps of {args.batch_size} pairs (first step not timed), {args.threads} torch threads, fp32 CPU, "
-        f"SmolLM2-135M-Instruct, full fine-tuning unless -lora (r 64, alpha 16, all linear layers) or -frozen (bottom {args.freeze_layers} of "
-        f"{params['layers']} layers frozen, trunk cached); gradient checkpointing: {args.checkpointing or 'off for all'}; "
-        f"allocator: {'MALLOC_MMAP_THRESHOLD_=131072 (live memory)' if args.live_memory else 'glibc default'}. Matmul peak {peak:.1f} GFLOP/s. Medians over rounds.",
+        f"Data: {args.data}, {pairs} pairs that fit {args.max_length} tokens untruncated (of the first {looked}); "
+        f"mean tokens per pair: prompt {tokens['prompt']:.0f}, both responses {tokens['responses']:.0f} "
+        f"(shared-prompt row {tokens['shared']:.0f}, two rows {tokens['separate']:.0f}).",
+        f"Settings: {args.rounds} interleaved rounds, {args.steps} steps of {args.batch_size} pairs "
+        f"(first step not timed), {args.threads} torch threads, fp32 CPU, "
+        f"SmolLM2-135M-Instruct, full fine-tuning unless -lora (r 64, alpha 16, all linear layers) "
+        f"or -frozen (bottom {args.freeze_layers} of {params['layers']} layers frozen, trunk cached); "
+        f"gradient checkpointing: {args.checkpointing or 'off for all'}; "
+        f"allocator: {'MALLOC_MMAP_THRESHOLD_=131072 (live memory)' if args.live_memory else 'glibc default'}. "
+        f"Matmul peak {peak:.1f} GFLOP/s. Medians over rounds.",
         "",
         "| run | pairs/s (median) | all rounds | spread | setup s | peak RSS GiB | GFLOP/s | % of peak |",
         "|---|---|---|---|---|---|---|---|",
@@ -379,7 +383,8 @@ def summarize(
         gflops = flops_per_pair(run, args, tokens, params) * median[run]["pairs_per_s"] / 1e9
         all_rounds = ", ".join(f"{r['pairs_per_s']:.3f}" for r in rows)
         lines.append(
-            f"| {run} | {median[run]['pairs_per_s']:.3f} | {all_rounds} | {spread(rows)} | {median[run]['setup_s']:.1f} | "
+            f"| {run} | {median[run]['pairs_per_s']:.3f} | {all_rounds} | {spread(rows)} | "
+            f"{median[run]['setup_s']:.1f} | "
             f"{median[run]['peak_rss_gib']:.2f} | {gflops:.1f} | {100 * gflops / peak:.0f}% |"
         )
     lines += [
@@ -392,8 +397,10 @@ def summarize(
         f"| hafrm haf / hafrm baseline (pairs/s) | >= 0.8x | {ratio('hafrm-haf', 'hafrm-baseline')} |",
         f"| hafrm haf, prompt shared / two rows (pairs/s) | | {ratio('hafrm-haf', 'hafrm-haf-separate')} |",
         f"| hafrm haf frozen trunk / full (pairs/s) | | {ratio('hafrm-haf-frozen', 'hafrm-haf')} |",
-        f"| hafrm haf / TRL RewardTrainer (peak memory) | <= 1.1x | {ratio('hafrm-haf', 'trl-reward', 'peak_rss_gib')} |",
-        f"| hafrm haf LoRA / TRL RewardTrainer LoRA (peak memory) | <= 1.1x | {ratio('hafrm-haf-lora', 'trl-reward-lora', 'peak_rss_gib')} |",
+        f"| hafrm haf / TRL RewardTrainer (peak memory) | <= 1.1x | "
+        f"{ratio('hafrm-haf', 'trl-reward', 'peak_rss_gib')} |",
+        f"| hafrm haf LoRA / TRL RewardTrainer LoRA (peak memory) | <= 1.1x | "
+        f"{ratio('hafrm-haf-lora', 'trl-reward-lora', 'peak_rss_gib')} |",
     ]
     return "\n".join(lines) + "\n"
 

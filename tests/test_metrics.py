@@ -61,3 +61,18 @@ def test_pair_scores_round_trip(tmp_path):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(scores, name))
     assert loaded.subsets == ["chat", None]
     assert loaded.correctness()["reward"].tolist() == [True, False]
+
+
+def test_rewardbench_metrics_per_subset_and_section():
+    from hafrm.evaluation import PairScores
+    from hafrm.rewardbench import rewardbench_metrics, section_scores
+
+    scores = PairScores.from_predictions(np.array([[1.0, 0.0, 0.5, 0.0], [0.0, 1.0, 0.5, 0.0], [1.0, 0.0, 0.0, 0.5]]))
+    scores.subsets = ["alpacaeval-easy", "alpacaeval-easy", "donotanswer"]
+    metrics = rewardbench_metrics(scores)
+    assert metrics["reward_subsets"] == {"alpacaeval-easy": 0.5, "donotanswer": 1.0}
+    assert metrics["implicit_subsets"] == {"alpacaeval-easy": 1.0, "donotanswer": 0.0}
+    assert metrics["reward_sections"] == section_scores({"alpacaeval-easy": 0.5, "donotanswer": 1.0})
+    assert "combined_subsets" not in metrics
+    scores.subsets = [None, None, None]
+    assert rewardbench_metrics(scores) == {}

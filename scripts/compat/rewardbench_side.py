@@ -68,7 +68,9 @@ def main() -> int:
     config = load_model_config(args.model_dir)
     assert config is rewardbench.REWARD_MODEL_CONFIG["default"], "expected RewardBench's default entry"
     print(
-        f"RewardBench config: model_builder={config['model_builder'].__qualname__}, pipeline_builder={config['pipeline_builder'].__name__} (quantized={config['quantized']} -> run as --not_quantized, float32)"
+        f"RewardBench config: model_builder={config['model_builder'].__qualname__}, "
+        f"pipeline_builder={config['pipeline_builder'].__name__} "
+        f"(quantized={config['quantized']} -> run as --not_quantized, float32)"
     )
     tokenizer.padding_side = "left"
     model = config["model_builder"](args.model_dir, device_map="auto", torch_dtype=torch.float32)
@@ -102,7 +104,8 @@ def main() -> int:
     plain_score = plain(first["text_chosen"])[0]["score"]
     plain_diff = abs(plain_score - scores[(first["id"], "chosen")])
     print(
-        f"pipeline('text-classification') default function_to_apply on row {first['id']} chosen: {plain_score:.6f} vs RewardBench {scores[(first['id'], 'chosen')]:.6f} (|diff| {plain_diff:.2e})"
+        f"pipeline('text-classification') default function_to_apply on row {first['id']} chosen: {plain_score:.6f} "
+        f"vs RewardBench {scores[(first['id'], 'chosen')]:.6f} (|diff| {plain_diff:.2e})"
     )
 
     # --- compare with hafrm score
@@ -116,7 +119,8 @@ def main() -> int:
         return 1
     worst_rows = []
     print(
-        f"{'id':>6} {'chosen hafrm':>13} {'chosen rb':>13} {'rejected hafrm':>15} {'rejected rb':>13} {'max |diff|':>11}"
+        f"{'id':>6} {'chosen hafrm':>13} {'chosen rb':>13} "
+        f"{'rejected hafrm':>15} {'rejected rb':>13} {'max |diff|':>11}"
     )
     for row in raw:
         key_c, key_r = (row["id"], "chosen"), (row["id"], "rejected")
@@ -124,7 +128,8 @@ def main() -> int:
         worst_rows.append((diff, row["id"]))
         flag = "  <-- over tolerance" if diff > args.tolerance else ""
         print(
-            f"{row['id']:>6} {hafrm[key_c]:>13.6f} {scores[key_c]:>13.6f} {hafrm[key_r]:>15.6f} {scores[key_r]:>13.6f} {diff:>11.2e}{flag}"
+            f"{row['id']:>6} {hafrm[key_c]:>13.6f} {scores[key_c]:>13.6f} "
+            f"{hafrm[key_r]:>15.6f} {scores[key_r]:>13.6f} {diff:>11.2e}{flag}"
         )
     worst, worst_id = max(worst_rows)
     over = [row_id for diff, row_id in worst_rows if diff > args.tolerance]
@@ -134,7 +139,9 @@ def main() -> int:
         for r in raw
     )
     print(
-        f"rows: {len(raw)} ({2 * len(raw)} texts); max |hafrm score - RewardBench 0.1.4| = {worst:.3e} (row {worst_id}); tolerance {args.tolerance:g}; "
+        f"rows: {len(raw)} ({2 * len(raw)} texts); max |hafrm score - RewardBench 0.1.4| = {worst:.3e} "
+        f"(row {worst_id}); "
+        f"tolerance {args.tolerance:g}; "
         f"over tolerance: {len(over)} {over}; same preference in {agree}/{len(raw)} rows"
     )
     failed = bool(over) or plain_diff > args.tolerance

@@ -273,7 +273,8 @@ def command_best_of_n(args: argparse.Namespace) -> int:
 
 
 def number_in_range(kind, low, high=None):
-    """An argparse type: a finite number of `kind` from low to high, so a bad value is one usage error, not a traceback."""
+    """An argparse type: a finite number of `kind` from low to high, so a bad value is one usage error, not a
+    traceback."""
 
     def parse(text: str):
         try:
@@ -354,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="HTTP reward service (also OpenRLHF's remote reward model API)",
         description="Authentication: with an API key (--api-key or HAFRM_API_KEY) every path but /health needs "
-        "'Authorization: Bearer KEY'. An empty key is refused. Without a key the service starts only on a loopback host "
+        "'Authorization: Bearer KEY'. An empty key is refused. "
+        "Without a key the service starts only on a loopback host "
         "(127.0.0.1, ::1, localhost); any other host needs a key or an explicit --no-auth.",
     )
     positive = number_in_range(int, 1)
@@ -422,13 +424,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--protocol",
         choices=("in-distribution", "mixed", "ood-internal", "ood-external", *CURVE_PROTOCOLS),
         default="in-distribution",
-        help="the paper's tables, or the claim's learning curves and alpha sweep (prompt-disjoint splits of beaver-safe, hh-harmless, hh-helpful; needs --data-root)",
+        help="the paper's tables, or the claim's learning curves and alpha sweep "
+        "(prompt-disjoint splits of beaver-safe, hh-harmless, hh-helpful; needs --data-root)",
     )
     report.add_argument(
         "--steps",
         type=lambda text: [int(s) for s in text.split(",")],
         default=[16, 32, 64, 128, 256],
-        help="learning-curve / alpha-sweep: optimiser steps at which every run is evaluated (the last is the run's length)",
+        help="learning-curve / alpha-sweep: optimiser steps at which every run is evaluated "
+        "(the last is the run's length)",
     )
     report.add_argument(
         "--alphas",
@@ -448,7 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--skip-unavailable",
         action="store_true",
-        help="leave out test sets that cannot be loaded (e.g. hub-only ones while offline) instead of stopping before training",
+        help="leave out test sets that cannot be loaded (e.g. hub-only ones while offline) "
+        "instead of stopping before training",
     )
     report.add_argument("--output", default="outputs/report")
     report.add_argument("--config", help="YAML of training options shared by every run")

@@ -151,7 +151,7 @@ def step_scores(folder: Path) -> dict[tuple[int, str], PairScores]:
     return scores
 
 
-# ---------------------------------------------------------------------------------------------- the protocol as a command
+# ---------------------------------------------------------------------------------------- the protocol as a command
 
 PROTOCOLS = ("learning-curve", "alpha-sweep")
 SWEEP_ALPHAS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
@@ -210,7 +210,8 @@ def claim_report(
         }
         text = (
             f"Protocol `{protocol}` on {', '.join(datasets)}; seeds {', '.join(map(str, seeds))}; evaluated at steps "
-            f"{', '.join(map(str, settings.steps))}; {settings.test_pairs}+ test pairs per set, disjoint by question from training "
+            f"{', '.join(map(str, settings.steps))}; {settings.test_pairs}+ test pairs per set, "
+            f"disjoint by question from training "
             f"(split seed {SPLIT_SEED}); data: {settings.data_root}; shared settings: {shared or 'the defaults'}."
         )
     return write_curve_report([CurveResult.load(f) for f in folders], output_dir, command, text)

@@ -88,7 +88,8 @@ class LoadedModel:
 
 
 def load_trained(model_dir: str | Path, reference: str | None = None, dtype: str = "fp32") -> LoadedModel:
-    """A hafrm output folder, with its reference policy (the base model it was trained from) when it has a policy head."""
+    """A hafrm output folder, with its reference policy (the base model it was trained from) when it has a policy
+    head."""
     model_dir = Path(model_dir)
     metadata_path = model_dir / METADATA_FILE
     if not metadata_path.exists():

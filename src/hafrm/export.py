@@ -61,9 +61,11 @@ def model_card(metadata: dict) -> str:
     config = metadata.get("config", {})
     method = config.get("method", "?")
     objective = {
-        "haf": f"HAF: Bradley-Terry reward loss + alpha ({config.get('alpha')}) x {config.get('policy_loss')} policy loss, tau {config.get('tau')}",
+        "haf": f"HAF: Bradley-Terry reward loss + alpha ({config.get('alpha')}) x {config.get('policy_loss')} "
+        f"policy loss, tau {config.get('tau')}",
         "baseline": "Bradley-Terry reward loss only (the baseline reward model)",
-        "dpo": f"{config.get('policy_loss')} policy loss only (tau {config.get('tau')}); rank by the implicit reward, not this head",
+        "dpo": f"{config.get('policy_loss')} policy loss only (tau {config.get('tau')}); "
+        "rank by the implicit reward, not this head",
     }.get(method, method)
     metrics = metadata.get("eval_metrics") or {}
     metric_lines = (
@@ -85,8 +87,11 @@ the Hybrid Alignment Framework (HAF-RM, arXiv 2407.04185) by hafrm {metadata.get
 
 - Base model: `{metadata.get("base_model", "unknown")}`
 - Method: `{method}`: {objective}
-- Training data: `{config.get("train_data") or "hafrm's shipped HH-RLHF harmless sample"}`; evaluation data: `{config.get("eval_data") or "held out / shipped sample"}`
-- Pairs used: {data.get("rows_used", "?")} of {data.get("rows_read", "?")} read; max length {config.get("max_length")}, learning rate {config.get("learning_rate")}, batch {config.get("batch_size")}, seed {config.get("seed")}
+- Training data: `{config.get("train_data") or "hafrm's shipped HH-RLHF harmless sample"}`; \
+evaluation data: `{config.get("eval_data") or "held out / shipped sample"}`
+- Pairs used: {data.get("rows_used", "?")} of {data.get("rows_read", "?")} read; \
+max length {config.get("max_length")}, learning rate {config.get("learning_rate")}, \
+batch {config.get("batch_size")}, seed {config.get("seed")}
 
 ## Evaluation (pairwise accuracy on held-out pairs)
 
@@ -104,7 +109,8 @@ one, as Anthropic HH text `"\\n\\nHuman: ...\\n\\nAssistant: answer"` followed b
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 model = AutoModelForSequenceClassification.from_pretrained("PATH")
 tokenizer = AutoTokenizer.from_pretrained("PATH")
-text = tokenizer.apply_chat_template([{{"role": "user", "content": "Hi"}}, {{"role": "assistant", "content": "Hello!"}}], tokenize=False)
+text = tokenizer.apply_chat_template([{{"role": "user", "content": "Hi"}}, \
+{{"role": "assistant", "content": "Hello!"}}], tokenize=False)
 reward = model(**tokenizer(text, return_tensors="pt", add_special_tokens=False)).logits[0, 0].item()
 ```
 

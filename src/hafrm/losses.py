@@ -93,7 +93,8 @@ class PolicyLoss:
 
 
 def hybrid_loss(reward_loss: torch.Tensor | None, policy_loss: torch.Tensor | None, alpha: float) -> torch.Tensor:
-    """L = reward loss + alpha * policy loss (either part may be absent: baseline has no policy part, dpo no reward part)."""
+    """L = reward loss + alpha * policy loss (either part may be absent: baseline has no policy part, dpo no reward
+    part)."""
     if reward_loss is None and policy_loss is None:
         raise ValueError("at least one of the reward and the policy loss is needed")
     if reward_loss is None:

@@ -15,7 +15,8 @@ Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
 def pair_correctness(chosen_rewards, rejected_rewards, chosen_implicit, rejected_implicit) -> dict[str, np.ndarray]:
-    """Per pair, whether each head ranks chosen above rejected; no implicit or combined head without implicit rewards."""
+    """Per pair, whether each head ranks chosen above rejected; no implicit or combined head without implicit
+    rewards."""
     chosen_rewards, rejected_rewards = np.asarray(chosen_rewards), np.asarray(rejected_rewards)
     chosen_implicit, rejected_implicit = np.asarray(chosen_implicit), np.asarray(rejected_implicit)
     correct = {"reward": chosen_rewards > rejected_rewards}
@@ -67,7 +68,8 @@ def paired_difference(after, before) -> tuple[float, float, float]:
 
 
 def mcnemar_p(better: int, worse: int) -> float:
-    """Exact two-sided McNemar test: with no real difference, each pair the two decide differently goes either way at 1/2."""
+    """Exact two-sided McNemar test: with no real difference, each pair the two decide differently goes either way
+    at 1/2."""
     discordant = better + worse
     tail = sum(math.comb(discordant, k) for k in range(min(better, worse) + 1)) / 2**discordant
     return min(1.0, 2 * tail)

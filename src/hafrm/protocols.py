@@ -180,7 +180,8 @@ def paper_report(
         return write_report(load_results(merge), output_dir, command, f"Runs merged from {sources}.")
     results = run_protocol(protocol, datasets, methods, seeds, settings, output_dir)
     text = (
-        f"Protocol `{protocol}` on {', '.join(datasets)} with methods {', '.join(methods)}, seeds {', '.join(map(str, seeds))}; "
+        f"Protocol `{protocol}` on {', '.join(datasets)} with methods {', '.join(methods)}, "
+        f"seeds {', '.join(map(str, seeds))}; "
         f"training pairs per data set: {settings.train_pairs or 'all'}, test pairs: {settings.test_pairs or 'all'}; "
         f"data: {settings.data_root or 'Hugging Face hub'}."
     )

@@ -83,7 +83,8 @@ def per_pair_correctness(result: RunResult, test_set: str) -> dict[str, np.ndarr
 
 def paired_table(results: list[RunResult]) -> str:
     """Every other method's heads against the baseline reward head of the same seed, on the same test pairs: the pairs
-    one gets right and the other wrong, and the exact McNemar p-value (seeds apart, since each seed is its own pairing)."""
+    one gets right and the other wrong, and the exact McNemar p-value (seeds apart, since each seed is its own
+    pairing)."""
     baselines = {(r.train_set, r.seed): r for r in results if r.method == "baseline"}
     lines = [
         "| trained on | seed | test set | method | head | pairs | better | worse | McNemar p |",
@@ -100,7 +101,8 @@ def paired_table(results: list[RunResult]) -> str:
             for head, correct in ours.items():
                 better, worse = discordant_counts(correct, theirs["reward"])
                 lines.append(
-                    f"| {dataset_title(r.train_set)} | {r.seed} | {dataset_title(test_set)} | {r.method} | {head} | {len(correct)} | "
+                    f"| {dataset_title(r.train_set)} | {r.seed} | {dataset_title(test_set)} | {r.method} | {head} | "
+                    f"{len(correct)} | "
                     f"{better} | {worse} | {mcnemar_p(better, worse):.2g} |"
                 )
     return "\n".join(lines) if len(lines) > 2 else ""
@@ -226,7 +228,7 @@ def write_report(results: list[RunResult], output_dir: str | Path, command: str,
     return path
 
 
-# ---------------------------------------------------------------------------------------------- learning curves and the alpha sweep
+# ------------------------------------------------------------------------------ learning curves and the alpha sweep
 
 
 @dataclass
@@ -317,7 +319,8 @@ def length_table(results: list[CurveResult], train_set: str) -> str:
             for head in CURVE_HEADS[group[0].method]:
                 correct = _seed_correctness(group, last, test_set, head)
                 lines.append(
-                    f"| {dataset_title(test_set)} | {label} | {head} | {100 * correct[:, longer].mean():.1f} ({int(longer.sum())}) | "
+                    f"| {dataset_title(test_set)} | {label} | {head} | "
+                    f"{100 * correct[:, longer].mean():.1f} ({int(longer.sum())}) | "
                     f"{100 * correct[:, ~longer].mean():.1f} ({int((~longer).sum())}) |"
                 )
     return "\n".join(lines)
@@ -396,8 +399,9 @@ def write_curve_report(results: list[CurveResult], output_dir: str | Path, comma
         for test_set in dict.fromkeys(name for r in runs for _, name in r.scores):
             plot = f"curve-{train_set}-{test_set}.png"
             plot_curves(results, train_set, test_set, output_dir / plot)
+            test_pairs = len(next(iter(r.scores[k] for r in runs for k in r.scores if k[1] == test_set)).chosen_rewards)
             sections += [
-                f"### Tested on {dataset_title(test_set)} ({len(next(iter(r.scores[k] for r in runs for k in r.scores if k[1] == test_set)).chosen_rewards)} pairs)",
+                f"### Tested on {dataset_title(test_set)} ({test_pairs} pairs)",
                 "",
                 "Accuracy (%), mean ± std over seeds.",
                 "",

@@ -49,7 +49,8 @@ class RewardScorer:
         return self.encoder.encode_text(text)
 
     def encode_completion(self, prompt, completion: str) -> list[int]:
-        """A TRL-style (prompt, completion): a prompt that is already formatted text is continued, not templated again."""
+        """A TRL-style (prompt, completion): a prompt that is already formatted text is continued, not templated
+        again."""
         if isinstance(prompt, str) and self.encoder.is_formatted(prompt):
             return self.encoder.encode_text(prompt + completion, finished=True)
         return self.encode(prompt, completion)

@@ -94,7 +94,8 @@ def resolve_api_key(api_key: str | None, no_auth: bool, host: str) -> str | None
         raise ValueError("--no-auth contradicts the API key given (--api-key or HAFRM_API_KEY)")
     if api_key is None and not no_auth and not is_loopback(host):
         raise ValueError(
-            f"refusing to serve {host} without an API key: give --api-key (or HAFRM_API_KEY), or --no-auth to serve it open"
+            f"refusing to serve {host} without an API key: give --api-key (or HAFRM_API_KEY), "
+            "or --no-auth to serve it open"
         )
     return api_key
 

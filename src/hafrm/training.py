@@ -265,7 +265,8 @@ def claim_output_dir(config: TrainConfig) -> None:
     if not config.overwrite_output_dir:
         raise ValueError(
             f"output folder {config.output_dir} already holds a run ({', '.join(p.name for p in existing[:3])}); "
-            "pass --resume-from-checkpoint auto to continue it, --overwrite-output-dir to replace it, or another --output-dir"
+            "pass --resume-from-checkpoint auto to continue it, --overwrite-output-dir to replace it, "
+            "or another --output-dir"
         )
     for checkpoint in [p for p in existing if p.is_dir()]:
         logger.warning("Overwriting the run in %s: removing %s", config.output_dir, checkpoint.name)
@@ -309,7 +310,8 @@ def evaluation_sample(config: TrainConfig, eval_set):
 
 
 def compare_with_untrained(before, after) -> dict:
-    """Each head's accuracy before and after training on the same pairs, with 95% intervals, and the paired difference."""
+    """Each head's accuracy before and after training on the same pairs, with 95% intervals, and the paired
+    difference."""
     comparison = {}
     before_correct, after_correct = correctness_from_predictions(before), correctness_from_predictions(after)
     for head, correct in after_correct.items():

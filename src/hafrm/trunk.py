@@ -36,7 +36,8 @@ class FrozenTrunk:
         layers = backbone.layers
         if not 0 < num_layers < len(layers):
             raise ValueError(
-                f"freeze_layers must be between 1 and {len(layers) - 1} (the model has {len(layers)} layers), got {num_layers}"
+                f"freeze_layers must be between 1 and {len(layers) - 1} (the model has {len(layers)} layers), "
+                f"got {num_layers}"
             )
         self.backbone, self.num_layers = backbone, num_layers
         self.modules = nn.ModuleList([backbone.get_input_embeddings(), *layers[:num_layers]])
@@ -80,7 +81,8 @@ class FrozenTrunk:
 
 
 class TrunkStore:
-    """Cached trunk states of every pair, (tokens, H) rows one pair after another; pair i is rows offsets[i]:offsets[i+1]."""
+    """Cached trunk states of every pair, (tokens, H) rows one pair after another; pair i is rows
+    offsets[i]:offsets[i+1]."""
 
     def __init__(self, states: torch.Tensor, offsets: torch.Tensor):
         self.states, self.offsets = states, offsets

@@ -72,7 +72,8 @@ CATALOG: dict[str, DatasetSpec] = {
                 "train": "pku-saferlhf/PKU-Alignment_PKU-SafeRLHF_sample.jsonl",
                 "test": "pku-saferlhf/pku_seferlhf_realign_dpo_5k.json.gz",
             },
-            note="locally: the test split is 5,135 PKU-SafeRLHF pairs where exactly one response is safe (chosen = the safe one)",
+            note="locally: the test split is 5,135 PKU-SafeRLHF pairs where exactly one response is safe "
+            "(chosen = the safe one)",
         ),
         DatasetSpec(
             name="alpaca-human-pref",

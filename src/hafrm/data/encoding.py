@@ -71,7 +71,8 @@ class PairEncoder:
 
     @cached_property
     def assistant_prefix(self) -> str:
-        """What the format writes before an assistant's answer (e.g. `<|im_start|>assistant\\n`, HH's `\\n\\nAssistant:`)."""
+        """What the format writes before an assistant's answer (e.g. `<|im_start|>assistant\\n`,
+        HH's `\\n\\nAssistant:`)."""
         if not self.tokenizer.chat_template:
             return HH_ASSISTANT_PREFIX
         messages = [{"role": "user", "content": "x"}]
