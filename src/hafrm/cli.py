@@ -91,10 +91,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     )
     for alias in ALIASES.values():
         kind = hints.get(alias.target)
-        if alias.name in (
-            "use_peft",
-            "precompute_ref_log_probs",
-        ):  # TRL's booleans, spelled as HfArgumentParser reads them
+        if alias.name in ("use_peft", "precompute_ref_log_probs"):
+            # TRL's booleans, spelled as HfArgumentParser reads them
             options = dict(type=_text_to_bool, nargs="?", const=True, metavar="BOOL")
         elif alias.name == "gradient_accumulation_steps":
             options = dict(type=int, metavar="STEPS")

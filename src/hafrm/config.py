@@ -482,9 +482,8 @@ _LLAMAFACTORY_LOSSES = ("sigmoid", "hinge", "ipo", "simpo")
 
 def _loss_name(tool: str, field_name: str, known: tuple[str, ...]) -> Callable[[object], str]:
     def convert(value) -> str:
-        if (
-            isinstance(value, list) and len(value) == 1
-        ):  # TRL >= 0.20 takes a list of losses; its default is ["sigmoid"]
+        if isinstance(value, list) and len(value) == 1:
+            # TRL >= 0.20 takes a list of losses; its default is ["sigmoid"]
             value = value[0]
         if isinstance(value, str) and value in known:
             return value

@@ -165,9 +165,8 @@ def training_arguments(config: TrainConfig, has_eval: bool, train_pairs: int | N
     eval_steps = (config.eval_steps or save_steps) if has_eval else None
     save_strategy = "steps" if save_steps else "epoch"
     eval_strategy = ("steps" if eval_steps else "epoch") if has_eval else "no"
-    if (
-        config.eval_at_steps
-    ):  # EvaluateAtSteps evaluates and checkpoints at those steps only; the last step's model is the result
+    if config.eval_at_steps:
+        # EvaluateAtSteps evaluates and checkpoints at those steps only; the last step's model is the result
         save_strategy = eval_strategy = "no"
     dtype = resolve_dtype(config.dtype)
     arguments = dict(
