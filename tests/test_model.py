@@ -236,3 +236,18 @@ def test_rejected_tokens_never_see_the_chosen_response(tokenizer, harmless_pairs
     assert not torch.allclose(first.rewards[0], second.rewards[0])  # the chosen response changed...
     torch.testing.assert_close(first.rewards[1], second.rewards[1])  # ...the rejected one's reward did not
     torch.testing.assert_close(first.logps[1], second.logps[1])
+
+
+def test_flex_attention_takes_the_block_mask(tokenizer, harmless_pairs, tiny_causal_lm):
+    """flex_attention gets a BlockMask built from the same rule (compiled on first use: ~20 s on CPU)."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    causal_lm = tiny_causal_lm(len(tokenizer))
+    model = HybridRewardModel.from_causal_lm(causal_lm).eval()
+    separate = batch_for(tokenizer, harmless_pairs[:3], share_prompt=False)
+    shared = batch_for(tokenizer, harmless_pairs[:3], share_prompt=True)
+    with torch.no_grad():
+        expected = model(**model_inputs(separate))
+        causal_lm.config._attn_implementation = "flex_attention"
+        flex = model(**model_inputs(shared))
+    torch.testing.assert_close(flex.rewards, expected.rewards, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(flex.logps, expected.logps, rtol=1e-5, atol=1e-4)
