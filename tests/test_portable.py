@@ -20,29 +20,23 @@ MESSAGES = [
 ]
 
 
-def tiny_reward_model(vocab_size: int, pad_token_id: int, rope_parameters: dict | None = None):
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+@pytest.fixture()
+def tiny_reward_model(tiny_llama):
+    """tiny_reward_model(vocab_size, pad_token_id, rope_parameters=None): a one-label Llama classifier in eval mode."""
+    from transformers import LlamaForSequenceClassification
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        num_labels=1,
-        pad_token_id=pad_token_id,
-        bos_token_id=1,
-        eos_token_id=2,
-        rope_parameters=rope_parameters or {"rope_type": "default", "rope_theta": 100000.0},
-    )
-    return LlamaForSequenceClassification(config).float().eval()
+    def build(vocab_size: int, pad_token_id: int, rope_parameters: dict | None = None):
+        rope = rope_parameters or {"rope_type": "default", "rope_theta": 100000.0}
+        model = tiny_llama(
+            vocab_size, LlamaForSequenceClassification, num_labels=1, pad_token_id=pad_token_id, rope_parameters=rope
+        )
+        return model.eval()
+
+    return build
 
 
 @pytest.fixture()
-def exported(tmp_path, tokenizer):
+def exported(tmp_path, tokenizer, tiny_reward_model):
     """A reward-model folder as transformers 5.x writes it (no problem_type, as a plain save leaves it)."""
     folder = tmp_path / "reward_model"
     tiny_reward_model(len(tokenizer), tokenizer.pad_token_id).save_pretrained(folder)
@@ -128,7 +122,7 @@ def test_pipeline_returns_the_raw_reward(exported, tokenizer):
     assert score == pytest.approx(raw, abs=1e-6)
 
 
-def test_scaled_rope_is_written_as_rope_scaling(tmp_path, tokenizer):
+def test_scaled_rope_is_written_as_rope_scaling(tmp_path, tokenizer, tiny_reward_model):
     from transformers import AutoConfig
 
     rope = {

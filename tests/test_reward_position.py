@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerFast
 
 from hafrm.data import PairCollator, PairEncoder
 from hafrm.model import HybridRewardModel
@@ -22,6 +22,7 @@ from hafrm.scoring import RewardScorer
 PROMPT = [{"role": "user", "content": "How do I keep bread fresh?"}]
 RESPONSES = ["Keep it in a paper bag.", "\n\nWrap it   tightly.", "  Freeze slices.", "No idea"]
 TOLERANCE = dict(rtol=0, atol=1e-4)
+NO_PAD_ID = dict(pad_token_id=None, bos_token_id=0, eos_token_id=1)  # a base model whose config names no pad
 
 
 def base_tokenizer_folder(folder):
@@ -40,32 +41,15 @@ def base_tokenizer_folder(folder):
     return folder
 
 
-def tiny_llama(vocab_size: int, pad_token_id: int | None, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=pad_token_id,
-        bos_token_id=0,
-        eos_token_id=1,
-    )
-    return LlamaForCausalLM(config).float()
-
-
 @pytest.fixture(scope="module", params=["chat", "base"])
-def exported(request, tmp_path_factory, default_model_dir):
+def exported(request, tmp_path_factory, default_model_dir, tiny_causal_lm):
     """(hybrid model as trained, its tokenizer, the export folder) for a chat model and a no-template base model."""
     if request.param == "chat":
         tokenizer = load_tokenizer(str(default_model_dir))
-        causal_lm = tiny_llama(len(tokenizer), pad_token_id=None)
+        causal_lm = tiny_causal_lm(len(tokenizer), **NO_PAD_ID)
     else:
         tokenizer = load_tokenizer(str(base_tokenizer_folder(tmp_path_factory.mktemp("base-tokenizer"))))
-        causal_lm = tiny_llama(len(tokenizer) - 1, pad_token_id=None)  # the model knows nothing of the added pad
+        causal_lm = tiny_causal_lm(len(tokenizer) - 1, **NO_PAD_ID)  # the model knows nothing of the added pad
         fit_embeddings(causal_lm, tokenizer)
     model = HybridRewardModel.from_causal_lm(causal_lm).eval()
     folder = tmp_path_factory.mktemp(f"export-{request.param}")

@@ -16,6 +16,7 @@ Each run is also tested on the other sets' test parts (out of distribution) and 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -68,13 +69,14 @@ class CurveRun:
         return f"{self.train_set}-{self.method}-alpha{self.alpha:g}-seed{self.seed}"
 
 
-def test_sets(train_set: str, settings: CurveSettings) -> dict[str, list[dict]]:
-    """The run's own test part first, then (ood) the other claim sets' test parts and RewardBench's local rows."""
-    tests = {train_set: claim_split(train_set, settings.data_root, settings.test_pairs)[1]}
+def test_sets(train_set: str, settings: CurveSettings, split) -> dict[str, list[dict]]:
+    """The run's own test part first, then (ood) the other claim sets' test parts and RewardBench's local rows.
+    split(name) gives a claim set's (train, test)."""
+    tests = {train_set: split(train_set)[1]}
     if settings.ood:
         for other in CLAIM_SETS:
             if other != train_set:
-                tests[other] = claim_split(other, settings.data_root, settings.test_pairs)[1]
+                tests[other] = split(other)[1]
         tests["reward-bench"] = load_named("reward-bench", "test", settings.data_root)[0]
     return tests
 
@@ -84,6 +86,7 @@ def run_curves(runs: list[CurveRun], settings: CurveSettings, output_dir: str | 
     from hafrm.training import train
 
     folders = []
+    split = functools.cache(lambda name: claim_split(name, settings.data_root, settings.test_pairs))  # each set once
     data: dict[str, tuple[list[dict], dict[str, list[dict]]]] = {}
     for run in runs:
         folder = Path(output_dir) / "runs" / run.name
@@ -92,10 +95,7 @@ def run_curves(runs: list[CurveRun], settings: CurveSettings, output_dir: str | 
             logger.info("%s finished earlier; kept", run.name)
             continue
         if run.train_set not in data:
-            data[run.train_set] = (
-                claim_split(run.train_set, settings.data_root, settings.test_pairs)[0],
-                test_sets(run.train_set, settings),
-            )
+            data[run.train_set] = (split(run.train_set)[0], test_sets(run.train_set, settings, split))
         pairs, tests = data[run.train_set]
         model_dir = folder / "model"
         config = TrainConfig(
