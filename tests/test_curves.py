@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from hafrm.cli import main
-from hafrm.curves import claim_split, planned_runs
+from hafrm.cli import build_parser, main
+from hafrm.curves import CurveSettings, claim_split, evaluation_sets, planned_runs
 from hafrm.data.splits import prompt_key
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -32,6 +32,13 @@ def test_planned_runs():
     ]
     sweep = planned_runs("alpha-sweep", ["beaver-safe"], [], [0], [0.0, 0.5], 0.2)
     assert [(r.method, r.alpha) for r in sweep] == [("baseline", 0.0), ("haf", 0.5)]
+
+
+def test_no_ood_tests_only_on_the_runs_own_test_part():
+    own = [{"prompt": [], "chosen": "a", "rejected": "b"}]
+    split = {"beaver-safe": ([], own)}.__getitem__
+    assert build_parser().parse_args(["report", "--no-ood"]).ood is False
+    assert evaluation_sets("beaver-safe", CurveSettings(data_root="", ood=False), split) == {"beaver-safe": own}
 
 
 @needs_data

@@ -223,6 +223,7 @@ def command_report(args: argparse.Namespace) -> int:
             steps=tuple(args.steps),
             test_pairs=args.test_pairs or 1000,
             overrides=overrides,
+            ood=args.ood,
         )
         print(
             claim_report(
@@ -441,6 +442,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--datasets",
         default="hh-harmless",
         help="comma-separated: beaver-safe, hh-harmless, alpaca-human-pref, chatbot-arena, hh-helpful",
+    )
+    report.add_argument(
+        "--ood",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="learning-curve / alpha-sweep: also test every run on the other claim sets and the local RewardBench "
+        "rows (--no-ood: only on its own test part)",
     )
     report.add_argument("--methods", default="baseline,dpo,haf")
     report.add_argument("--seeds", default="0,1")

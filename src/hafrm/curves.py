@@ -69,7 +69,7 @@ class CurveRun:
         return f"{self.train_set}-{self.method}-alpha{self.alpha:g}-seed{self.seed}"
 
 
-def test_sets(train_set: str, settings: CurveSettings, split) -> dict[str, list[dict]]:
+def evaluation_sets(train_set: str, settings: CurveSettings, split) -> dict[str, list[dict]]:
     """The run's own test part first, then (ood) the other claim sets' test parts and RewardBench's local rows.
     split(name) gives a claim set's (train, test)."""
     tests = {train_set: split(train_set)[1]}
@@ -95,7 +95,7 @@ def run_curves(runs: list[CurveRun], settings: CurveSettings, output_dir: str | 
             logger.info("%s finished earlier; kept", run.name)
             continue
         if run.train_set not in data:
-            data[run.train_set] = (split(run.train_set)[0], test_sets(run.train_set, settings, split))
+            data[run.train_set] = (split(run.train_set)[0], evaluation_sets(run.train_set, settings, split))
         pairs, tests = data[run.train_set]
         model_dir = folder / "model"
         config = TrainConfig(
