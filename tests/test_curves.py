@@ -3,11 +3,14 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hafrm.cli import build_parser, main
 from hafrm.curves import CurveSettings, claim_split, evaluation_sets, planned_runs
 from hafrm.data.splits import prompt_key
+from hafrm.evaluation import PairScores
+from hafrm.report import CurveResult, alpha_points, curve_table, length_table, write_curve_report
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data not present")
@@ -104,3 +107,43 @@ def test_learning_curve_report_resumes_and_merges(tiny_model_dir, tmp_path):
         == 0
     )
     assert "merged from" in (tmp_path / "merged" / "report.md").read_text()
+
+
+def scores_right_on(right: list[bool], margin: float = 1.0) -> PairScores:
+    """Scores whose reward head (and implicit reward) gets exactly the pairs marked True right."""
+    sign = np.where(right, 1.0, -1.0).astype(np.float32)
+    return PairScores(margin * sign, np.zeros(len(right), np.float32), sign, np.zeros(len(right), np.float32))
+
+
+def test_curve_report_tables_match_hand_counts(tmp_path):
+    longer = {"beaver-safe": np.array([True, True, False, False])}
+
+    def run(method, alpha, seed, right, margin=1.0):
+        scores = {(4, "beaver-safe"): scores_right_on(right, margin)}
+        return CurveResult("beaver-safe", method, seed, alpha, scores, longer, wall_s=60.0)
+
+    results = [
+        run("baseline", 0.0, 0, [True, False, False, False]),  # 25%
+        run("baseline", 0.0, 1, [True, True, False, False]),  # 50%
+        run("haf", 0.2, 0, [True, True, True, False], margin=2.0),  # 75%
+        run("haf", 0.2, 1, [True, True, True, True], margin=2.0),  # 100%
+    ]
+    table = curve_table(results, "beaver-safe", "beaver-safe")
+    row = table.splitlines()[2].split(" | ")
+    assert row[1] == "37.5 ± 17.7" and row[2] == "87.5 ± 17.7"  # baseline reward, haf reward (sample std)
+    assert row[5].startswith("+50.0 [")  # paired difference of the seed means: 0.875 - 0.375
+    assert row[6].rstrip(" |") == "0.5, 0.5"  # McNemar: seed 0 discordant 2-0, seed 1 2-0 -> exact p 0.5
+    lengths = length_table(results, "beaver-safe")
+    assert "| Beaver Safe | baseline | reward | 75.0 (2) | 0.0 (2) |" in lengths
+    assert "| Beaver Safe | haf (alpha 0.2) | reward | 100.0 (2) | 75.0 (2) |" in lengths
+    sweep = alpha_points(results, "beaver-safe")
+    assert sweep == [(0.0, [0.25, 0.5], [-0.5, 0.0], []), (0.2, [0.75, 1.0], [1.0, 2.0], [0.75, 1.0])]
+    assert "Policy ratio alpha" not in write_curve_report(results, tmp_path, "hafrm report", "").read_text()
+    sweep_run = run("haf", 1.0, 0, [True, True, False, False])  # a second haf alpha makes it a sweep
+    report = write_curve_report([*results, sweep_run], tmp_path, "hafrm report ...", "settings").read_text()
+    assert (
+        "| 1 | 50.0 | 0.000 | 50.0 | 1 |" in report
+        and "| 0.2 | 87.5 ± 17.7 | 1.500 ± 0.707 | 87.5 ± 17.7 | 2 |" in report
+    )
+    for plot in ("curve-beaver-safe-beaver-safe.png", "alpha-beaver-safe.png", "reward-vs-implicit-beaver-safe.png"):
+        assert (tmp_path / plot).stat().st_size > 0

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from hafrm.evaluation import PairScores, scores_file
-from hafrm.losses import METHODS
+from hafrm.losses import METHODS, HafObjective
 from hafrm.metrics import accuracy_interval, discordant_counts, mcnemar_p, paired_bootstrap_interval
 from hafrm.protocols import RunResult, dataset_title
 
@@ -166,22 +166,32 @@ def plot_scores(results: list[RunResult], path_distributions: Path, path_scatter
     if "haf" in first:
         r = first["haf"]
         test_set = next(iter(r.test_metrics))
-        scores = PairScores.load(scores_file(r.output_dir, test_set))
-        figure, axis = plt.subplots(figsize=(5, 4.2))
-        axis.scatter(
-            scores.chosen_rewards - scores.rejected_rewards,
-            scores.chosen_implicit - scores.rejected_implicit,
-            s=8,
-            alpha=0.6,
+        plot_margin_scatter(
+            PairScores.load(scores_file(r.output_dir, test_set)), f"haf on {dataset_title(test_set)}", path_scatter
         )
-        axis.axhline(0, color="grey", lw=0.8)
-        axis.axvline(0, color="grey", lw=0.8)
-        axis.set_xlabel("reward-head margin r(y_w) - r(y_l)")
-        axis.set_ylabel("implicit-reward margin")
-        axis.set_title(f"haf on {dataset_title(test_set)}: reward head vs policy head", fontsize=9)
-        figure.tight_layout()
-        figure.savefig(path_scatter, dpi=110)
-        plt.close(figure)
+
+
+def plot_margin_scatter(scores: PairScores, title: str, path: Path) -> None:
+    """Each test pair's reward-head margin against its implicit-reward margin (paper Figure 7): how far the two
+    heads of one haf model agree."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reward = scores.chosen_rewards - scores.rejected_rewards
+    implicit = scores.chosen_implicit - scores.rejected_implicit
+    figure, axis = plt.subplots(figsize=(5, 4.2))
+    axis.scatter(reward, implicit, s=8, alpha=0.6)
+    axis.axhline(0, color="grey", lw=0.8)
+    axis.axvline(0, color="grey", lw=0.8)
+    axis.set_xlabel("reward-head margin r(y_w) - r(y_l)")
+    axis.set_ylabel("implicit-reward margin")
+    agree = float(np.mean(np.sign(reward) == np.sign(implicit)))
+    axis.set_title(f"{title}: reward head vs policy head (same sign on {100 * agree:.0f}% of pairs)", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def load_results(report_dirs: list[str | Path]) -> list[RunResult]:
@@ -326,14 +336,11 @@ def length_table(results: list[CurveResult], train_set: str) -> str:
     return "\n".join(lines)
 
 
-def alpha_table(results: list[CurveResult], train_set: str) -> str:
-    """The alpha sweep at the last step on the run's own test set (paper Figure 6): reward-head accuracy, its mean
-    reward margin r(y_w) - r(y_l), and the implicit reward's accuracy; mean ± std over seeds."""
+def alpha_points(results: list[CurveResult], train_set: str) -> list[tuple[float, list, list, list]]:
+    """The alpha sweep at the last step on the run's own test set, per alpha: each seed's reward-head accuracy, mean
+    reward margin r(y_w) - r(y_l) and implicit-reward accuracy (none for alpha 0, whose policy head is untrained)."""
     runs = sorted((r for r in results if r.train_set == train_set), key=lambda r: r.alpha)
-    lines = [
-        "| alpha | reward-head accuracy | mean reward margin | implicit accuracy | seeds |",
-        "|---|---|---|---|---|",
-    ]
+    points = []
     for alpha in dict.fromkeys(r.alpha for r in runs):
         group = [r for r in runs if r.alpha == alpha]
         last = max(step for step, name in group[0].scores if name == train_set)
@@ -341,13 +348,48 @@ def alpha_table(results: list[CurveResult], train_set: str) -> str:
         accuracy = [float(np.mean(s.correctness()["reward"])) for s in scores]
         margin = [float(np.mean(s.chosen_rewards - s.rejected_rewards)) for s in scores]
         implicit = [float(np.mean(s.correctness()["implicit"])) for s in scores if "implicit" in s.correctness()]
+        points.append((alpha, accuracy, margin, implicit if alpha > 0 else []))
+    return points
+
+
+def alpha_table(results: list[CurveResult], train_set: str) -> str:
+    """The alpha sweep (paper Figure 6) as a table; mean ± std over seeds."""
+    lines = [
+        "| alpha | reward-head accuracy | mean reward margin | implicit accuracy | seeds |",
+        "|---|---|---|---|---|",
+    ]
+    for alpha, accuracy, margin, implicit in alpha_points(results, train_set):
         margin_text = f"{statistics.mean(margin):.3f}" + (
             f" ± {statistics.stdev(margin):.3f}" if len(margin) > 1 else ""
         )
         lines.append(
-            f"| {alpha:g} | {mean_spread(accuracy)} | {margin_text} | {mean_spread(implicit)} | {len(group)} |"
+            f"| {alpha:g} | {mean_spread(accuracy)} | {margin_text} | {mean_spread(implicit)} | {len(accuracy)} |"
         )
     return "\n".join(lines)
+
+
+def plot_alpha(results: list[CurveResult], train_set: str, path: Path) -> None:
+    """The alpha sweep (paper Figure 6): reward-head accuracy and mean reward margin against alpha, one point per
+    seed and the mean as a line; alphas evenly spaced (alpha 0 is the baseline)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = alpha_points(results, train_set)
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for axis, index, label in ((axes[0], 1, "reward-head accuracy (%)"), (axes[1], 2, "mean reward margin")):
+        scale = 100 if index == 1 else 1
+        for x, point in enumerate(points):
+            axis.scatter([x] * len(point[index]), [scale * v for v in point[index]], color="grey", s=12)
+        axis.plot(range(len(points)), [scale * statistics.mean(p[index]) for p in points], marker="o")
+        axis.set_xticks(range(len(points)), [f"{p[0]:g}" for p in points])
+        axis.set_xlabel("alpha (policy-loss weight)")
+        axis.set_ylabel(label)
+    figure.suptitle(f"trained and tested on {dataset_title(train_set)}, last step", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def plot_curves(results: list[CurveResult], train_set: str, test_set: str, path: Path) -> None:
@@ -412,7 +454,18 @@ def write_curve_report(results: list[CurveResult], output_dir: str | Path, comma
             ]
         sections += ["### Length preference at the last step (%)", "", length_table(results, train_set), ""]
         if len({r.alpha for r in runs if r.method == "haf"}) > 1:
+            plot = f"alpha-{train_set}.png"
+            plot_alpha(results, train_set, output_dir / plot)
             sections += ["### Policy ratio alpha (paper Figure 6)", "", alpha_table(results, train_set), ""]
+            sections += [f"![{plot}]({plot})", ""]
+        haf = [r for r in runs if r.method == "haf"]
+        if haf:
+            first = min(haf, key=lambda r: (r.seed, abs(r.alpha - HafObjective.alpha)))  # the paper's alpha first
+            last = max(step for step, name in first.scores if name == train_set)
+            plot = f"reward-vs-implicit-{train_set}.png"
+            title = f"{first.label} seed {first.seed}, step {last}, {dataset_title(train_set)}"
+            plot_margin_scatter(first.scores[(last, train_set)], title, output_dir / plot)
+            sections += ["### Reward head against implicit reward (paper Figure 7)", "", f"![{plot}]({plot})", ""]
     path = output_dir / "report.md"
     path.write_text("\n".join(sections) + "\n")
     return path
