@@ -7,41 +7,26 @@ import shutil
 
 import pytest
 import torch
+from helpers import train_command
 
 from hafrm.cli import main
 from hafrm.config import TrainConfig
-from hafrm.defaults import DEFAULT_TRAIN_DATA
 from hafrm.trainer import STATE_FILE
 from hafrm.training import resume_point
 
 
 def run_args(model_dir, output_dir, *extra):
-    return [
-        "train",
-        "--model",
-        str(model_dir),
-        "--train-data",
-        str(DEFAULT_TRAIN_DATA),
-        "--max-train-pairs",
-        "8",
-        "--eval-fraction",
-        "0",
-        "--max-length",
-        "48",
-        "--batch-size",
-        "4",
-        "--micro-batch-size",
-        "4",
-        "--learning-rate",
-        "1e-3",
-        "--save-steps",
-        "1",
-        "--save-total-limit",
-        "3",
-        "--output-dir",
-        str(output_dir),
+    return train_command(
+        model_dir,
+        output_dir,
         *extra,
-    ]
+        max_length=48,
+        micro_batch_size=4,
+        eval_fraction=0,
+        learning_rate="1e-3",
+        save_steps=1,
+        save_total_limit=3,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import train_command
 
 from hafrm.cli import main
 from hafrm.data import load_pairs
-from hafrm.defaults import DEFAULT_TRAIN_DATA
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -46,27 +46,6 @@ def nothing_loaded(monkeypatch, no_model_loading):
     monkeypatch.setattr(hafrm.training, "load_tokenizer", refuse)
 
 
-def train_args(model_dir, output_dir, *extra):
-    return [
-        "train",
-        "--model",
-        str(model_dir),
-        "--train-data",
-        str(DEFAULT_TRAIN_DATA),
-        "--max-train-pairs",
-        "8",
-        "--max-length",
-        "64",
-        "--batch-size",
-        "4",
-        "--micro-batch-size",
-        "2",
-        "--output-dir",
-        str(output_dir),
-        *extra,
-    ]
-
-
 def one_line_error(capsys, *fragments) -> str:
     """The command's stderr is a single error line containing every fragment."""
     err = capsys.readouterr().err.strip()
@@ -95,7 +74,7 @@ def one_line_error(capsys, *fragments) -> str:
 def test_bad_training_options_stop_before_loading_anything(
     tiny_model_dir, tmp_path, capsys, nothing_loaded, extra, message
 ):
-    assert main(train_args(tiny_model_dir, tmp_path / "out", *extra)) == 2
+    assert main(train_command(tiny_model_dir, tmp_path / "out", *extra)) == 2
     one_line_error(capsys, "hafrm train: error:", message)
     assert not (tmp_path / "out").exists()
 
@@ -134,7 +113,7 @@ def test_yaml_reads_exponent_numbers_and_a_cli_flag_fixes_a_bad_file_value(tiny_
 
 
 def test_missing_or_truncated_model_folder(tiny_model_dir, tmp_path, capsys, nothing_loaded):
-    assert main(train_args(tmp_path / "no-such-model", tmp_path / "out")) == 2
+    assert main(train_command(tmp_path / "no-such-model", tmp_path / "out")) == 2
     one_line_error(capsys, f"model folder {tmp_path / 'no-such-model'} does not exist")
     broken = tmp_path / "broken-model"
     broken.mkdir()
@@ -142,21 +121,21 @@ def test_missing_or_truncated_model_folder(tiny_model_dir, tmp_path, capsys, not
         (broken / file.name).write_bytes(file.read_bytes())
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    assert main(train_args(broken, tmp_path / "out")) == 2
+    assert main(train_command(broken, tmp_path / "out")) == 2
     one_line_error(capsys, f"{weights} is truncated or corrupt")
 
 
 def test_output_dir_that_is_a_file_or_not_writable(tiny_model_dir, tmp_path, capsys, monkeypatch, nothing_loaded):
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
-    assert main(train_args(tiny_model_dir, a_file)) == 2
+    assert main(train_command(tiny_model_dir, a_file)) == 2
     one_line_error(capsys, f"output folder {a_file} is a file")
-    assert main(train_args(tiny_model_dir, a_file / "out")) == 2
+    assert main(train_command(tiny_model_dir, a_file / "out")) == 2
     one_line_error(capsys, f"{a_file} is a file")
     monkeypatch.setattr(
         "os.access", lambda path, mode: False
     )  # as a user without write permission (tests may run as root)
-    assert main(train_args(tiny_model_dir, tmp_path / "out")) == 2
+    assert main(train_command(tiny_model_dir, tmp_path / "out")) == 2
     one_line_error(capsys, "is not writable")
 
 
@@ -170,7 +149,7 @@ def test_output_dir_that_is_a_file_or_not_writable(tiny_model_dir, tmp_path, cap
 def test_unreadable_csv_is_one_line_naming_the_file(tiny_model_dir, tmp_path, capsys, no_model_loading, content):
     data = tmp_path / "pairs.csv"
     data.write_bytes(content)
-    assert main(train_args(tiny_model_dir, tmp_path / "out", "--train-data", str(data))) == 2
+    assert main(train_command(tiny_model_dir, tmp_path / "out", "--train-data", str(data))) == 2
     one_line_error(capsys, f"{data}: cannot read this CSV file")
 
 
@@ -182,7 +161,7 @@ def test_output_folder_holding_a_run_is_refused(tiny_model_dir, tmp_path, capsys
     output = tmp_path / "out"
     output.mkdir()
     (output / "hafrm.json").write_text("{}") if marker == "hafrm.json" else (output / marker).mkdir()
-    assert main(train_args(tiny_model_dir, output)) == 2
+    assert main(train_command(tiny_model_dir, output)) == 2
     one_line_error(capsys, f"output folder {output} already holds a run ({marker})", "--overwrite-output-dir")
     assert (output / marker).exists()
 
@@ -192,19 +171,21 @@ def test_overwrite_or_resume_gets_past_the_check(tiny_model_dir, tmp_path, nothi
     (output / "checkpoint-4").mkdir(parents=True)
     (output / "hafrm.json").write_text("{}")
     with pytest.raises(HeavyWorkStarted):  # auto with no readable checkpoint starts afresh
-        main(train_args(tiny_model_dir, output, "--resume-from-checkpoint", "auto"))
+        main(train_command(tiny_model_dir, output, "--resume-from-checkpoint", "auto"))
     (output / "checkpoint-4").mkdir()
     with pytest.raises(HeavyWorkStarted):
-        main(train_args(tiny_model_dir, output, "--overwrite-output-dir"))
+        main(train_command(tiny_model_dir, output, "--overwrite-output-dir"))
     assert not (output / "checkpoint-4").exists()  # an overwritten run's checkpoints would outrank the new ones
 
 
 def test_second_run_into_the_same_folder_keeps_the_first(tiny_model_dir, tmp_path, capsys):
     output = tmp_path / "out"
-    assert main(train_args(tiny_model_dir, output, "--max-steps", "1", "--eval-fraction", "0")) == 0
+    assert main(train_command(tiny_model_dir, output, "--max-steps", "1", "--eval-fraction", "0")) == 0
     before = (output / "hafrm.json").read_text()
     capsys.readouterr()
-    assert main(train_args(tiny_model_dir, output, "--max-steps", "1", "--eval-fraction", "0", "--method", "dpo")) == 2
+    assert (
+        main(train_command(tiny_model_dir, output, "--max-steps", "1", "--eval-fraction", "0", "--method", "dpo")) == 2
+    )
     one_line_error(capsys, "already holds a run")
     assert (output / "hafrm.json").read_text() == before
 

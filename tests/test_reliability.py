@@ -9,13 +9,14 @@ import time
 
 import pytest
 import torch
+from helpers import train_command
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from hafrm.cli import main
 from hafrm.data import DataError, load_pairs
-from hafrm.defaults import DEFAULT_EVAL_DATA, DEFAULT_TRAIN_DATA
+from hafrm.defaults import DEFAULT_EVAL_DATA
 
 text = st.one_of(st.text(max_size=40), st.just(""), st.just("x" * 20_000))
 value = st.one_of(
@@ -62,30 +63,16 @@ def test_every_row_is_used_or_counted(tmp_path, lines):
 
 
 def run_args(model_dir, output_dir, *extra):
-    return [
-        "train",
-        "--model",
-        str(model_dir),
-        "--train-data",
-        str(DEFAULT_TRAIN_DATA),
-        "--eval-data",
-        str(DEFAULT_EVAL_DATA),
-        "--max-train-pairs",
-        "24",
-        "--max-eval-pairs",
-        "8",
-        "--max-length",
-        "48",
-        "--batch-size",
-        "4",
-        "--micro-batch-size",
-        "2",
-        "--learning-rate",
-        "1e-3",
-        "--output-dir",
-        str(output_dir),
+    return train_command(
+        model_dir,
+        output_dir,
         *extra,
-    ]
+        eval_data=DEFAULT_EVAL_DATA,
+        max_train_pairs=24,
+        max_eval_pairs=8,
+        max_length=48,
+        learning_rate="1e-3",
+    )
 
 
 def test_same_seed_same_result_to_the_last_digit(tiny_model_dir, tmp_path):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import train_command
 
 from hafrm.cli import main
 from hafrm.config import TrainConfig
@@ -16,32 +17,16 @@ from hafrm.training import train
 
 
 def tiny_args(model_dir, output_dir, *extra):
-    return [
-        "train",
-        "--model",
-        str(model_dir),
-        "--train-data",
-        str(DEFAULT_TRAIN_DATA),
-        "--eval-data",
-        str(DEFAULT_EVAL_DATA),
-        "--max-train-pairs",
-        "16",
-        "--max-eval-pairs",
-        "8",
-        "--max-length",
-        "64",
-        "--batch-size",
-        "4",
-        "--micro-batch-size",
-        "2",
-        "--learning-rate",
-        "1e-3",
-        "--output-dir",
-        str(output_dir),
-        "--logging-steps",
-        "1",
+    return train_command(
+        model_dir,
+        output_dir,
         *extra,
-    ]
+        eval_data=DEFAULT_EVAL_DATA,
+        max_train_pairs=16,
+        max_eval_pairs=8,
+        learning_rate="1e-3",
+        logging_steps=1,
+    )
 
 
 @pytest.fixture(scope="module")
