@@ -188,7 +188,7 @@ def plot_margin_scatter(scores: PairScores, title: str, path: Path) -> None:
     axis.set_xlabel("reward-head margin r(y_w) - r(y_l)")
     axis.set_ylabel("implicit-reward margin")
     agree = float(np.mean(np.sign(reward) == np.sign(implicit)))
-    axis.set_title(f"{title}: reward head vs policy head (same sign on {100 * agree:.0f}% of pairs)", fontsize=9)
+    axis.set_title(f"{title}\nreward head vs policy head: same sign on {100 * agree:.0f}% of pairs", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
