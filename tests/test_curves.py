@@ -136,7 +136,8 @@ def test_curve_report_tables_match_hand_counts(tmp_path):
     lengths = length_table(results, "beaver-safe")
     assert "| Beaver Safe | baseline | reward | 75.0 (2) | 0.0 (2) |" in lengths
     assert "| Beaver Safe | haf (alpha 0.2) | reward | 100.0 (2) | 75.0 (2) |" in lengths
-    sweep = alpha_points(results, "beaver-safe")
+    dpo = run("dpo", 0.0, 0, [False] * 4)  # alpha 0 like the baseline, but not part of the sweep
+    sweep = alpha_points([*results, dpo], "beaver-safe")
     assert sweep == [(0.0, [0.25, 0.5], [-0.5, 0.0], []), (0.2, [0.75, 1.0], [1.0, 2.0], [0.75, 1.0])]
     assert "Policy ratio alpha" not in write_curve_report(results, tmp_path, "hafrm report", "").read_text()
     sweep_run = run("haf", 1.0, 0, [True, True, False, False])  # a second haf alpha makes it a sweep

@@ -338,8 +338,9 @@ def length_table(results: list[CurveResult], train_set: str) -> str:
 
 def alpha_points(results: list[CurveResult], train_set: str) -> list[tuple[float, list, list, list]]:
     """The alpha sweep at the last step on the run's own test set, per alpha: each seed's reward-head accuracy, mean
-    reward margin r(y_w) - r(y_l) and implicit-reward accuracy (none for alpha 0, whose policy head is untrained)."""
-    runs = sorted((r for r in results if r.train_set == train_set), key=lambda r: r.alpha)
+    reward margin r(y_w) - r(y_l) and implicit-reward accuracy (none for alpha 0, whose policy head is untrained).
+    dpo runs (alpha 0 too, but no trained reward head) are not part of the sweep."""
+    runs = sorted((r for r in results if r.train_set == train_set and r.method != "dpo"), key=lambda r: r.alpha)
     points = []
     for alpha in dict.fromkeys(r.alpha for r in runs):
         group = [r for r in runs if r.alpha == alpha]
