@@ -374,18 +374,14 @@ def train(
                 model, collator, [train_set, *eval_sets.values()], config.micro_batch_size, args.device
             )
             eval_sets = dict(zip(eval_sets, evaluated))
-    if objective.uses_policy_head and objective.policy_loss.needs_reference:
-        if config.reference == "precompute":
-            with args.main_process_first(desc="reference log-probs"):
-                train_set = add_reference_logps(
-                    model, train_set, collator, config.micro_batch_size, args.device, "train"
-                )
-                eval_sets = {
-                    name: add_reference_logps(model, s, collator, config.micro_batch_size, args.device, name)
-                    for name, s in eval_sets.items()
-                }
-        elif not model.is_peft:
-            model.keep_frozen_reference()
+    # precomputed here, or (reference "live") a frozen copy of the policy kept by HafTrainer
+    if objective.uses_policy_head and objective.policy_loss.needs_reference and config.reference == "precompute":
+        with args.main_process_first(desc="reference log-probs"):
+            train_set = add_reference_logps(model, train_set, collator, config.micro_batch_size, args.device, "train")
+            eval_sets = {
+                name: add_reference_logps(model, s, collator, config.micro_batch_size, args.device, name)
+                for name, s in eval_sets.items()
+            }
     eval_set = eval_sets.get("eval") if list(eval_sets) == ["eval"] else (eval_sets or None)
     during = evaluation_sample(config, eval_set)
     trainer = HafTrainer(
