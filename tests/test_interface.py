@@ -2,6 +2,7 @@
 `--version`, early stopping, the Python API (in-memory data, `load`, a TRL-style trainer), warmup as steps, and
 training statistics averaged over processes."""
 
+import argparse
 import dataclasses
 import inspect
 import json
@@ -56,6 +57,14 @@ def test_every_option_is_documented_with_default_and_choices(capsys, command):
         assert "--" + name.replace("_", "-") + " {" + ",".join(TrainConfig.choices(name)) + "}" in text, name
     for alias in ALIASES:
         assert "--" + alias.replace("_", "-") + " " in text, alias
+
+
+def test_every_option_of_every_command_has_a_help_text():
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in commands.choices.items():
+        for action in parser._actions:
+            if action.help != argparse.SUPPRESS and not isinstance(action, argparse._HelpAction):
+                assert action.help and len(action.help.split()) >= 3, f"hafrm {name} {action.dest} has no help"
 
 
 def test_field_documentation_lives_only_in_the_metadata():

@@ -312,12 +312,17 @@ def command_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+DATA_FORMATS = TrainConfig.choices("data_format")
+DATA_FORMAT_HELP = "auto: told from the columns; or name one of the formats (default: auto)"
+BAD_ROW_HELP = "a malformed row stops the command (error) or is counted and left out (skip)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hafrm", description="Train and use reward models with the Hybrid Alignment Framework (HAF-RM)."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a haf, baseline (BT-only) or dpo model")
@@ -326,28 +331,45 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=command_train)
 
     evaluate = commands.add_parser("eval", help="pairwise accuracy: reward head, implicit DPO reward, combined")
-    evaluate.add_argument("model_dir")
+    evaluate.add_argument("model_dir", help="a hafrm output folder (the reward head, and the policy head if trained)")
     evaluate.add_argument(
         "--data", nargs="+", required=True, metavar="[NAME=]SOURCE", help="files, folders or hub names"
     )
-    evaluate.add_argument("--data-format", default="auto")
-    evaluate.add_argument("--split", default="test")
-    evaluate.add_argument("--max-pairs", type=number_in_range(int, 1))
-    evaluate.add_argument("--max-length", type=int)
-    evaluate.add_argument("--batch-size", type=number_in_range(int, 1), default=8)
+    evaluate.add_argument("--data-format", default="auto", choices=DATA_FORMATS, help=DATA_FORMAT_HELP)
+    evaluate.add_argument("--split", default="test", help="split of a hub data set or folder (default: test)")
+    evaluate.add_argument(
+        "--max-pairs", type=number_in_range(int, 1), help="the first N pairs of each set (default: all)"
+    )
+    evaluate.add_argument(
+        "--max-length",
+        type=number_in_range(int, 8),
+        help="tokens per pair row; longer pairs lose prompt tokens from the left, then the start of the responses "
+        "(default: the max_length the model was trained with)",
+    )
+    evaluate.add_argument(
+        "--batch-size", type=number_in_range(int, 1), default=8, help="pairs per forward pass (default: 8)"
+    )
     evaluate.add_argument("--reference", help="reference policy (default: the base model recorded at training)")
-    evaluate.add_argument("--on-bad-row", choices=("error", "skip"), default="error")
+    evaluate.add_argument("--on-bad-row", choices=("error", "skip"), default="error", help=BAD_ROW_HELP)
     evaluate.add_argument("--output", help="write the JSON results here too")
     evaluate.set_defaults(handler=command_eval)
 
     score = commands.add_parser("score", help="score prompt/response rows of a JSONL/CSV/Parquet file")
     score.add_argument("model_dir", help="a hafrm output folder or any sequence-classification reward model")
-    score.add_argument("--input", required=True)
+    score.add_argument("--input", required=True, help="JSONL, CSV or Parquet file with a prompt and a response column")
     score.add_argument("--output", help="JSONL output (default: stdout)")
-    score.add_argument("--prompt-column", default="prompt")
-    score.add_argument("--response-column", default="response")
-    score.add_argument("--max-length", type=int, default=512)
-    score.add_argument("--batch-size", type=number_in_range(int, 1), default=8)
+    score.add_argument(
+        "--prompt-column", default="prompt", help="column of the prompt text or messages (default: prompt)"
+    )
+    score.add_argument(
+        "--response-column", default="response", help="column of the response to score (default: response)"
+    )
+    score.add_argument(
+        "--max-length", type=number_in_range(int, 8), default=512, help="tokens per scored sequence (default: 512)"
+    )
+    score.add_argument(
+        "--batch-size", type=number_in_range(int, 1), default=8, help="rows per forward pass (default: 8)"
+    )
     score.set_defaults(handler=command_score)
 
     serve = commands.add_parser(
@@ -359,9 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(127.0.0.1, ::1, localhost); any other host needs a key or an explicit --no-auth.",
     )
     positive = number_in_range(int, 1)
-    serve.add_argument("model_dir")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=number_in_range(int, 1, 65535), default=8000)
+    serve.add_argument("model_dir", help="a hafrm output folder or any sequence-classification reward model")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=number_in_range(int, 1, 65535), default=8000, help="port to listen on (default: 8000)"
+    )
     serve.add_argument(
         "--api-key", help="require 'Authorization: Bearer KEY' (default: $HAFRM_API_KEY); an empty key is an error"
     )
@@ -369,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-length", type=positive, default=512, help="tokens per scored sequence")
     serve.add_argument("--max-items", type=positive, default=256, help="sequences per request")
     serve.add_argument("--max-chars", type=positive, default=100_000, help="characters per text")
-    serve.add_argument("--max-body-bytes", type=positive, default=16 * 2**20)
+    serve.add_argument("--max-body-bytes", type=positive, default=16 * 2**20, help="bytes per request body, else 413")
     serve.add_argument("--max-batch-size", type=positive, default=16, help="sequences per forward pass")
     serve.add_argument(
         "--max-wait-ms", type=number_in_range(float, 0), default=10.0, help="how long a batch waits for more requests"
@@ -403,16 +427,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--judge", required=True, metavar="MODEL[@HEAD]", help="the ranking the picks are checked against"
     )
     best.add_argument("--policy", help="causal LM or hafrm output folder to sample from (default: the embedded model)")
-    best.add_argument("--n", type=number_in_range(int, 1), default=4)
-    best.add_argument("--num-prompts", type=number_in_range(int, 1), default=50)
-    best.add_argument("--max-new-tokens", type=int, default=64)
-    best.add_argument("--temperature", type=float, default=1.0)
-    best.add_argument("--seed", type=int, default=0)
-    best.add_argument("--data-format", default="auto")
-    best.add_argument("--split", default="test")
-    best.add_argument("--on-bad-row", choices=("error", "skip"), default="skip")
-    best.add_argument("--max-length", type=int, default=512)
-    best.add_argument("--batch-size", type=number_in_range(int, 1), default=8)
+    best.add_argument("--n", type=number_in_range(int, 1), default=4, help="responses sampled per prompt (default: 4)")
+    best.add_argument(
+        "--num-prompts", type=number_in_range(int, 1), default=50, help="distinct prompts used (default: 50)"
+    )
+    best.add_argument(
+        "--max-new-tokens", type=number_in_range(int, 1), default=64, help="tokens per sampled response (default: 64)"
+    )
+    best.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, above 0 (default: 1.0)")
+    best.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    best.add_argument("--data-format", default="auto", choices=DATA_FORMATS, help=DATA_FORMAT_HELP)
+    best.add_argument("--split", default="test", help="split of a hub data set or folder (default: test)")
+    best.add_argument("--on-bad-row", choices=("error", "skip"), default="skip", help=BAD_ROW_HELP)
+    best.add_argument(
+        "--max-length", type=number_in_range(int, 8), default=512, help="tokens per scored sequence (default: 512)"
+    )
+    best.add_argument("--batch-size", type=number_in_range(int, 1), default=8, help="sequences per pass (default: 8)")
     best.add_argument("--output", help="also write the results with every sampled candidate as JSON")
     best.set_defaults(handler=command_best_of_n)
 
@@ -450,18 +480,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="learning-curve / alpha-sweep: also test every run on the other claim sets and the local RewardBench "
         "rows (--no-ood: only on its own test part)",
     )
-    report.add_argument("--methods", default="baseline,dpo,haf")
-    report.add_argument("--seeds", default="0,1")
+    report.add_argument("--methods", default="baseline,dpo,haf", help="comma-separated (default: baseline,dpo,haf)")
+    report.add_argument("--seeds", default="0,1", help="comma-separated (default: 0,1)")
     report.add_argument("--data-root", help="local copies in the layout of ../shared/data (default: the hub)")
-    report.add_argument("--train-pairs", type=number_in_range(int, 1))
-    report.add_argument("--test-pairs", type=number_in_range(int, 1))
+    report.add_argument(
+        "--train-pairs", type=number_in_range(int, 1), help="paper tables: training pairs per data set (default: all)"
+    )
+    report.add_argument(
+        "--test-pairs",
+        type=number_in_range(int, 1),
+        help="test pairs per set (default: all for the paper tables; 1000 or more for the learning curves)",
+    )
     report.add_argument(
         "--skip-unavailable",
         action="store_true",
         help="leave out test sets that cannot be loaded (e.g. hub-only ones while offline) "
         "instead of stopping before training",
     )
-    report.add_argument("--output", default="outputs/report")
+    report.add_argument("--output", default="outputs/report", help="report folder (default: outputs/report)")
     report.add_argument("--config", help="YAML of training options shared by every run")
     report.add_argument(
         "--merge",
