@@ -7,13 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from hafrm.config import TrainConfig
 from hafrm.data import PairCollator, PairEncoder, SkipReport
-from hafrm.data.encoding import encode_pairs, length_sorted_batches, pad_sequences
+from hafrm.data.encoding import batches_by_length, encode_pairs, length_sorted_batches, pad_sequences
 from hafrm.data.formats import as_messages
 from hafrm.export import POLICY_DIR
 from hafrm.metrics import accuracy_from_scores, pair_correctness
@@ -118,17 +115,12 @@ def score_pairs(
     report = SkipReport(rows_read=len(pairs), rows_used=len(pairs))
     dataset = encode_pairs(pairs, PairEncoder(tokenizer, max_length or loaded.config.max_length), report)
     collator = PairCollator(tokenizer.pad_token_id, share_prompt=loaded.model.shares_prompts)
-    columns: list[list[torch.Tensor]] = [[], [], [], []]
-    for batch in tqdm(
-        DataLoader(dataset, batch_size=batch_size, collate_fn=collator),
-        desc="scoring pairs",
-        disable=not progress,
-        leave=False,
-    ):
+    device = next(loaded.model.parameters()).device
+    arrays = [np.zeros(len(dataset), dtype=np.float32) for _ in range(4)]
+    for indices, batch in batches_by_length(dataset, collator, batch_size, device, "scoring pairs", progress):
         rewards, implicit = batch_scores(loaded.model, loaded.objective, batch)
-        for column, values in zip(columns, (*rewards.chunk(2), *implicit.chunk(2))):
-            column.append(values)
-    arrays = [torch.cat(c).numpy() for c in columns]
+        for array, values in zip(arrays, (*rewards.chunk(2), *implicit.chunk(2))):
+            array[indices] = values.numpy()
     return PairScores(*arrays, subsets=[p.get("subset") for p in pairs]), report
 
 

@@ -228,12 +228,13 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def batches_by_length(dataset, collator, batch_size: int, device, description: str):
+def batches_by_length(dataset, collator, batch_size: int, device, description: str, progress: bool = True):
     """(indices, batch on device) over an encoded pair data set in batches of similar length, for passes whose
-    results are put back in the data set's order by index (reference log-probs, frozen-trunk states)."""
+    results are put back in the data set's order by index (reference log-probs, frozen-trunk states, scoring)."""
     from tqdm.auto import tqdm
 
-    for indices in tqdm(length_sorted_batches(dataset["length"], batch_size), desc=description, leave=False):
+    batches = length_sorted_batches(dataset["length"], batch_size)
+    for indices in tqdm(batches, desc=description, leave=False, disable=not progress):
         batch = collator([dataset[i] for i in indices])
         yield indices, {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
