@@ -65,6 +65,7 @@ def one_line_error(capsys, *fragments) -> str:
         (["--batch-size", "-4"], "batch_size must be at least 1, got -4"),
         (["--micro-batch-size", "0"], "micro_batch_size must be at least 1, got 0"),
         (["--eval-fraction", "1.5"], "eval_fraction must be in [0, 1), got 1.5"),
+        (["--max-length", "7"], "max_length must be at least 8, got 7"),
         (["--max-steps", "0"], "max_steps must be -1"),
         (["--tau", "0"], "tau must be positive"),
         (["--dtype", "fp8"], "dtype must be auto"),
@@ -248,12 +249,22 @@ def test_folder_of_mixed_formats_detects_each_file(tmp_path):
 # ---------------------------------------------------------------------------------------- score and eval
 
 
-@pytest.mark.parametrize("command", [["score", "MODEL", "--input", "x.jsonl"], ["eval", "MODEL", "--data", "x.jsonl"]])
-def test_score_and_eval_batch_size_zero(tmp_path, capsys, command):
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["score", "MODEL", "--input", "x.jsonl"],
+        ["eval", "MODEL", "--data", "x.jsonl"],
+        ["best-of-n", "--prompts", "x.jsonl", "--selector", "MODEL", "--judge", "JUDGE"],
+    ],
+)
+@pytest.mark.parametrize(
+    "option, message", [(["--batch-size", "0"], "--batch-size: 0 is below 1"), (["--max-length", "7"], "7 is below 8")]
+)
+def test_scoring_commands_refuse_a_zero_batch_or_a_too_short_row(tmp_path, capsys, command, option, message):
     with pytest.raises(SystemExit) as stopped:
-        main(command + ["--batch-size", "0"])
+        main(command + option)
     assert stopped.value.code == 2
-    assert "--batch-size: 0 is below 1" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_unwritable_score_and_eval_output_stops_before_scoring(tmp_path, capsys, no_model_loading):

@@ -15,6 +15,7 @@ from pathlib import Path
 from hafrm import __version__
 from hafrm.config import TrainConfig
 from hafrm.curves import PROTOCOLS as CURVE_PROTOCOLS
+from hafrm.data.encoding import MIN_MAX_LENGTH
 from hafrm.data.errors import DataError
 from hafrm.filechecks import check_writable_dir, check_writable_file
 
@@ -342,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--max-length",
-        type=number_in_range(int, 8),
+        type=number_in_range(int, MIN_MAX_LENGTH),
         help="tokens per pair row; longer pairs lose prompt tokens from the left, then the start of the responses "
         "(default: the max_length the model was trained with)",
     )
@@ -365,7 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--response-column", default="response", help="column of the response to score (default: response)"
     )
     score.add_argument(
-        "--max-length", type=number_in_range(int, 8), default=512, help="tokens per scored sequence (default: 512)"
+        "--max-length",
+        type=number_in_range(int, MIN_MAX_LENGTH),
+        default=512,
+        help="tokens per scored sequence (default: 512)",
     )
     score.add_argument(
         "--batch-size", type=number_in_range(int, 1), default=8, help="rows per forward pass (default: 8)"
@@ -440,7 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--split", default="test", help="split of a hub data set or folder (default: test)")
     best.add_argument("--on-bad-row", choices=("error", "skip"), default="skip", help=BAD_ROW_HELP)
     best.add_argument(
-        "--max-length", type=number_in_range(int, 8), default=512, help="tokens per scored sequence (default: 512)"
+        "--max-length",
+        type=number_in_range(int, MIN_MAX_LENGTH),
+        default=512,
+        help="tokens per scored sequence (default: 512)",
     )
     best.add_argument("--batch-size", type=number_in_range(int, 1), default=8, help="sequences per pass (default: 8)")
     best.add_argument("--output", help="also write the results with every sampled candidate as JSON")

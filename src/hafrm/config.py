@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from hafrm.data.encoding import MIN_MAX_LENGTH
 from hafrm.data.formats import ADAPTERS
 from hafrm.losses import METHODS, POLICY_LOSSES, HafObjective, PolicyLoss
 from hafrm.model import LoraSettings
@@ -372,7 +373,7 @@ _RULES = {
     "lora_alpha": _Rule(lambda v: v > 0, "positive"),
     "lora_dropout": _Rule(lambda v: 0 <= v < 1, "in [0, 1)"),
     "eval_fraction": _Rule(lambda v: 0 <= v < 1, "in [0, 1)"),
-    "max_length": _at_least(8),
+    "max_length": _at_least(MIN_MAX_LENGTH),
     "max_train_pairs": _at_least(1),
     "max_eval_pairs": _at_least(1),
     "eval_during_training_pairs": _at_least(1),

@@ -18,6 +18,11 @@ import torch
 
 from hafrm.data.formats import Messages
 
+MIN_MAX_LENGTH = 8
+"""The smallest max_length accepted anywhere. A truncated row keeps the prompt's end and the responses' ends;
+below this it is mostly chat-template tokens and its score means nothing. A floor against typos such as
+`--max-length 5`, not a tuned value."""
+
 HH_ROLES = {"user": "Human", "assistant": "Assistant", "system": "System"}
 HH_ASSISTANT_PREFIX = "\n\nAssistant:"
 
@@ -39,8 +44,8 @@ class PairEncoder:
     """
 
     def __init__(self, tokenizer, max_length: int = 512):
-        if max_length < 8:
-            raise ValueError(f"max_length must be at least 8, got {max_length}")
+        if max_length < MIN_MAX_LENGTH:
+            raise ValueError(f"max_length must be at least {MIN_MAX_LENGTH}, got {max_length}")
         self.tokenizer = tokenizer
         self.max_length = max_length
 
