@@ -116,6 +116,18 @@ def test_gradients_reach_backbone_from_both_heads_in_haf(hybrid, tokenizer, harm
     assert policy_only["score.weight"] is None
 
 
+def test_recomputing_logits_in_backward_gives_the_same_gradients(hybrid, tokenizer, harmless_pairs, monkeypatch):
+    import hafrm.model
+
+    hybrid.logprob_chunk_size = 7  # many chunks
+    kept = {name: g.clone() for name, g in _grads(hybrid, "haf", tokenizer, harmless_pairs[:2]).items()}
+    monkeypatch.setattr(hafrm.model, "KEPT_LOGITS_BYTES", 0)  # every chunk is recomputed in backward
+    recomputed = _grads(hybrid, "haf", tokenizer, harmless_pairs[:2])
+    assert kept["policy.lm_head.weight"].abs().sum() > 0
+    for name, grad in kept.items():
+        torch.testing.assert_close(recomputed[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_baseline_never_touches_the_lm_head(hybrid, tokenizer, harmless_pairs):
     grads = _grads(hybrid, "baseline", tokenizer, harmless_pairs[:2])
     assert grads["policy.lm_head.weight"] is None

@@ -33,6 +33,10 @@ from hafrm.trunk import FrozenTrunk
 logger = logging.getLogger(__name__)
 
 LOGIT_CHUNK_BYTES = 16 * 2**20  # fp32 logits per log-prob chunk; backward holds about three such buffers
+# Under autograd, a forward's response logits up to this size are kept for backward. Above it each chunk's logits
+# are recomputed in backward instead: one more LM-head matmul per response token, for a large vocabulary times many
+# tokens (a 128k vocabulary, 16 x 512 response tokens: 4 GiB per forward).
+KEPT_LOGITS_BYTES = 2 * 2**30
 REWARD_HEAD_FILE = "reward_head.safetensors"
 METADATA_FILE = "hafrm.json"
 
@@ -145,15 +149,17 @@ def response_logps(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N,) summed log-probs of each response's tokens and (N,) their counts, in `response_ends`' order.
 
-    The LM head runs only on the positions that predict response tokens, in chunks; under autograd each chunk is
-    recomputed in backward rather than keeping its (chunk x vocab) logits.
+    The LM head runs only on the positions that predict response tokens, in chunks. Under autograd the chunks'
+    (tokens x vocab) logits are kept for backward while they fit in KEPT_LOGITS_BYTES; beyond that each chunk is
+    recomputed in backward, which costs one more LM-head matmul per token.
     """
     rows, predictors, targets, outputs = response_tokens(segment_ids)
     hidden, targets = hidden[rows, predictors], input_ids[rows, targets]
+    recompute = torch.is_grad_enabled() and hidden.shape[0] * lm_head.weight.shape[0] * 4 > KEPT_LOGITS_BYTES
     pieces = []
     for start in range(0, hidden.shape[0], chunk_size):
         h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
-        if torch.is_grad_enabled():
+        if recompute:
             pieces.append(checkpoint(_token_logps, h, t, lm_head, use_reentrant=False))
         else:
             pieces.append(_token_logps(h, t, lm_head))
