@@ -32,7 +32,7 @@ from hafrm.trunk import FrozenTrunk
 
 logger = logging.getLogger(__name__)
 
-LOGIT_CHUNK_BYTES = 16 * 2**20  # fp32 logits per log-prob chunk; backward holds about three such buffers
+LOGIT_CHUNK_BYTES = 16 * 2**20  # fp32 logits per log-prob chunk: the peak of a no-grad pass or of a recomputed chunk
 # Under autograd, a forward's response logits up to this size are kept for backward. Above it each chunk's logits
 # are recomputed in backward instead: one more LM-head matmul per response token, for a large vocabulary times many
 # tokens (a 128k vocabulary, 16 x 512 response tokens: 4 GiB per forward).
@@ -139,9 +139,13 @@ def _token_logps(hidden: torch.Tensor, targets: torch.Tensor, lm_head: nn.Module
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
+def fp32_logits_bytes(tokens: int, vocab_size: int) -> int:
+    return 4 * tokens * vocab_size
+
+
 def logprob_chunk_tokens(vocab_size: int) -> int:
     """Response tokens per LM-head chunk, so one chunk's fp32 logits stay within LOGIT_CHUNK_BYTES."""
-    return max(16, LOGIT_CHUNK_BYTES // (4 * vocab_size))
+    return max(16, LOGIT_CHUNK_BYTES // fp32_logits_bytes(1, vocab_size))
 
 
 def response_logps(
@@ -155,7 +159,9 @@ def response_logps(
     """
     rows, predictors, targets, outputs = response_tokens(segment_ids)
     hidden, targets = hidden[rows, predictors], input_ids[rows, targets]
-    recompute = torch.is_grad_enabled() and hidden.shape[0] * lm_head.weight.shape[0] * 4 > KEPT_LOGITS_BYTES
+    recompute = (
+        torch.is_grad_enabled() and fp32_logits_bytes(hidden.shape[0], lm_head.weight.shape[0]) > KEPT_LOGITS_BYTES
+    )
     pieces = []
     for start in range(0, hidden.shape[0], chunk_size):
         h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
