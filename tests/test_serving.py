@@ -394,6 +394,7 @@ def test_serve_refuses_an_open_service_by_accident(argv, env, message, monkeypat
         ["--max-items", "-1"],
         ["--body-timeout", "nan"],
         ["--max-length", "x"],
+        ["--max-length", "7"],
     ],
 )
 def test_serve_rejects_bad_numbers_with_one_error_line(argv, capsys):

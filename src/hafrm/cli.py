@@ -292,6 +292,16 @@ def number_in_range(kind, low, high=None):
     return parse
 
 
+def add_scored_length(parser: argparse.ArgumentParser) -> None:
+    """--max-length of the commands that score single responses (score, serve, best-of-n)."""
+    parser.add_argument(
+        "--max-length",
+        type=number_in_range(int, MIN_MAX_LENGTH),
+        default=512,
+        help="tokens per scored sequence (default: 512)",
+    )
+
+
 def command_serve(args: argparse.Namespace) -> int:
     import os
 
@@ -365,12 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--response-column", default="response", help="column of the response to score (default: response)"
     )
-    score.add_argument(
-        "--max-length",
-        type=number_in_range(int, MIN_MAX_LENGTH),
-        default=512,
-        help="tokens per scored sequence (default: 512)",
-    )
+    add_scored_length(score)
     score.add_argument(
         "--batch-size", type=number_in_range(int, 1), default=8, help="rows per forward pass (default: 8)"
     )
@@ -394,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key", help="require 'Authorization: Bearer KEY' (default: $HAFRM_API_KEY); an empty key is an error"
     )
     serve.add_argument("--no-auth", action="store_true", help="serve a non-loopback host with no authentication")
-    serve.add_argument("--max-length", type=positive, default=512, help="tokens per scored sequence")
+    add_scored_length(serve)
     serve.add_argument("--max-items", type=positive, default=256, help="sequences per request")
     serve.add_argument("--max-chars", type=positive, default=100_000, help="characters per text")
     serve.add_argument("--max-body-bytes", type=positive, default=16 * 2**20, help="bytes per request body, else 413")
@@ -443,12 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--data-format", default="auto", choices=DATA_FORMATS, help=DATA_FORMAT_HELP)
     best.add_argument("--split", default="test", help="split of a hub data set or folder (default: test)")
     best.add_argument("--on-bad-row", choices=("error", "skip"), default="skip", help=BAD_ROW_HELP)
-    best.add_argument(
-        "--max-length",
-        type=number_in_range(int, MIN_MAX_LENGTH),
-        default=512,
-        help="tokens per scored sequence (default: 512)",
-    )
+    add_scored_length(best)
     best.add_argument("--batch-size", type=number_in_range(int, 1), default=8, help="sequences per pass (default: 8)")
     best.add_argument("--output", help="also write the results with every sampled candidate as JSON")
     best.set_defaults(handler=command_best_of_n)
