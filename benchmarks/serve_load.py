@@ -105,28 +105,13 @@ def main() -> None:
 
 def build_tiny_model(folder: Path) -> str:
     """A tiny random Llama with the default model's tokenizer, exported as a hafrm output folder (as in the tests)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from hafrm.defaults import default_model_path
     from hafrm.model import HybridRewardModel
     from hafrm.pretrained import load_tokenizer
+    from hafrm.testing import tiny_llama
 
     tokenizer = load_tokenizer(str(default_model_path()))
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        pad_token_id=2,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    HybridRewardModel.from_causal_lm(LlamaForCausalLM(config).float()).export(folder, tokenizer, {})
+    HybridRewardModel.from_causal_lm(tiny_llama(len(tokenizer))).export(folder, tokenizer, {})
     return str(folder)
 
 

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+from hafrm import testing
 
 # Tests never use the hub: a hub fallback fails at once instead of retrying for a minute.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,33 +41,14 @@ def tokenizer(default_model_dir):
     return load_tokenizer(str(default_model_dir))
 
 
-def _tiny_llama(vocab_size: int, model_class=None, seed: int = 0, **config):
-    """A tiny randomly initialised Llama (causal LM unless another class is given); config overrides the defaults."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    defaults = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        pad_token_id=2,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    return (model_class or LlamaForCausalLM)(LlamaConfig(vocab_size=vocab_size, **{**defaults, **config})).float()
-
-
 def _tiny_causal_lm(vocab_size: int, tie: bool = False, seed: int = 0, **config):
-    return _tiny_llama(vocab_size, seed=seed, tie_word_embeddings=tie, **config)
+    return testing.tiny_llama(vocab_size, seed=seed, tie_word_embeddings=tie, **config)
 
 
 @pytest.fixture(scope="session")
 def tiny_llama():
     """Makes a tiny randomly initialised Llama: tiny_llama(vocab_size, model_class=None, seed=0, **config)."""
-    return _tiny_llama
+    return testing.tiny_llama
 
 
 @pytest.fixture(scope="session")

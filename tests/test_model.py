@@ -51,19 +51,8 @@ def test_logprob_chunk_keeps_logits_within_budget():
     assert logprob_chunk_tokens(10**9) == 16  # never below 16 tokens
 
 
-def test_disable_dropout_zeroes_backbone_dropout_but_not_lora(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        attention_dropout=0.3,
-    )
-    causal_lm = LlamaForCausalLM(config)
+def test_disable_dropout_zeroes_backbone_dropout_but_not_lora(tokenizer, tiny_llama):
+    causal_lm = tiny_llama(len(tokenizer), num_hidden_layers=1, attention_dropout=0.3)
     causal_lm.model.layers[0].mlp.act_fn = torch.nn.Sequential(
         causal_lm.model.layers[0].mlp.act_fn, torch.nn.Dropout(0.2)
     )
