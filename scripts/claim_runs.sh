@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Issue 14's claim runs, in the order they are being run on the 2-core CPU. Every `hafrm report` call skips the
-# runs that finished earlier and resumes a cut-off run from its last checkpoint, so the script can be started again
-# after any stop. Results are copied into docs/report with scripts/keep_run_scores.sh (see the claim READMEs).
+# Issue 14's remaining claim runs (HH-Harmless seed 0 of every method is done), in the order they are run on the
+# 2-core CPU. Every `hafrm report` call skips the runs that finished earlier and resumes a cut-off run from its last
+# checkpoint, so the script can be started again after any stop. Results are copied into docs/report with
+# scripts/keep_run_scores.sh (see the claim READMEs).
 # usage: scripts/claim_runs.sh OUTPUT_DIR DATA_ROOT     (logs: OUTPUT_DIR/<part>.log)
 set -euo pipefail
 out=$1
@@ -18,9 +19,6 @@ part() {  # part NAME ARGS...: one report call, its output appended to OUTPUT_DI
 }
 
 mkdir -p "$out"
-# HH-Harmless, seed 0 of every method first, so the three methods can be compared early
-part hh-harmless --protocol learning-curve "${shared[@]}" "${frozen[@]}" --datasets hh-harmless \
-  --methods baseline,haf,dpo --seeds 0 --steps 16,32,64,128,256
 # full fine-tuning, one run per method on Beaver Safe: does the frozen-trunk conclusion carry over?
 part beaver-safe-full --protocol learning-curve "${shared[@]}" --save-total-limit 1 \
   --datasets beaver-safe --methods baseline,haf,dpo --seeds 0 --steps 16,32,64,128
