@@ -3,8 +3,12 @@
 # 2-core CPU. Every `hafrm report` call skips the runs that finished earlier and resumes a cut-off run from its last
 # checkpoint, so the script can be started again after any stop. Results are copied into docs/report with
 # scripts/keep_run_scores.sh (see the claim READMEs).
-# usage: scripts/claim_runs.sh OUTPUT_DIR DATA_ROOT     (logs: OUTPUT_DIR/<part>.log)
+# usage: scripts/claim_runs.sh OUTPUT_DIR DATA_ROOT     (logs: OUTPUT_DIR/<part>.log), with hafrm's environment active
 set -euo pipefail
+if ! command -v hafrm > /dev/null; then
+  echo "claim_runs.sh: no hafrm on PATH; activate the environment hafrm is installed in first" >&2
+  exit 1
+fi
 out=$1
 data=$2
 shared=(--data-root "$data" --no-ood --learning-rate 3e-5 --batch-size 16)
