@@ -1,18 +1,19 @@
 """Resuming survives corrupt checkpoints (falls back to the newest readable one, naming the bad file), and
 model weights are loaded without trusting pickles."""
 
+import json
 import logging
 import os
 import shutil
 
 import pytest
 import torch
-from helpers import train_command
+from helpers import TINY_RUN, train_command
 
 from hafrm.cli import main
 from hafrm.config import TrainConfig
 from hafrm.trainer import STATE_FILE
-from hafrm.training import resume_point
+from hafrm.training import CLOCK_FILE, RunClock, resume_point, train
 
 
 def run_args(model_dir, output_dir, *extra):
@@ -110,6 +111,33 @@ def test_cli_resume_after_a_truncated_state_file_continues_from_the_checkpoint_b
     assert main(run_args(tiny_model_dir, run_copy, "--max-steps", "5", "--resume-from-checkpoint", str(given))) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{given / 'trainer_state.json'} is not a valid trainer state" in err
+
+
+def clock_of(checkpoint) -> float:
+    return json.loads((checkpoint / CLOCK_FILE).read_text())["wall_s"]
+
+
+def test_run_clock_counts_on_from_the_checkpoint_a_run_resumes_from(tiny_model_dir, tmp_path, caplog):
+    settings = dict(
+        TINY_RUN, model=str(tiny_model_dir), eval_fraction=0.0, save_steps=1, output_dir=str(tmp_path / "run")
+    )
+    clock = RunClock()
+    train(TrainConfig(**settings, max_steps=2), [clock])
+    assert clock.before == 0.0  # a fresh run
+    early, late = clock_of(tmp_path / "run" / "checkpoint-1"), clock_of(tmp_path / "run" / "checkpoint-2")
+    assert 0 < early < late <= clock.elapsed()
+    # as if the process that wrote checkpoint-2 had run for 1000 s: the resumed run counts on from there
+    (tmp_path / "run" / "checkpoint-2" / CLOCK_FILE).write_text('{"wall_s": 1000.0}')
+    resumed = RunClock()
+    train(TrainConfig(**settings, max_steps=3, resume_from_checkpoint="auto"), [resumed])
+    assert resumed.before == 1000.0 and 1000.0 < clock_of(tmp_path / "run" / "checkpoint-3") <= resumed.elapsed()
+    # an unreadable record costs the earlier time, with a warning, never the resume
+    (tmp_path / "run" / "checkpoint-3" / CLOCK_FILE).write_text('{"wall_s": ')
+    garbled = RunClock()
+    with caplog.at_level(logging.WARNING, logger="hafrm.training"):
+        train(TrainConfig(**settings, max_steps=4, resume_from_checkpoint="auto"), [garbled])
+    assert garbled.before == 0.0 and "Run time before the restart not counted" in caplog.text
+    assert (tmp_path / "run" / "checkpoint-4" / "trainer_state.json").exists()
 
 
 # ---------------------------------------------------------------------------------------- model weights

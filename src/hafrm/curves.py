@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,7 +82,7 @@ def evaluation_sets(train_set: str, settings: CurveSettings, split) -> dict[str,
 
 def run_curves(runs: list[CurveRun], settings: CurveSettings, output_dir: str | Path) -> list[Path]:
     """Train and evaluate every run not finished yet; returns the run folders (finished ones included)."""
-    from hafrm.training import train
+    from hafrm.training import RunClock, train
 
     folders = []
     split = functools.cache(lambda name: claim_split(name, settings.data_root, settings.test_pairs))  # each set once
@@ -113,15 +112,15 @@ def run_curves(runs: list[CurveRun], settings: CurveSettings, output_dir: str | 
             }
         )
         logger.info("Training %s (%d pairs; %d test sets)", run.name, len(pairs), len(tests))
-        start = time.perf_counter()
-        train(config, train_data=pairs, eval_data=tests)
+        clock = RunClock()
+        train(config, [clock], train_data=pairs, eval_data=tests)
         (folder / DONE_FILE).write_text(
             json.dumps(
                 {
                     "run": run.__dict__,
                     "train_pairs": len(pairs),
                     "test_pairs": {k: len(v) for k, v in tests.items()},
-                    "wall_s": time.perf_counter() - start,
+                    "wall_s": clock.elapsed(),
                     "config": config.to_dict(),
                 },
                 indent=2,

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from hafrm.trainer import EVAL_SCORES_DIR, HafTrainer, checkpoint_problem
 from hafrm.trunk import cached_trunk_states
 
 logger = logging.getLogger(__name__)
+CLOCK_FILE = "hafrm-run-clock.json"  # in each checkpoint: {"wall_s": seconds the run had spent when it was written}
 
 
 @dataclass
@@ -435,6 +437,35 @@ class EvaluateAtSteps(TrainerCallback):
         if state.global_step in self.steps:
             control.should_evaluate = control.should_save = True
         return control
+
+
+class RunClock(TrainerCallback):
+    """A run's wall time across restarts, for the report's cost: every checkpoint records the seconds spent up to it
+    (CLOCK_FILE), and a run resumed from a checkpoint counts on from that record. What a cut-off process did after
+    its last checkpoint is lost and not counted; the restart redoes it."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.before = 0.0  # seconds spent by earlier processes, up to the checkpoint this one resumed from
+
+    def elapsed(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        record = Path(args.output_dir) / f"checkpoint-{state.global_step}" / CLOCK_FILE
+        if not (state.global_step and record.exists()):  # a fresh run, or a checkpoint written without a clock
+            return
+        try:
+            self.before = float(json.loads(record.read_text())["wall_s"])
+        except (ValueError, KeyError, TypeError) as error:
+            logger.warning("Run time before the restart not counted: %s is unreadable (%s)", record, error)
+
+    def on_save(self, args, state, control, **kwargs):
+        record = Path(args.output_dir) / f"checkpoint-{state.global_step}" / CLOCK_FILE
+        if state.is_world_process_zero:
+            partial = record.with_suffix(".partial")  # renamed into place whole: a kill never leaves half a record
+            partial.write_text(json.dumps({"wall_s": self.elapsed()}))
+            partial.replace(record)
 
 
 def _in_memory(data):
