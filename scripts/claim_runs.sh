@@ -2,7 +2,8 @@
 # Issue 14's remaining claim runs (HH-Harmless seed 0 of every method is done), in the order they are run on the
 # 2-core CPU. Every `hafrm report` call skips the runs that finished earlier and resumes a cut-off run from its last
 # checkpoint, so the script can be started again after any stop. Results are copied into docs/report with
-# scripts/keep_run_scores.sh (see the claim READMEs).
+# scripts/keep_run_scores.sh (see the claim READMEs); on a fresh machine, where OUTPUT_DIR is gone, each part first
+# copies back the runs kept in docs/report/claim-<part>, so finished runs are not trained again.
 # usage: scripts/claim_runs.sh OUTPUT_DIR DATA_ROOT     (logs: OUTPUT_DIR/<part>.log), with hafrm's environment active
 set -euo pipefail
 if ! command -v hafrm > /dev/null; then
@@ -11,12 +12,17 @@ if ! command -v hafrm > /dev/null; then
 fi
 out=$1
 data=$2
+kept_reports="$(cd "$(dirname "$0")/.." && pwd)/docs/report"
 shared=(--data-root "$data" --no-ood --learning-rate 3e-5 --batch-size 16)
 frozen=(--freeze-layers 22 --save-total-limit 2)
 
 part() {  # part NAME ARGS...: one report call, its output appended to OUTPUT_DIR/NAME.log
   local name=$1
   shift
+  if [ -d "$kept_reports/claim-$name/runs" ]; then  # finished runs kept in the repository: never trained again
+    mkdir -p "$out/$name/runs"
+    cp -rn "$kept_reports/claim-$name/runs/." "$out/$name/runs/"
+  fi
   echo "=== $name start $(date -u +%FT%TZ)" >> "$out/$name.log"
   hafrm report "$@" --output "$out/$name" >> "$out/$name.log" 2>&1
   echo "=== $name done $(date -u +%FT%TZ)" >> "$out/$name.log"
