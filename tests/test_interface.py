@@ -492,6 +492,20 @@ def test_warmup_is_a_step_count_from_the_ratio(ratio, pairs, expected):
     assert optimizer_steps(dataclasses.replace(config, max_steps=7), pairs) == 7
 
 
+def test_the_optimizer_is_transformers_default_unless_training_args_name_one():
+    """transformers' default is fused AdamW on torch >= 2.8 (what TRL's trainers get); the single-tensor AdamW that
+    "adamw_torch" means on a CPU spends seconds per step on a 135M model's update alone."""
+    from transformers import TrainingArguments
+
+    from hafrm.training import training_arguments
+
+    config = TrainConfig(output_dir="unused")
+    default = TrainingArguments("unused").optim
+    assert training_arguments(config, has_eval=False, train_pairs=8).optim == default
+    chosen = dataclasses.replace(config, training_args={"optim": "sgd"})
+    assert training_arguments(chosen, has_eval=False, train_pairs=8).optim == "sgd"
+
+
 def test_logged_statistics_are_averaged_over_processes(tiny_model_dir, tmp_path, tokenizer):
     from transformers import AutoModelForCausalLM, TrainingArguments
 

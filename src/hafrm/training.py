@@ -183,7 +183,6 @@ def training_arguments(config: TrainConfig, has_eval: bool, train_pairs: int | N
         lr_scheduler_type=config.lr_scheduler,
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
-        optim="adamw_torch",
         seed=config.seed,
         data_seed=config.seed,
         logging_steps=config.logging_steps,
