@@ -8,6 +8,9 @@ run takes its own gradient-checkpointing setting (`--checkpointing RUN=on,...`; 
 fastest). Each run is a fresh subprocess (so peak RSS is its own), runs are interleaved round by round so drifting
 machine load hits every trainer alike, and throughput counts the optimisation steps after the first (warm-up)
 step; one-time setup (model load, tokenization, reference log-probs, frozen trunk) is reported apart.
+`--batches length-matched` gives every trainer the same batches of near-equal lengths in one fixed order, as length
+grouping makes them over a full data set; by default each trainer's own sampler batches the first pairs that fit,
+which on so few pairs mixes lengths (see benchmark_pairs).
 
 Achieved FLOP/s counts useful work only, per pair of the batch:
   6 x N x T          forward and backward through N non-embedding parameters for the T tokens processed
@@ -60,6 +63,33 @@ def load_benchmark_pairs(name: str, tokenizer, max_length: int, count: int) -> t
         if len(fitting) == count:
             return fitting, looked
     return fitting, len(pairs)
+
+
+def benchmark_pairs(args, tokenizer) -> tuple[list[dict], int]:
+    """The pairs every trainer gets, and how many pairs were looked at.
+
+    sampled: the first steps x batch pairs that fit, batched by each trainer's own sampler. With so few pairs
+      transformers' length grouping makes each batch its own group, so batches mix short and long pairs (about
+      half of the tokens are padding on HH-Harmless).
+    length-matched: of the first `pool` pairs that fit, the steps x batch around the median length, in length
+      order, batched in that order for every trainer (sequential sampling): batches of near-equal lengths, as
+      length grouping makes them on a full data set (0.6-2.5% padding, benchmarks/padding_waste.py).
+    """
+    from hafrm.data import PairEncoder
+
+    count = args.steps * args.batch_size
+    if args.batches == "sampled":
+        return load_benchmark_pairs(args.data, tokenizer, args.max_length, count)
+    pool, looked = load_benchmark_pairs(args.data, tokenizer, args.max_length, args.pool)
+    encoder = PairEncoder(tokenizer, args.max_length)
+    ordered = sorted(pool, key=lambda pair: encoder.encode_pair(pair)["length"])
+    start = max(0, (len(ordered) - count) // 2)
+    return ordered[start : start + count], looked
+
+
+def sampling(args) -> dict:
+    """TrainingArguments for the batch order: each trainer's own, or the given order (length-matched)."""
+    return {"train_sampling_strategy": "sequential"} if args.batches == "length-matched" else {}
 
 
 def token_counts(pairs: list[dict], tokenizer, max_length: int) -> dict[str, float]:
@@ -120,6 +150,7 @@ def run_hafrm(method: str, variant: str, args, pairs, model_path: str, output: s
         lora=variant == "lora",
         share_prompt=variant != "separate",
         freeze_layers=args.freeze_layers if variant == "frozen" else 0,
+        training_args=sampling(args),
     )
     train(config, callbacks=[timer], train_data=pairs)
 
@@ -162,6 +193,7 @@ def run_trl(kind: str, lora: bool, args, pairs, model_path: str, output: str, ti
         bf16=False,
         fp16=False,
         gradient_checkpointing=args.gradient_checkpointing,
+        **sampling(args),
     )
     peft_config = (
         LoraConfig(
@@ -244,9 +276,7 @@ def child(args) -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     model_path = str(default_model_path())
-    pairs, _ = load_benchmark_pairs(
-        args.data, load_tokenizer(model_path), args.max_length, args.steps * args.batch_size
-    )
+    pairs, _ = benchmark_pairs(args, load_tokenizer(model_path))
     timer = step_timer()
     name = args.run
     with tempfile.TemporaryDirectory() as output:
@@ -306,6 +336,10 @@ def run_child(run: str, args) -> dict:
         str(args.threads),
         "--freeze-layers",
         str(args.freeze_layers),
+        "--batches",
+        args.batches,
+        "--pool",
+        str(args.pool),
         "--gradient-checkpointing",
         "on" if checkpointing(run, args) else "off",
     ]
@@ -331,7 +365,8 @@ def parent(args) -> None:
 
     model_path = str(default_model_path())
     tokenizer = load_tokenizer(model_path)
-    pairs, looked = load_benchmark_pairs(args.data, tokenizer, args.max_length, args.steps * args.batch_size)
+    pairs, looked = benchmark_pairs(args, tokenizer)
+    batches = batches_text(args, pairs, tokenizer, looked)
     tokens, params = token_counts(pairs, tokenizer, args.max_length), parameter_counts(model_path)
     peak = matmul_peak_gflops(args.threads)
     print(
@@ -343,14 +378,42 @@ def parent(args) -> None:
         for run in runs:
             results[run].append(run_child(run, args))
             print(f"round {round_number + 1} {run}: {results[run][-1]}", flush=True)
-    table = summarize(results, args, tokens, params, peak, len(pairs), looked)
+    table = summarize(results, args, tokens, params, peak, len(pairs), looked, batches)
     print(table)
     if args.output:
         Path(args.output).write_text(table)
 
 
+def batches_text(args, pairs: list[dict], tokenizer, looked: int) -> str:
+    """How the pairs are batched, with the padding share of hafrm's shared-prompt rows in those batches."""
+    import torch
+    from padding_waste import padding_share
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    from hafrm.data import PairEncoder
+
+    encoder = PairEncoder(tokenizer, args.max_length)
+    lengths = [encoder.encode_pair(pair)["length"] for pair in pairs]
+    if args.batches == "sampled":
+        order = get_length_grouped_indices(lengths, args.batch_size, generator=torch.Generator().manual_seed(0))
+        share = padding_share(lengths, order, args.batch_size)
+        return f"each trainer's own sampler (hafrm's length-grouped one: {100 * share:.0f}% padding, seed 0)"
+    share = padding_share(lengths, list(range(len(pairs))), args.batch_size)
+    return (
+        f"length-matched (the {len(pairs)} around the median length of those that fit among the first {looked}, in "
+        f"length order, sequential sampling for every trainer; {100 * share:.1f}% of hafrm's row tokens are padding)"
+    )
+
+
 def summarize(
-    results: dict[str, list[dict]], args, tokens: dict, params: dict, peak: float, pairs: int, looked: int
+    results: dict[str, list[dict]],
+    args,
+    tokens: dict,
+    params: dict,
+    peak: float,
+    pairs: int,
+    looked: int,
+    batches: str,
 ) -> str:
     median = {
         run: {k: statistics.median(r[k] for r in rows) for k in ("pairs_per_s", "setup_s", "peak_rss_gib")}
@@ -366,6 +429,7 @@ def summarize(
 
     lines = [
         f"Data: {args.data}, {pairs} pairs that fit {args.max_length} tokens untruncated (of the first {looked}); "
+        f"batches: {batches}; "
         f"mean tokens per pair: prompt {tokens['prompt']:.0f}, both responses {tokens['responses']:.0f} "
         f"(shared-prompt row {tokens['shared']:.0f}, two rows {tokens['separate']:.0f}).",
         f"Settings: {args.rounds} interleaved rounds, {args.steps} steps of {args.batch_size} pairs "
@@ -405,6 +469,16 @@ def summarize(
     return "\n".join(lines) + "\n"
 
 
+def add_batch_options(parser) -> None:
+    parser.add_argument(
+        "--batches",
+        choices=("sampled", "length-matched"),
+        default="sampled",
+        help="which pairs and in what batches (see benchmark_pairs); default: sampled",
+    )
+    parser.add_argument("--pool", type=int, default=512, help="length-matched: pairs that fit to choose from")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -416,6 +490,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
+    add_batch_options(parser)
     parser.add_argument(
         "--freeze-layers", type=int, default=22, help="for the -frozen run: bottom layers frozen (SmolLM2 has 30)"
     )
