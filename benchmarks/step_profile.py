@@ -176,6 +176,8 @@ def main() -> None:
     parser.add_argument("--freeze-layers", type=int, default=22, help="for a -frozen run")
     add_batch_options(parser)
     args = parser.parse_args()
+    if args.steps < 2:
+        parser.error("--steps must be at least 2: the first step is a warm-up and is not profiled")
     args.gradient_checkpointing = False
     if args.child:
         return profile_child(args)
