@@ -221,10 +221,11 @@ def test_prompt_sharing_gives_the_same_rewards_logps_losses_and_gradients(
     torch.testing.assert_close(shared_loss, separate_loss, rtol=1e-5, atol=1e-6)
     assert shared_grads.keys() == separate_grads.keys()
     for name in shared_grads:
-        scale = (
-            separate_grads[name].abs().max().item()
-        )  # sums in another order: tolerate fp32 rounding of the largest entry
-        torch.testing.assert_close(shared_grads[name], separate_grads[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
+        # Each layout sums a parameter's gradient over its tokens in another order. The tied embedding / LM head sums
+        # the most terms (every position, every logit), with cancellation: one of its 1.6M entries differed by
+        # 1.3e-5 of the largest entry on torch 2.13 + transformers 5.24. A wrong mask moves entries by their own size.
+        scale = separate_grads[name].abs().max().item()
+        torch.testing.assert_close(shared_grads[name], separate_grads[name], rtol=1e-4, atol=3e-5 * scale, msg=name)
 
 
 def test_rejected_tokens_never_see_the_chosen_response(tokenizer, harmless_pairs, tiny_causal_lm):
