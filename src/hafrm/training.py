@@ -450,8 +450,13 @@ class RunClock(TrainerCallback):
     def elapsed(self) -> float:
         return self.before + time.perf_counter() - self.start
 
+    @staticmethod
+    def record(args, state) -> Path:
+        """The clock record of the checkpoint at the current step."""
+        return Path(args.output_dir) / f"checkpoint-{state.global_step}" / CLOCK_FILE
+
     def on_train_begin(self, args, state, control, **kwargs):
-        record = Path(args.output_dir) / f"checkpoint-{state.global_step}" / CLOCK_FILE
+        record = self.record(args, state)
         if not (state.global_step and record.exists()):  # a fresh run, or a checkpoint written without a clock
             return
         try:
@@ -460,7 +465,7 @@ class RunClock(TrainerCallback):
             logger.warning("Run time before the restart not counted: %s is unreadable (%s)", record, error)
 
     def on_save(self, args, state, control, **kwargs):
-        record = Path(args.output_dir) / f"checkpoint-{state.global_step}" / CLOCK_FILE
+        record = self.record(args, state)
         if state.is_world_process_zero:
             partial = record.with_suffix(".partial")  # renamed into place whole: a kill never leaves half a record
             partial.write_text(json.dumps({"wall_s": self.elapsed()}))
