@@ -45,8 +45,9 @@ EXTRA_RUNS = ["hafrm-haf-separate", "hafrm-haf-frozen", "trl-reward-lora", "hafr
 # ---------------------------------------------------------------------------------------------- data
 
 
-def load_benchmark_pairs(name: str, tokenizer, max_length: int, count: int) -> tuple[list[dict], int]:
-    """The first `count` pairs of a data set that fit max_length untruncated, and how many pairs were looked at."""
+def load_benchmark_pairs(name: str, tokenizer, max_length: int, count: int) -> tuple[list[dict], list[int], int]:
+    """The first `count` pairs of a data set that fit max_length untruncated, their shared-prompt row lengths, and
+    how many pairs were looked at."""
     from hafrm.data import PairEncoder, load_pairs
     from hafrm.defaults import DEFAULT_TRAIN_DATA
 
@@ -56,13 +57,15 @@ def load_benchmark_pairs(name: str, tokenizer, max_length: int, count: int) -> t
     }[name]
     pairs, _ = load_pairs(source)
     encoder = PairEncoder(tokenizer, max_length)
-    fitting = []
+    fitting, lengths = [], []
     for looked, pair in enumerate(pairs, start=1):
-        if not encoder.encode_pair(pair)["truncated"]:
+        encoded = encoder.encode_pair(pair)
+        if not encoded["truncated"]:
             fitting.append(pair)
+            lengths.append(encoded["length"])
         if len(fitting) == count:
-            return fitting, looked
-    return fitting, len(pairs)
+            return fitting, lengths, looked
+    return fitting, lengths, len(pairs)
 
 
 def benchmark_pairs(args, tokenizer) -> tuple[list[dict], int]:
@@ -75,14 +78,12 @@ def benchmark_pairs(args, tokenizer) -> tuple[list[dict], int]:
       order, batched in that order for every trainer (sequential sampling): batches of near-equal lengths, as
       length grouping makes them on a full data set (0.6-2.5% padding, benchmarks/padding_waste.py).
     """
-    from hafrm.data import PairEncoder
-
     count = args.steps * args.batch_size
     if args.batches == "sampled":
-        return load_benchmark_pairs(args.data, tokenizer, args.max_length, count)
-    pool, looked = load_benchmark_pairs(args.data, tokenizer, args.max_length, args.pool)
-    encoder = PairEncoder(tokenizer, args.max_length)
-    ordered = sorted(pool, key=lambda pair: encoder.encode_pair(pair)["length"])
+        pairs, _, looked = load_benchmark_pairs(args.data, tokenizer, args.max_length, count)
+        return pairs, looked
+    pool, lengths, looked = load_benchmark_pairs(args.data, tokenizer, args.max_length, args.pool)
+    ordered = [pool[i] for i in sorted(range(len(pool)), key=lengths.__getitem__)]
     start = max(0, (len(ordered) - count) // 2)
     return ordered[start : start + count], looked
 
