@@ -10,7 +10,7 @@ from hafrm.cli import build_parser, main
 from hafrm.curves import CurveSettings, claim_split, evaluation_sets, planned_runs
 from hafrm.data.splits import prompt_key
 from hafrm.evaluation import PairScores
-from hafrm.report import CurveResult, alpha_points, curve_table, length_table, write_curve_report
+from hafrm.report import CurveResult, alpha_points, curve_table, length_table, run_table, write_curve_report
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data not present")
@@ -133,6 +133,14 @@ def test_curve_report_tables_match_hand_counts(tmp_path):
     assert row[1] == "37.5 ± 17.7" and row[2] == "87.5 ± 17.7"  # baseline reward, haf reward (sample std)
     assert row[5].startswith("+50.0 [")  # paired difference of the seed means: 0.875 - 0.375
     assert row[6].rstrip(" |") == "0.5, 0.5"  # McNemar: seed 0 discordant 2-0, seed 1 2-0 -> exact p 0.5
+    per_run = run_table(results, "beaver-safe", "beaver-safe").splitlines()
+    assert per_run[0] == "| run | head | 4 | wall time (min) |"
+    assert per_run[2:4] == ["| baseline seed 0 | reward | 25.0 | 1 |", "| baseline seed 1 | reward | 50.0 | 1 |"]
+    assert per_run[4:7] == [  # haf seed 0: its reward head and, from the same scores, implicit and combined
+        "| haf (alpha 0.2) seed 0 | reward | 75.0 | 1 |",
+        "| haf (alpha 0.2) seed 0 | implicit | 75.0 | 1 |",
+        "| haf (alpha 0.2) seed 0 | combined | 75.0 | 1 |",
+    ]
     lengths = length_table(results, "beaver-safe")
     assert "| Beaver Safe | baseline | reward | 75.0 (2) | 0.0 (2) |" in lengths
     assert "| Beaver Safe | haf (alpha 0.2) | reward | 100.0 (2) | 75.0 (2) |" in lengths

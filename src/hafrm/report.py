@@ -316,6 +316,30 @@ def curve_table(results: list[CurveResult], train_set: str, test_set: str) -> st
     return "\n".join(lines)
 
 
+def run_table(results: list[CurveResult], train_set: str, test_set: str) -> str:
+    """Every run's own accuracy (%) at every step, one row per run and head, with the run's wall time: the seeds
+    behind the means of curve_table."""
+    runs = sorted(
+        (r for r in results if r.train_set == train_set),
+        key=lambda r: (METHODS.index(r.method), r.alpha, r.seed),
+    )
+    steps = sorted({step for r in runs for step, name in r.scores if name == test_set})
+    lines = [
+        "| run | head | " + " | ".join(map(str, steps)) + " | wall time (min) |",
+        "|---|---|" + "---|" * (len(steps) + 1),
+    ]
+    for r in runs:
+        for head in CURVE_HEADS[r.method]:
+            cells = [
+                f"{100 * r.scores[(step, test_set)].correctness()[head].mean():.1f}"
+                if (step, test_set) in r.scores
+                else "–"
+                for step in steps
+            ]
+            lines.append(f"| {r.label} seed {r.seed} | {head} | " + " | ".join(cells) + f" | {r.wall_s / 60:.0f} |")
+    return "\n".join(lines)
+
+
 def length_table(results: list[CurveResult], train_set: str) -> str:
     """At the last step: each head's accuracy on pairs whose chosen response is longer than the rejected one, and on
     the others (mean over seeds; pairs in brackets). A head that prefers short answers scores high on the second."""
@@ -451,6 +475,10 @@ def write_curve_report(results: list[CurveResult], output_dir: str | Path, comma
                 curve_table(results, train_set, test_set),
                 "",
                 f"![{plot}]({plot})",
+                "",
+                "Each run (accuracy %; wall time by the run's clock, training and evaluation):",
+                "",
+                run_table(results, train_set, test_set),
                 "",
             ]
         sections += ["### Length preference at the last step (%)", "", length_table(results, train_set), ""]
