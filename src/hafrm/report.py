@@ -278,13 +278,23 @@ def _seed_correctness(runs: list[CurveResult], step: int, test_set: str, head: s
     return np.array([r.scores[(step, test_set)].correctness()[head] for r in runs if (step, test_set) in r.scores])
 
 
+def run_order(run: CurveResult) -> tuple:
+    """Tables list baseline, dpo, haf (by alpha), each by seed."""
+    return METHODS.index(run.method), run.alpha, run.seed
+
+
+def evaluated_steps(runs: list[CurveResult], test_set: str) -> list[int]:
+    """Every step at which any of the runs was evaluated on test_set."""
+    return sorted({step for r in runs for step, name in r.scores if name == test_set})
+
+
 def curve_table(results: list[CurveResult], train_set: str, test_set: str) -> str:
     """Accuracy at every step for each method's heads (mean ± std over seeds), and haf's reward head against the
     baseline's on the same pairs: the difference with a paired bootstrap 95% interval (pairs resampled, each pair's
     correctness averaged over seeds) and the exact McNemar p of each seed."""
     runs = [r for r in results if r.train_set == train_set]
-    labels = list(dict.fromkeys(r.label for r in sorted(runs, key=lambda r: (METHODS.index(r.method), r.alpha))))
-    steps = sorted({step for r in runs for step, name in r.scores if name == test_set})
+    labels = list(dict.fromkeys(r.label for r in sorted(runs, key=run_order)))
+    steps = evaluated_steps(runs, test_set)
     columns = [
         (label, head) for label in labels for head in CURVE_HEADS[next(r.method for r in runs if r.label == label)]
     ]
@@ -319,11 +329,8 @@ def curve_table(results: list[CurveResult], train_set: str, test_set: str) -> st
 def run_table(results: list[CurveResult], train_set: str, test_set: str) -> str:
     """Every run's own accuracy (%) at every step, one row per run and head, with the run's wall time: the seeds
     behind the means of curve_table."""
-    runs = sorted(
-        (r for r in results if r.train_set == train_set),
-        key=lambda r: (METHODS.index(r.method), r.alpha, r.seed),
-    )
-    steps = sorted({step for r in runs for step, name in r.scores if name == test_set})
+    runs = sorted((r for r in results if r.train_set == train_set), key=run_order)
+    steps = evaluated_steps(runs, test_set)
     lines = [
         "| run | head | " + " | ".join(map(str, steps)) + " | wall time (min) |",
         "|---|---|" + "---|" * (len(steps) + 1),
