@@ -32,7 +32,7 @@ from hafrm.trunk import FrozenTrunk
 
 logger = logging.getLogger(__name__)
 
-LOGIT_CHUNK_BYTES = 16 * 2**20  # fp32 logits per log-prob chunk: the peak of a no-grad pass or of a recomputed chunk
+LOGIT_CHUNK_BYTES = 64 * 2**20  # fp32 logits per log-prob chunk: the peak of a no-grad pass or of a recomputed chunk
 # Under autograd, a forward's response logits up to this size are kept for backward. Above it each chunk's logits
 # are recomputed in backward instead: one more LM-head matmul per response token, for a large vocabulary times many
 # tokens (a 128k vocabulary, 16 x 512 response tokens: 4 GiB per forward).
@@ -134,9 +134,27 @@ def attention_mask_for(segment_ids: torch.Tensor, attn_implementation: str, dtyp
 SHARED_PROMPT_ATTENTION = ("sdpa", "eager", "flex_attention")  # implementations that honour a custom 4D mask
 
 
-def _token_logps(hidden: torch.Tensor, targets: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
-    logits = lm_head(hidden).float()
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+class TokenLogps(torch.autograd.Function):
+    """(N,) log softmax(logits)[target] of (N, V) logits, with log-sum-exp taken `chunk` rows at a time so its
+    temporaries stay small. Backward writes the softmax gradient into the saved logits in place, so it makes no new
+    (N, V) tensor where autograd's gather-minus-logsumexp makes several; the logits must serve nothing else."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+        lse = torch.cat([torch.logsumexp(piece, dim=-1) for piece in logits.split(chunk)])
+        ctx.save_for_backward(logits, targets, lse)
+        return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, targets, lse = ctx.saved_tensors
+        # d logp_i / d logit_ij = [j == target_i] - softmax_ij
+        grad_logits = logits.sub_(lse.unsqueeze(-1)).exp_().mul_(-grad.unsqueeze(-1))
+        return grad_logits.scatter_add_(-1, targets.unsqueeze(-1), grad.unsqueeze(-1)), None, None
+
+
+def _token_logps(hidden: torch.Tensor, targets: torch.Tensor, lm_head: nn.Module, chunk: int) -> torch.Tensor:
+    return TokenLogps.apply(lm_head(hidden).float(), targets, chunk)
 
 
 def fp32_logits_bytes(tokens: int, vocab_size: int) -> int:
@@ -153,22 +171,23 @@ def response_logps(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N,) summed log-probs of each response's tokens and (N,) their counts, in `response_ends`' order.
 
-    The LM head runs only on the positions that predict response tokens, in chunks. Under autograd the chunks'
-    (tokens x vocab) logits are kept for backward while they fit in KEPT_LOGITS_BYTES; beyond that each chunk is
-    recomputed in backward, which costs one more LM-head matmul per token.
+    The LM head runs only on the positions that predict response tokens. Under autograd their logits are kept for
+    backward while they fit in KEPT_LOGITS_BYTES, and one matrix product covers all of them; beyond that, and
+    without autograd, the head runs `chunk_size` tokens at a time (recomputing each chunk in backward under
+    autograd, one more LM-head product per token), so only a chunk's logits are alive at once.
     """
     rows, predictors, targets, outputs = response_tokens(segment_ids)
     hidden, targets = hidden[rows, predictors], input_ids[rows, targets]
-    recompute = (
-        torch.is_grad_enabled() and fp32_logits_bytes(hidden.shape[0], lm_head.weight.shape[0]) > KEPT_LOGITS_BYTES
-    )
+    grad = torch.is_grad_enabled()
+    recompute = grad and fp32_logits_bytes(hidden.shape[0], lm_head.weight.shape[0]) > KEPT_LOGITS_BYTES
+    group = chunk_size if recompute or not grad else max(hidden.shape[0], 1)
     pieces = []
-    for start in range(0, hidden.shape[0], chunk_size):
-        h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
+    for start in range(0, hidden.shape[0], group):
+        h, t = hidden[start : start + group], targets[start : start + group]
         if recompute:
-            pieces.append(checkpoint(_token_logps, h, t, lm_head, use_reentrant=False))
+            pieces.append(checkpoint(_token_logps, h, t, lm_head, chunk_size, use_reentrant=False))
         else:
-            pieces.append(_token_logps(h, t, lm_head))
+            pieces.append(_token_logps(h, t, lm_head, chunk_size))
     token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0)
     count = int((segment_ids == RESPONSE).any(dim=1).sum() + (segment_ids == REJECTED).any(dim=1).sum())
     logps = torch.zeros(count, dtype=token_logps.dtype, device=input_ids.device).index_add(0, outputs, token_logps)
