@@ -1,5 +1,7 @@
 """Helpers shared by several test files (imported as `helpers`: pytest puts tests/ on the path)."""
 
+from hafrm.data import PairCollator, PairEncoder
+from hafrm.data.encoding import PAD
 from hafrm.defaults import DEFAULT_TRAIN_DATA
 
 TINY_RUN = {"max_train_pairs": 8, "max_length": 64, "batch_size": 4, "micro_batch_size": 2}
@@ -11,3 +13,13 @@ def train_command(model_dir, output_dir, *extra: str, **options) -> list[str]:
     chosen = {"model": model_dir, "train_data": DEFAULT_TRAIN_DATA, **TINY_RUN, **options, "output_dir": output_dir}
     flags = [item for name, value in chosen.items() for item in (f"--{name.replace('_', '-')}", str(value))]
     return ["train", *flags, *extra]
+
+
+def batch_for(tokenizer, pairs, padding_side="right", max_length=96, share_prompt=False):
+    """A collated batch of pairs, as training builds it (separate rows unless share_prompt)."""
+    encoder = PairEncoder(tokenizer, max_length)
+    return PairCollator(tokenizer.pad_token_id, padding_side, share_prompt)([encoder.encode_pair(p) for p in pairs])
+
+
+def padding_mask(batch):
+    return (batch["segment_ids"] != PAD).long()

@@ -3,21 +3,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import batch_for, padding_mask
 from transformers import AutoModelForSequenceClassification
 
-from hafrm.data import PairCollator, PairEncoder
-from hafrm.data.encoding import PAD, RESPONSE
+from hafrm.data.encoding import RESPONSE
 from hafrm.losses import HafObjective
 from hafrm.model import HybridRewardModel, LoraSettings, TokenLogps, logprob_chunk_tokens, response_ends
-
-
-def batch_for(tokenizer, pairs, padding_side="right", max_length=96, share_prompt=False):
-    encoder = PairEncoder(tokenizer, max_length)
-    return PairCollator(tokenizer.pad_token_id, padding_side, share_prompt)([encoder.encode_pair(p) for p in pairs])
-
-
-def padding_mask(batch):
-    return (batch["segment_ids"] != PAD).long()
 
 
 @pytest.fixture

@@ -153,8 +153,43 @@ class TokenLogps(torch.autograd.Function):
         return grad_logits.scatter_add_(-1, targets.unsqueeze(-1), grad.unsqueeze(-1)), None, None
 
 
-def _token_logps(hidden: torch.Tensor, targets: torch.Tensor, lm_head: nn.Module, chunk: int) -> torch.Tensor:
-    return TokenLogps.apply(lm_head(hidden).float(), targets, chunk)
+def policy_logits(causal_lm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Logits as the causal LM's own forward makes them from its last hidden states: the LM head, then the scaling
+    or soft-capping some families apply after it (Cohere's logit_scale, Granite's logits_scaling, Gemma's
+    final_logit_softcapping). `check_policy_logits` refuses a model whose forward does anything else."""
+    config = causal_lm.config.get_text_config()
+    logits = causal_lm.get_output_embeddings()(hidden)
+    if (scale := getattr(config, "logit_scale", None)) is not None:
+        logits = logits * scale
+    if (divisor := getattr(config, "logits_scaling", None)) is not None:
+        logits = logits / divisor
+    if (cap := getattr(config, "final_logit_softcapping", None)) is not None:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def check_policy_logits(causal_lm: nn.Module) -> None:
+    """Raise if `policy_logits` does not give the logits of the model's own forward: every log-prob hafrm takes
+    (the policy loss, the reference, the implicit reward) would belong to another policy. Probed on a few tokens;
+    skipped for weights not materialised on this process (meta, DeepSpeed ZeRO-3 partitions)."""
+    weight = causal_lm.get_output_embeddings().weight
+    if weight.device.type == "meta" or weight.numel() == 0:
+        return
+    input_ids = torch.arange(1, 9, device=weight.device).remainder(weight.shape[0])[None]
+    with torch.no_grad(), eval_mode(causal_lm):
+        expected = causal_lm(input_ids=input_ids, use_cache=False).logits.float()
+        body = getattr(causal_lm, causal_lm.base_model_prefix)
+        ours = policy_logits(causal_lm, body(input_ids=input_ids, use_cache=False).last_hidden_state).float()
+    if not torch.allclose(ours, expected, rtol=1e-3, atol=1e-3 * expected.abs().max().item()):
+        raise ValueError(
+            f"{type(causal_lm).__name__} turns hidden states into logits in a way hafrm does not repeat "
+            f"(largest difference {(ours - expected).abs().max().item():.3g}), so its response log-probs would not "
+            "be the model's; methods with a policy loss need them. `method: baseline` trains the reward head alone."
+        )
+
+
+def _token_logps(hidden: torch.Tensor, targets: torch.Tensor, causal_lm: nn.Module, chunk: int) -> torch.Tensor:
+    return TokenLogps.apply(policy_logits(causal_lm, hidden).float(), targets, chunk)
 
 
 def fp32_logits_bytes(tokens: int, vocab_size: int) -> int:
@@ -167,7 +202,7 @@ def logprob_chunk_tokens(vocab_size: int) -> int:
 
 
 def response_logps(
-    hidden: torch.Tensor, input_ids: torch.Tensor, segment_ids: torch.Tensor, lm_head: nn.Module, chunk_size: int
+    hidden: torch.Tensor, input_ids: torch.Tensor, segment_ids: torch.Tensor, causal_lm: nn.Module, chunk_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N,) summed log-probs of each response's tokens and (N,) their counts, in `response_ends`' order.
 
@@ -179,15 +214,16 @@ def response_logps(
     rows, predictors, targets, outputs = response_tokens(segment_ids)
     hidden, targets = hidden[rows, predictors], input_ids[rows, targets]
     grad = torch.is_grad_enabled()
-    recompute = grad and fp32_logits_bytes(hidden.shape[0], lm_head.weight.shape[0]) > KEPT_LOGITS_BYTES
+    vocab_size = causal_lm.get_output_embeddings().weight.shape[0]
+    recompute = grad and fp32_logits_bytes(hidden.shape[0], vocab_size) > KEPT_LOGITS_BYTES
     group = chunk_size if recompute or not grad else max(hidden.shape[0], 1)
     pieces = []
     for start in range(0, hidden.shape[0], group):
         h, t = hidden[start : start + group], targets[start : start + group]
         if recompute:
-            pieces.append(checkpoint(_token_logps, h, t, lm_head, chunk_size, use_reentrant=False))
+            pieces.append(checkpoint(_token_logps, h, t, causal_lm, chunk_size, use_reentrant=False))
         else:
-            pieces.append(_token_logps(h, t, lm_head, chunk_size))
+            pieces.append(_token_logps(h, t, causal_lm, chunk_size))
     token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0)
     count = int((segment_ids == RESPONSE).any(dim=1).sum() + (segment_ids == REJECTED).any(dim=1).sum())
     logps = torch.zeros(count, dtype=token_logps.dtype, device=input_ids.device).index_add(0, outputs, token_logps)
@@ -325,9 +361,7 @@ class HybridRewardModel(nn.Module):
         rewards = self.score(hidden[rows, ends].to(self.score.weight.dtype)).squeeze(-1).float()
         if not with_logps:
             return HybridOutput(rewards, None, None)
-        logps, counts = response_logps(
-            hidden, input_ids, segment_ids, self.causal_lm.get_output_embeddings(), self.logprob_chunk_size
-        )
+        logps, counts = response_logps(hidden, input_ids, segment_ids, self.causal_lm, self.logprob_chunk_size)
         return HybridOutput(rewards, logps, counts)
 
     @torch.no_grad()
@@ -347,9 +381,7 @@ class HybridRewardModel(nn.Module):
             hidden = self.hidden_states(
                 getattr(reference, reference.base_model_prefix), input_ids, segment_ids, position_ids
             )
-            logps, _ = response_logps(
-                hidden, input_ids, segment_ids, reference.get_output_embeddings(), self.logprob_chunk_size
-            )
+            logps, _ = response_logps(hidden, input_ids, segment_ids, reference, self.logprob_chunk_size)
         return logps
 
     # ------------------------------------------------------------------ checkpoints (training state)

@@ -24,7 +24,7 @@ from hafrm.data.encoding import encode_pairs
 from hafrm.defaults import DEFAULT_EVAL_DATA, DEFAULT_TRAIN_DATA
 from hafrm.filechecks import check_model_folder, check_writable_dir
 from hafrm.metrics import accuracy_interval, correctness_from_predictions, paired_difference, pairwise_metrics
-from hafrm.model import HybridRewardModel, LoraSettings
+from hafrm.model import HybridRewardModel, LoraSettings, check_policy_logits
 from hafrm.pretrained import fit_embeddings, load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 from hafrm.reference import add_reference_logps
 from hafrm.trainer import EVAL_SCORES_DIR, HafTrainer, checkpoint_problem
@@ -90,6 +90,8 @@ def weights_dtype(config: TrainConfig) -> torch.dtype:
 def build_model(config: TrainConfig, model_path: str, tokenizer) -> HybridRewardModel:
     causal_lm = load_causal_lm(model_path, weights_dtype(config))
     fit_embeddings(causal_lm, tokenizer)
+    if config.objective().uses_policy_head:
+        check_policy_logits(causal_lm)
     lora = (
         LoraSettings(
             r=config.lora_r,

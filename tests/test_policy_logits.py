@@ -1,0 +1,64 @@
+"""Response log-probs are the model's own: families that scale or soft-cap logits after the LM head (Cohere,
+Granite, Gemma 2) get the same log-probs as their forward's logits give, and a model that does something hafrm
+does not know is refused before training."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers
+from helpers import batch_for, padding_mask
+
+from hafrm.data.encoding import RESPONSE
+from hafrm.model import HybridRewardModel, check_policy_logits
+
+SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+# each family's post-head step set large enough to change every log-prob of a random model's small logits
+FAMILIES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "cohere": ("CohereConfig", "CohereForCausalLM", {"logit_scale": 4.0}),
+    "granite": ("GraniteConfig", "GraniteForCausalLM", {"logits_scaling": 0.25}),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"final_logit_softcapping": 0.05, "head_dim": 8}),
+}
+
+
+def family_model(name: str, vocab_size: int):
+    config_class, model_class, extra = FAMILIES[name]
+    torch.manual_seed(0)
+    config = getattr(transformers, config_class)(vocab_size=vocab_size, pad_token_id=2, **SMALL, **extra)
+    config._attn_implementation = "eager"  # Gemma 2 soft-caps attention too, which only eager does
+    return getattr(transformers, model_class)(config).float().eval()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_response_logps_are_those_of_the_models_own_logits(family, tokenizer, harmless_pairs):
+    causal_lm = family_model(family, len(tokenizer))
+    check_policy_logits(causal_lm)  # passes: hafrm repeats this family's post-head step
+    hybrid = HybridRewardModel.from_causal_lm(causal_lm)
+    batch = batch_for(tokenizer, harmless_pairs[:3])
+    with torch.no_grad():
+        out = hybrid(batch["input_ids"], batch["segment_ids"])
+        logits = causal_lm(input_ids=batch["input_ids"], attention_mask=padding_mask(batch)).logits
+        raw = causal_lm.get_output_embeddings()(causal_lm.model(input_ids=batch["input_ids"]).last_hidden_state)
+    response = batch["segment_ids"][:, 1:] == RESPONSE
+
+    def summed(token_logits):
+        token_logps = F.log_softmax(token_logits[:, :-1], -1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+        return (token_logps * response).sum(1)
+
+    torch.testing.assert_close(out.logps, summed(logits), rtol=1e-5, atol=1e-4)
+    if family != "llama":  # the post-head step matters: the bare head's log-probs are another policy's
+        assert (summed(raw) - out.logps).abs().min() > 0.05
+
+
+def test_a_model_whose_logits_hafrm_cannot_repeat_is_refused(tokenizer, tiny_causal_lm):
+    causal_lm = tiny_causal_lm(len(tokenizer))
+    plain_forward = causal_lm.forward
+
+    def doubled_logits(*args, **kwargs):
+        output = plain_forward(*args, **kwargs)
+        output.logits = output.logits * 2
+        return output
+
+    causal_lm.forward = doubled_logits
+    with pytest.raises(ValueError, match="LlamaForCausalLM turns hidden states into logits in a way hafrm does not"):
+        check_policy_logits(causal_lm)
