@@ -157,15 +157,22 @@ def policy_logits(causal_lm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """Logits as the causal LM's own forward makes them from its last hidden states: the LM head, then the scaling
     or soft-capping some families apply after it (Cohere's logit_scale, Granite's logits_scaling, Gemma's
     final_logit_softcapping). `check_policy_logits` refuses a model whose forward does anything else."""
-    config = causal_lm.config.get_text_config()
+    steps = post_head_steps(causal_lm)
     logits = causal_lm.get_output_embeddings()(hidden)
-    if (scale := getattr(config, "logit_scale", None)) is not None:
-        logits = logits * scale
-    if (divisor := getattr(config, "logits_scaling", None)) is not None:
-        logits = logits / divisor
-    if (cap := getattr(config, "final_logit_softcapping", None)) is not None:
-        logits = torch.tanh(logits / cap) * cap
+    if "logit_scale" in steps:
+        logits = logits * steps["logit_scale"]
+    if "logits_scaling" in steps:
+        logits = logits / steps["logits_scaling"]
+    if "final_logit_softcapping" in steps:
+        logits = torch.tanh(logits / steps["final_logit_softcapping"]) * steps["final_logit_softcapping"]
     return logits
+
+
+def post_head_steps(causal_lm: nn.Module) -> dict[str, float]:
+    """The config fields `policy_logits` applies after the LM head, where the model sets them."""
+    config = causal_lm.config.get_text_config()
+    fields = ("logit_scale", "logits_scaling", "final_logit_softcapping")
+    return {name: value for name in fields if (value := getattr(config, name, None)) is not None}
 
 
 def check_policy_logits(causal_lm: nn.Module) -> None:
