@@ -1,8 +1,8 @@
 """The hybrid model: one causal-LM backbone (phi) shared by the policy head K and a scalar reward head F.
 
 One forward pass yields both the rewards (F on the hidden state of each response's last token) and the
-response log-probs (K on response positions only, chunked, so full-vocabulary logits are never built for
-prompt tokens). With prompt sharing a pair is one row, [prompt | chosen | rejected], under a block mask.
+response log-probs (K on response positions only, so full-vocabulary logits are never built for prompt
+tokens). With prompt sharing a pair is one row, [prompt | chosen | rejected], under a block mask.
 
 Saved outputs are plain Hugging Face formats:
   reward_model/   AutoModelForSequenceClassification (num_labels=1, head named `score`)
@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from hafrm.data.encoding import PAD, PROMPT, REJECTED, RESPONSE
@@ -32,7 +33,7 @@ from hafrm.trunk import FrozenTrunk
 
 logger = logging.getLogger(__name__)
 
-LOGIT_CHUNK_BYTES = 64 * 2**20  # fp32 logits per log-prob chunk: the peak of a no-grad pass or of a recomputed chunk
+LOGIT_CHUNK_BYTES = 64 * 2**20  # fp32 logits per chunk of a no-grad pass or of a recomputed chunk (plus temporaries)
 # Under autograd, a forward's response logits up to this size are kept for backward. Above it each chunk's logits
 # are recomputed in backward instead: one more LM-head matmul per response token, for a large vocabulary times many
 # tokens (a 128k vocabulary, 16 x 512 response tokens: 4 GiB per forward).
@@ -146,33 +147,53 @@ class TokenLogps(torch.autograd.Function):
         return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
+        if getattr(ctx, "used", False):  # the saved logits are the gradient now (autograd's own check can be off)
+            raise RuntimeError("TokenLogps' backward runs once per forward: its logits became the gradient")
+        ctx.used = True
         logits, targets, lse = ctx.saved_tensors
         # d logp_i / d logit_ij = [j == target_i] - softmax_ij
         grad_logits = logits.sub_(lse.unsqueeze(-1)).exp_().mul_(-grad.unsqueeze(-1))
         return grad_logits.scatter_add_(-1, targets.unsqueeze(-1), grad.unsqueeze(-1)), None, None
 
 
+# The step a family's forward takes after its LM head, by config.model_type: (config field, operation). A family
+# not listed gets the bare head; if its forward does take such a step, check_policy_logits refuses it.
+POST_HEAD_STEPS = {
+    **dict.fromkeys(("cohere", "cohere2", "cohere2_moe"), ("logit_scale", "multiply")),
+    **dict.fromkeys(
+        ("granite", "granite_swa", "granitemoe", "granitemoe_swa", "granitemoehybrid", "granitemoeshared"),
+        ("logits_scaling", "divide"),
+    ),
+    **dict.fromkeys(
+        ("gemma2", "gemma3_text", "gemma3n", "gemma3n_text", "gemma4", "gemma4_text", "vaultgemma"),
+        ("final_logit_softcapping", "softcap"),
+    ),
+}
+
+
+def post_head_step(causal_lm: nn.Module) -> tuple[str, float] | None:
+    """(operation, value) that the model's forward applies to its LM head's output, or None."""
+    known = POST_HEAD_STEPS.get(causal_lm.config.model_type)
+    value = getattr(causal_lm.config.get_text_config(), known[0], None) if known else None
+    return None if value is None else (known[1], value)
+
+
 def policy_logits(causal_lm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """Logits as the causal LM's own forward makes them from its last hidden states: the LM head, then the scaling
-    or soft-capping some families apply after it (Cohere's logit_scale, Granite's logits_scaling, Gemma's
-    final_logit_softcapping). `check_policy_logits` refuses a model whose forward does anything else."""
-    steps = post_head_steps(causal_lm)
+    """Logits as the causal LM's own forward makes them from its last hidden states: the LM head, then the step
+    some families take after it (Cohere's logit_scale, Granite's logits_scaling, Gemma's final_logit_softcapping),
+    in the same operations and dtype, so the two agree to the bit."""
     logits = causal_lm.get_output_embeddings()(hidden)
-    if "logit_scale" in steps:
-        logits = logits * steps["logit_scale"]
-    if "logits_scaling" in steps:
-        logits = logits / steps["logits_scaling"]
-    if "final_logit_softcapping" in steps:
-        logits = torch.tanh(logits / steps["final_logit_softcapping"]) * steps["final_logit_softcapping"]
-    return logits
-
-
-def post_head_steps(causal_lm: nn.Module) -> dict[str, float]:
-    """The config fields `policy_logits` applies after the LM head, where the model sets them."""
-    config = causal_lm.config.get_text_config()
-    fields = ("logit_scale", "logits_scaling", "final_logit_softcapping")
-    return {name: value for name in fields if (value := getattr(config, name, None)) is not None}
+    step = post_head_step(causal_lm)
+    if step is None:
+        return logits
+    operation, value = step
+    if operation == "multiply":
+        return logits * value
+    if operation == "divide":
+        return logits / value
+    return torch.tanh(logits / value) * value
 
 
 def check_policy_logits(causal_lm: nn.Module) -> None:
@@ -184,14 +205,25 @@ def check_policy_logits(causal_lm: nn.Module) -> None:
         return
     input_ids = torch.arange(1, 9, device=weight.device).remainder(weight.shape[0])[None]
     with torch.no_grad(), eval_mode(causal_lm):
-        expected = causal_lm(input_ids=input_ids, use_cache=False).logits.float()
+        expected = causal_lm(input_ids=input_ids, use_cache=False).logits
         body = getattr(causal_lm, causal_lm.base_model_prefix)
-        ours = policy_logits(causal_lm, body(input_ids=input_ids, use_cache=False).last_hidden_state).float()
-    if not torch.allclose(ours, expected, rtol=1e-3, atol=1e-3 * expected.abs().max().item()):
+        ours = policy_logits(causal_lm, body(input_ids=input_ids, use_cache=False).last_hidden_state)
+    # the same operations in the same dtype agree to rounding; a missing or extra step differs by far more
+    tolerance = max(1e-3, 4 * torch.finfo(expected.dtype).eps)
+    same = ours.shape == expected.shape and torch.allclose(
+        ours.float(), expected.float(), rtol=tolerance, atol=tolerance * expected.float().abs().max().item()
+    )
+    if not same:
+        name = f"{type(causal_lm).__name__} (model_type {causal_lm.config.model_type!r})"
+        problem = (
+            f"{name} turns hidden states into logits in a way hafrm does not repeat (largest difference "
+            f"{(ours.float() - expected.float()).abs().max().item():.3g} on a probe of 8 tokens)"
+            if ours.shape == expected.shape
+            else f"{name} returned logits of shape {tuple(expected.shape)} for 8 tokens"
+        )
         raise ValueError(
-            f"{type(causal_lm).__name__} turns hidden states into logits in a way hafrm does not repeat "
-            f"(largest difference {(ours - expected).abs().max().item():.3g}), so its response log-probs would not "
-            "be the model's; methods with a policy loss need them. `method: baseline` trains the reward head alone."
+            f"{problem}, so hafrm's response log-probs would not be the model's; the policy loss and the implicit "
+            "reward need them. `method: baseline` trains the reward head alone."
         )
 
 
@@ -221,8 +253,10 @@ def response_logps(
     rows, predictors, targets, outputs = response_tokens(segment_ids)
     hidden, targets = hidden[rows, predictors], input_ids[rows, targets]
     grad = torch.is_grad_enabled()
-    vocab_size = causal_lm.get_output_embeddings().weight.shape[0]
-    recompute = grad and fp32_logits_bytes(hidden.shape[0], vocab_size) > KEPT_LOGITS_BYTES
+    vocab_size = causal_lm.get_output_embeddings().out_features  # weight.shape is empty under ZeRO-3
+    step = post_head_step(causal_lm)
+    copies = 2 if step and step[0] == "softcap" else 1  # tanh keeps its output for backward too
+    recompute = grad and copies * fp32_logits_bytes(hidden.shape[0], vocab_size) > KEPT_LOGITS_BYTES
     group = chunk_size if recompute or not grad else max(hidden.shape[0], 1)
     pieces = []
     for start in range(0, hidden.shape[0], group):
@@ -334,6 +368,12 @@ class HybridRewardModel(nn.Module):
     def freeze_trunk(self, num_layers: int) -> None:
         """Freeze the embeddings and the bottom num_layers layers (freeze tuning); their output can be replayed."""
         self.trunk = FrozenTrunk(self.backbone, num_layers)
+
+    def check_policy_logits(self) -> None:
+        """`check_policy_logits` on this model's policy, once (where its weights are, so on the GPU in training)."""
+        if not getattr(self, "_policy_logits_checked", False):
+            check_policy_logits(self.causal_lm)
+            self._policy_logits_checked = True
 
     def keep_frozen_reference(self) -> None:
         """Keep a frozen copy of the initial policy as the DPO reference (full fine-tuning, no precomputation)."""

@@ -75,12 +75,12 @@ def compute_reference_logps(
 
 def add_reference_logps(model, dataset, collator, batch_size: int, device: torch.device, name: str):
     """Attach reference_chosen_logps / reference_rejected_logps columns, from the disk cache when present."""
-    from hafrm.model import post_head_steps
+    from hafrm.model import post_head_step
 
-    # The policy alone: the reward head's seed does not change these. Before 8be1969 the steps some families take
-    # after the LM head were left out of their log-probs, so their keys name those steps and old entries go unused.
-    steps = post_head_steps(model.causal_lm)
-    key = cache_key(model.causal_lm, dataset, *([sorted(steps.items())] if steps else []))
+    # The policy alone: the reward head's seed does not change these. Before 8be1969 the step some families take
+    # after the LM head was left out of their log-probs, so their keys name that step and old entries go unused.
+    step = post_head_step(model.causal_lm)
+    key = cache_key(model.causal_lm, dataset, *([list(step)] if step else []))
     path = cache_dir() / "reference_logps" / f"{key}.safetensors"
     if path.exists():
         logger.info("Reference log-probs for %s read from cache %s", name, path)

@@ -153,6 +153,8 @@ class HafTrainer(_TrainableStateCheckpoints, Trainer):
             compute_metrics=compute_metrics,
             **kwargs,
         )
+        if objective.uses_policy_head and model is not None:
+            self.model.check_policy_logits()  # on the device the Trainer moved it to
         self.objective = objective
         self.eval_scores_dir = Path(eval_scores_dir) if eval_scores_dir is not None else None
         self._train_stats: dict[str, list[float]] = defaultdict(list)

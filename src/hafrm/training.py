@@ -24,7 +24,7 @@ from hafrm.data.encoding import encode_pairs
 from hafrm.defaults import DEFAULT_EVAL_DATA, DEFAULT_TRAIN_DATA
 from hafrm.filechecks import check_model_folder, check_writable_dir
 from hafrm.metrics import accuracy_interval, correctness_from_predictions, paired_difference, pairwise_metrics
-from hafrm.model import HybridRewardModel, LoraSettings, check_policy_logits
+from hafrm.model import HybridRewardModel, LoraSettings
 from hafrm.pretrained import fit_embeddings, load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 from hafrm.reference import add_reference_logps
 from hafrm.trainer import EVAL_SCORES_DIR, HafTrainer, checkpoint_problem
@@ -90,8 +90,6 @@ def weights_dtype(config: TrainConfig) -> torch.dtype:
 def build_model(config: TrainConfig, model_path: str, tokenizer) -> HybridRewardModel:
     causal_lm = load_causal_lm(model_path, weights_dtype(config))
     fit_embeddings(causal_lm, tokenizer)
-    if config.objective().uses_policy_head:
-        check_policy_logits(causal_lm)
     lora = (
         LoraSettings(
             r=config.lora_r,
@@ -371,6 +369,8 @@ def train(
         callbacks.append(EvaluateAtSteps(config.eval_at_steps))
     collator = pair_collator(config, model, tokenizer)
     model.to(args.device)  # the Trainer would move it later; the precomputations need it there now
+    if objective.uses_policy_head:  # before the precomputations, which would be wasted on a refused model
+        model.check_policy_logits()
     if config.freeze_layers and config.trunk_cache and collator.share_prompt:
         with args.main_process_first(desc="frozen trunk"):
             train_set, *evaluated = replay_frozen_trunk(
