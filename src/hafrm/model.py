@@ -183,7 +183,7 @@ def post_head_step(causal_lm: nn.Module) -> tuple[str, float] | None:
 def policy_logits(causal_lm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """Logits as the causal LM's own forward makes them from its last hidden states: the LM head, then the step
     some families take after it (Cohere's logit_scale, Granite's logits_scaling, Gemma's final_logit_softcapping),
-    in the same operations and dtype, so the two agree to the bit."""
+    in the same operations and dtype as the forward."""
     logits = causal_lm.get_output_embeddings()(hidden)
     step = post_head_step(causal_lm)
     if step is None:
