@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import batch_for
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerFast
 
 from hafrm.data import PairCollator, PairEncoder
@@ -59,14 +60,11 @@ def exported(request, tmp_path_factory, default_model_dir, tiny_causal_lm):
 
 def training_rewards(model, tokenizer, padding_side: str) -> torch.Tensor:
     """Rewards as training computes them: pairs (each response against the next) in one padded batch."""
-    encoder = PairEncoder(tokenizer, 128)
     pairs = [
         {"prompt": PROMPT, "chosen": RESPONSES[i], "rejected": RESPONSES[(i + 1) % len(RESPONSES)]}
         for i in range(len(RESPONSES))
     ]
-    batch = PairCollator(tokenizer.pad_token_id, padding_side, share_prompt=False)(
-        [encoder.encode_pair(p) for p in pairs]
-    )
+    batch = batch_for(tokenizer, pairs, padding_side, max_length=128)
     with torch.no_grad():
         return model(batch["input_ids"], batch["segment_ids"], with_logps=False).rewards[: len(RESPONSES)]
 
