@@ -213,15 +213,14 @@ def check_policy_logits(causal_lm: nn.Module) -> None:
     tolerance = max(1e-3, 4 * torch.finfo(expected.dtype).eps)
     expected, ours = expected.float(), ours.float()
     scale = expected[expected.isfinite()].abs().max().item() if expected.isfinite().any() else 0.0
-    same = ours.shape == expected.shape and torch.allclose(
-        ours, expected, rtol=tolerance, atol=tolerance * scale, equal_nan=True
-    )
+    comparable = ours.shape == expected.shape
+    same = comparable and torch.allclose(ours, expected, rtol=tolerance, atol=tolerance * scale, equal_nan=True)
     if not same:
         name = f"{type(causal_lm).__name__} (model_type {causal_lm.config.model_type!r})"
         problem = (
             f"{name} turns hidden states into logits in a way hafrm does not repeat (largest difference "
             f"{(ours - expected).abs().max().item():.3g} on a probe of 8 tokens)"
-            if ours.shape == expected.shape
+            if comparable
             else f"{name} returned logits of shape {tuple(expected.shape)} for 8 tokens"
         )
         raise ValueError(
