@@ -39,7 +39,8 @@ from pathlib import Path
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RUNS = ["trl-reward", "hafrm-baseline", "trl-dpo", "hafrm-dpo", "hafrm-haf"]
-EXTRA_RUNS = ["hafrm-haf-separate", "hafrm-haf-frozen", "trl-reward-lora", "hafrm-haf-lora"]
+FROZEN_RUNS = ["hafrm-baseline-frozen", "hafrm-dpo-frozen", "hafrm-haf-frozen"]
+EXTRA_RUNS = ["hafrm-haf-separate", *FROZEN_RUNS, "trl-reward-lora", "hafrm-haf-lora"]
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -424,6 +425,16 @@ def summarize(
     def ratio(a, b, key="pairs_per_s"):
         return f"{median[a][key] / median[b][key]:.2f}x" if a in median and b in median else "not run"
 
+    def protocol_step_cost():
+        """Seconds per pair of a baseline + dpo + haf protocol with the frozen trunk, over the same without it (each
+        method runs the same steps and seeds either way, so this is the protocol's training-step cost ratio)."""
+        full = [run.removesuffix("-frozen") for run in FROZEN_RUNS]
+        if not all(run in median for run in FROZEN_RUNS + full):
+            return "not run"
+        seconds_per_pair = {run: 1 / median[run]["pairs_per_s"] for run in FROZEN_RUNS + full}
+        frozen_cost = sum(seconds_per_pair[run] for run in FROZEN_RUNS)
+        return f"{frozen_cost / sum(seconds_per_pair[run] for run in full):.2f}x"
+
     def spread(rows):
         values = [r["pairs_per_s"] for r in rows]
         return f"{(max(values) - min(values)) / statistics.median(values) * 100:.0f}%" if len(values) > 1 else "-"
@@ -462,6 +473,8 @@ def summarize(
         f"| hafrm haf / hafrm baseline (pairs/s) | >= 0.8x | {ratio('hafrm-haf', 'hafrm-baseline')} |",
         f"| hafrm haf, prompt shared / two rows (pairs/s) | | {ratio('hafrm-haf', 'hafrm-haf-separate')} |",
         f"| hafrm haf frozen trunk / full (pairs/s) | | {ratio('hafrm-haf-frozen', 'hafrm-haf')} |",
+        f"| baseline + dpo + haf protocol, training steps: frozen trunk / full (time) | <= 0.33x | "
+        f"{protocol_step_cost()} |",
         f"| hafrm haf / TRL RewardTrainer (peak memory) | <= 1.1x | "
         f"{ratio('hafrm-haf', 'trl-reward', 'peak_rss_gib')} |",
         f"| hafrm haf LoRA / TRL RewardTrainer LoRA (peak memory) | <= 1.1x | "
@@ -504,6 +517,9 @@ def main() -> None:
     )
     parser.add_argument("--output")
     args = parser.parse_args()
+    unknown = sorted(set(args.runs.split(",")) - set(RUNS + EXTRA_RUNS))
+    if unknown:
+        parser.error(f"unknown --runs {','.join(unknown)}; choose from {','.join(RUNS + EXTRA_RUNS)}")
     args.gradient_checkpointing = args.gradient_checkpointing == "on"
     child(args) if args.child else parent(args)
 
