@@ -17,6 +17,8 @@ Achieved FLOP/s counts useful work only, per pair of the batch:
                      (hafrm: prompt once + both responses; TRL and hafrm-separate: the prompt twice),
   + 2 x N x T        when gradient checkpointing recomputes the forward,
   + 6 x V x H x L    the LM head (V x H) on the L tokens it runs on (hafrm: response tokens; TRL DPO: every token),
+                     4 x V x H x L in -frozen runs: SmolLM2's LM head is tied to the frozen embeddings, so it
+                     computes no weight gradient,
 for the layers that train: a frozen trunk's layers count 2 x N_frozen x T once (setup), not per step.
 Attention's T^2 terms and padding are not counted. The peak is a large fp32 sgemm (torch.matmul) on the same
 threads, measured first.
@@ -264,7 +266,7 @@ def flops_per_pair(run: str, args, tokens: dict, params: dict) -> float:
     if run in ("trl-dpo",):
         flops += 6 * params["lm_head"] * processed
     elif run.startswith("hafrm-") and "baseline" not in run:
-        flops += 6 * params["lm_head"] * tokens["responses"]
+        flops += (4 if run.endswith("-frozen") else 6) * params["lm_head"] * tokens["responses"]
     return flops
 
 

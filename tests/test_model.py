@@ -259,3 +259,14 @@ def test_flex_attention_takes_the_block_mask(tokenizer, harmless_pairs, tiny_cau
         flex = model(**model_inputs(shared))
     torch.testing.assert_close(flex.rewards, expected.rewards, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(flex.logps, expected.logps, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_freeze_trunk_freezes_a_tied_lm_head_with_the_embeddings(tiny_causal_lm, tokenizer, tie, caplog):
+    model = HybridRewardModel.from_causal_lm(tiny_causal_lm(len(tokenizer), tie=tie))
+    with caplog.at_level("INFO", logger="hafrm.model"):
+        model.freeze_trunk(1)
+    assert not model.backbone.get_input_embeddings().weight.requires_grad
+    assert model.causal_lm.get_output_embeddings().weight.requires_grad is not tie
+    assert ("stays frozen" in caplog.text) is tie
+    assert model.score.weight.requires_grad

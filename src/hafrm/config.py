@@ -65,7 +65,11 @@ class TrainConfig:
         metadata={"help": "one row per pair, [prompt | chosen | rejected]: the shared prompt is computed once"},
     )
     freeze_layers: int = field(
-        default=0, metadata={"help": "freeze the embeddings and this many bottom layers; train the rest and both heads"}
+        default=0,
+        metadata={
+            "help": "freeze the embeddings and this many bottom layers; train the rest, the reward head and the LM "
+            "head (an LM head tied to the input embeddings, as in SmolLM2, is frozen with them)"
+        },
     )
     trunk_cache: bool = field(
         default=True,

@@ -368,8 +368,15 @@ class HybridRewardModel(nn.Module):
                 module.attention_dropout = 0.0
 
     def freeze_trunk(self, num_layers: int) -> None:
-        """Freeze the embeddings and the bottom num_layers layers (freeze tuning); their output can be replayed."""
+        """Freeze the embeddings and the bottom num_layers layers (freeze tuning); their output can be replayed.
+        An LM head tied to the input embeddings (SmolLM2, Gemma, ...) is the same weight, so it is frozen with them."""
         self.trunk = FrozenTrunk(self.backbone, num_layers)
+        if not self.causal_lm.get_output_embeddings().weight.requires_grad:
+            logger.info(
+                "The LM head shares its weight with the frozen input embeddings (tied), so it stays frozen: the "
+                "policy loss trains the layers above layer %d, not the head",
+                num_layers,
+            )
 
     def check_policy_logits(self) -> None:
         """`check_policy_logits` on this model's policy, once (where its weights are, so on the GPU in training)."""
