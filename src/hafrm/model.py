@@ -374,7 +374,7 @@ class HybridRewardModel(nn.Module):
         if not self.causal_lm.get_output_embeddings().weight.requires_grad:
             logger.info(
                 "The LM head shares its weight with the frozen input embeddings (tied), so it stays frozen: the "
-                "policy loss trains the layers above layer %d, not the head",
+                "policy loss trains the layers above the bottom %d, not the head",
                 num_layers,
             )
 
