@@ -212,7 +212,8 @@ def check_policy_logits(causal_lm: nn.Module) -> None:
     # Non-finite logits (broken weights) match where both are NaN: training's own checks report those.
     tolerance = max(1e-3, 4 * torch.finfo(expected.dtype).eps)
     expected, ours = expected.float(), ours.float()
-    scale = expected[expected.isfinite()].abs().max().item() if expected.isfinite().any() else 0.0
+    finite = expected[expected.isfinite()]
+    scale = finite.abs().max().item() if finite.numel() else 0.0
     comparable = ours.shape == expected.shape
     same = comparable and torch.allclose(ours, expected, rtol=tolerance, atol=tolerance * scale, equal_nan=True)
     if not same:
