@@ -10,7 +10,15 @@ from hafrm.cli import build_parser, main
 from hafrm.curves import CurveSettings, claim_split, evaluation_sets, planned_runs
 from hafrm.data.splits import prompt_key
 from hafrm.evaluation import PairScores
-from hafrm.report import CurveResult, alpha_points, curve_table, length_table, run_table, write_curve_report
+from hafrm.report import (
+    CurveResult,
+    against_baseline_table,
+    alpha_points,
+    curve_table,
+    length_table,
+    run_table,
+    write_curve_report,
+)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data not present")
@@ -145,6 +153,17 @@ def test_curve_report_tables_match_hand_counts(tmp_path):
     assert "| Beaver Safe | baseline | reward | 75.0 (2) | 0.0 (2) |" in lengths
     assert "| Beaver Safe | haf (alpha 0.2) | reward | 100.0 (2) | 75.0 (2) |" in lengths
     dpo = run("dpo", 0.0, 0, [False] * 4)  # alpha 0 like the baseline, but not part of the sweep
+    against = against_baseline_table([*results, dpo], "beaver-safe", "beaver-safe").splitlines()
+    assert against[0] == "| method | head | 4: points [95% CI] | McNemar p |"
+    assert [line.split(" | ")[:2] for line in against[2:]] == [
+        ["| dpo", "implicit"],
+        ["| haf (alpha 0.2)", "reward"],
+        ["| haf (alpha 0.2)", "implicit"],
+        ["| haf (alpha 0.2)", "combined"],
+    ]
+    # dpo has seed 0 only: 0% against the baseline's 25% on the same pairs, one discordant pair -> exact p 1
+    assert against[2].split(" | ")[2].startswith("-25.0 [") and against[2].endswith(" | 1 |")
+    assert all(line.split(" | ")[2].startswith("+50.0 [") and line.endswith(" | 0.5, 0.5 |") for line in against[3:])
     sweep = alpha_points([*results, dpo], "beaver-safe")
     assert sweep == [(0.0, [0.25, 0.5], [-0.5, 0.0], []), (0.2, [0.75, 1.0], [1.0, 2.0], [0.75, 1.0])]
     assert "Policy ratio alpha" not in write_curve_report(results, tmp_path, "hafrm report", "").read_text()

@@ -288,10 +288,25 @@ def evaluated_steps(runs: list[CurveResult], test_set: str) -> list[int]:
     return sorted({step for r in runs for step, name in r.scores if name == test_set})
 
 
+def against_baseline(runs: list[CurveResult], label: str, head: str, step: int, test_set: str) -> tuple[str, str]:
+    """One head of one method against the baseline's reward head on the same pairs at one step: the accuracy
+    difference with a paired bootstrap 95% interval (pairs resampled, each pair's correctness averaged over the seeds
+    both have) and the exact McNemar p of each seed; dashes where they share no seed."""
+    ours_by_seed = {r.seed: r for r in runs if r.label == label and (step, test_set) in r.scores}
+    base_by_seed = {r.seed: r for r in runs if r.method == "baseline" and (step, test_set) in r.scores}
+    seeds = sorted(set(ours_by_seed) & set(base_by_seed))
+    if not seeds:
+        return "–", "–"
+    ours = _seed_correctness([ours_by_seed[s] for s in seeds], step, test_set, head)
+    theirs = _seed_correctness([base_by_seed[s] for s in seeds], step, test_set, "reward")
+    mean, low, high = paired_bootstrap_interval(ours.mean(axis=0), theirs.mean(axis=0))
+    p_values = ", ".join(f"{mcnemar_p(*discordant_counts(o, t)):.2g}" for o, t in zip(ours, theirs))
+    return f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]", p_values
+
+
 def curve_table(results: list[CurveResult], train_set: str, test_set: str) -> str:
     """Accuracy at every step for each method's heads (mean ± std over seeds), and haf's reward head against the
-    baseline's on the same pairs: the difference with a paired bootstrap 95% interval (pairs resampled, each pair's
-    correctness averaged over seeds) and the exact McNemar p of each seed."""
+    baseline's on the same pairs (`against_baseline`)."""
     runs = [r for r in results if r.train_set == train_set]
     labels = list(dict.fromkeys(r.label for r in sorted(runs, key=run_order)))
     steps = evaluated_steps(runs, test_set)
@@ -311,18 +326,25 @@ def curve_table(results: list[CurveResult], train_set: str, test_set: str) -> st
             correct = _seed_correctness([r for r in runs if r.label == label], step, test_set, head)
             cells.append(mean_spread(list(correct.mean(axis=1))) if len(correct) else "–")
         for label in haf_labels:
-            haf_runs = {r.seed: r for r in runs if r.label == label}
-            base_runs = {r.seed: r for r in runs if r.method == "baseline"}
-            seeds = sorted(set(haf_runs) & set(base_runs))
-            if not seeds:
-                cells += ["–", "–"]
-                continue
-            ours = _seed_correctness([haf_runs[s] for s in seeds], step, test_set, "reward")
-            theirs = _seed_correctness([base_runs[s] for s in seeds], step, test_set, "reward")
-            mean, low, high = paired_bootstrap_interval(ours.mean(axis=0), theirs.mean(axis=0))
-            p_values = ", ".join(f"{mcnemar_p(*discordant_counts(o, t)):.2g}" for o, t in zip(ours, theirs))
-            cells += [f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]", p_values]
+            cells += against_baseline(runs, label, "reward", step, test_set)
         lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def against_baseline_table(results: list[CurveResult], train_set: str, test_set: str) -> str:
+    """Every head other than the baseline's reward head (haf's three, dpo's implicit reward) against it, step by
+    step (`against_baseline`): is the hybrid's, or DPO's, score a better reward model than the BT-only one?"""
+    runs = [r for r in results if r.train_set == train_set]
+    labels = [label for label in dict.fromkeys(r.label for r in sorted(runs, key=run_order)) if label != "baseline"]
+    steps = evaluated_steps(runs, test_set)
+    lines = [
+        "| method | head | " + " | ".join(f"{step}: points [95% CI] | McNemar p" for step in steps) + " |",
+        "|---|---|" + "---|---|" * len(steps),
+    ]
+    for label in labels:
+        for head in CURVE_HEADS[next(r.method for r in runs if r.label == label)]:
+            cells = [cell for step in steps for cell in against_baseline(runs, label, head, step, test_set)]
+            lines.append(f"| {label} | {head} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -486,6 +508,11 @@ def write_curve_report(results: list[CurveResult], output_dir: str | Path, comma
                 "Each run (accuracy %; wall time by the run's clock, training and evaluation):",
                 "",
                 run_table(results, train_set, test_set),
+                "",
+                "Each head against the baseline's reward head on the same pairs (accuracy difference in points, "
+                "paired bootstrap 95% interval over the seeds both have; exact McNemar p by seed):",
+                "",
+                against_baseline_table(results, train_set, test_set),
                 "",
             ]
         sections += ["### Length preference at the last step (%)", "", length_table(results, train_set), ""]
