@@ -34,5 +34,7 @@ part beaver-safe-full --protocol learning-curve "${shared[@]}" --save-total-limi
   --datasets beaver-safe --methods baseline,haf,dpo --seeds 0 --steps 16,32,64,128
 part hh-harmless --protocol learning-curve "${shared[@]}" "${frozen[@]}" --datasets hh-harmless \
   --methods baseline,haf,dpo --seeds 0,1,2 --steps 16,32,64,128,256
-# the policy ratio (paper Figure 6), evaluated at the last step only; alpha 0 and 0.2 reuse the learning-curve runs
-part beaver-safe --protocol alpha-sweep "${shared[@]}" "${frozen[@]}" --datasets beaver-safe --seeds 0,1 --steps 256
+# the policy ratio (paper Figure 6), evaluated at the last step only, so checkpointed every 32 steps besides (a
+# session's end then costs at most 32 steps); alpha 0 and 0.2 reuse the learning-curve runs
+part beaver-safe --protocol alpha-sweep "${shared[@]}" "${frozen[@]}" --save-steps 32 --datasets beaver-safe \
+  --seeds 0,1 --steps 256

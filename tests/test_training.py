@@ -304,11 +304,15 @@ def test_named_eval_sets_evaluated_at_given_steps_with_per_pair_scores_kept(tiny
         max_steps=4,
         learning_rate=1e-3,
         eval_at_steps=[1, 4],
+        save_steps=2,  # a checkpoint between the evaluations too, none evaluated there
+        save_total_limit=None,
         keep_eval_scores=True,
         freeze_layers=1,
         output_dir=str(tmp_path / "run"),
     )
     result = train(config, train_data=rows[:8], eval_data={"near": rows[8:], "far": rows[:3]})
+    checkpoints = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "run").glob("checkpoint-*"))
+    assert checkpoints == [1, 2, 4]
     kept = sorted(p.name for p in (tmp_path / "run" / "eval-scores").glob("*.npz"))
     assert kept == [
         "step-1-far.npz",

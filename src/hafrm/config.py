@@ -172,7 +172,7 @@ class TrainConfig:
         default=None,
         metadata={
             "help": "evaluate (and checkpoint) at exactly these optimiser steps, e.g. 16,32,64,128,256 for a "
-            "learning curve; the last step's model is the result"
+            "learning curve; the last step's model is the result; save_steps adds checkpoints between them"
         },
     )
     keep_eval_scores: bool = field(

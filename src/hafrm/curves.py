@@ -4,7 +4,7 @@ policy-ratio (alpha) sweep, on prompt-disjoint splits (`hafrm report --protocol 
 Every run trains to the last of `steps` and is evaluated at each of them on every test set, keeping the per-pair
 scores (`<run>/model/eval-scores/step-<N>-<test set>.npz`), so every statistic can be recomputed and runs made on
 other machines or days merge into one report. A run that finished is not run again; one that was cut off resumes
-from its last checkpoint (checkpoints are written at every evaluation step).
+from its last checkpoint (written at every evaluation step, and every `--save-steps` steps between them).
 
 Data (test pairs share no question with training pairs; the split seed is fixed, so every method and seed is tested
 on the same pairs):

@@ -168,8 +168,10 @@ def training_arguments(config: TrainConfig, has_eval: bool, train_pairs: int | N
     save_strategy = "steps" if save_steps else "epoch"
     eval_strategy = ("steps" if eval_steps else "epoch") if has_eval else "no"
     if config.eval_at_steps:
-        # EvaluateAtSteps evaluates and checkpoints at those steps only; the last step's model is the result
-        save_strategy = eval_strategy = "no"
+        # EvaluateAtSteps evaluates and checkpoints at those steps; the last step's model is the result. save_steps
+        # adds checkpoints between them, so a long run cut off between evaluations loses at most save_steps steps.
+        eval_strategy = "no"
+        save_strategy = "steps" if config.save_steps else "no"
     dtype = resolve_dtype(config.dtype)
     arguments = dict(
         output_dir=config.output_dir,
