@@ -304,16 +304,19 @@ def against_baseline(runs: list[CurveResult], label: str, head: str, step: int, 
     return f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]", p_values
 
 
+def label_heads(runs: list[CurveResult]) -> list[tuple[str, str]]:
+    """Every (method label, head) of these runs in table order: baseline, dpo, haf by alpha, each with its heads."""
+    labels = dict.fromkeys(r.label for r in sorted(runs, key=run_order))
+    return [(label, head) for label in labels for head in CURVE_HEADS[next(r.method for r in runs if r.label == label)]]
+
+
 def curve_table(results: list[CurveResult], train_set: str, test_set: str) -> str:
     """Accuracy at every step for each method's heads (mean ± std over seeds), and haf's reward head against the
     baseline's on the same pairs (`against_baseline`)."""
     runs = [r for r in results if r.train_set == train_set]
-    labels = list(dict.fromkeys(r.label for r in sorted(runs, key=run_order)))
     steps = evaluated_steps(runs, test_set)
-    columns = [
-        (label, head) for label in labels for head in CURVE_HEADS[next(r.method for r in runs if r.label == label)]
-    ]
-    haf_labels = [label for label in labels if label.startswith("haf")]
+    columns = label_heads(runs)
+    haf_labels = [label for label in dict.fromkeys(label for label, _ in columns) if label.startswith("haf")]
     header = [
         "step",
         *(f"{label} {head}" for label, head in columns),
@@ -335,16 +338,16 @@ def against_baseline_table(results: list[CurveResult], train_set: str, test_set:
     """Every head other than the baseline's reward head (haf's three, dpo's implicit reward) against it, step by
     step (`against_baseline`): is the hybrid's, or DPO's, score a better reward model than the BT-only one?"""
     runs = [r for r in results if r.train_set == train_set]
-    labels = [label for label in dict.fromkeys(r.label for r in sorted(runs, key=run_order)) if label != "baseline"]
     steps = evaluated_steps(runs, test_set)
     lines = [
         "| method | head | " + " | ".join(f"{step}: points [95% CI] | McNemar p" for step in steps) + " |",
         "|---|---|" + "---|---|" * len(steps),
     ]
-    for label in labels:
-        for head in CURVE_HEADS[next(r.method for r in runs if r.label == label)]:
-            cells = [cell for step in steps for cell in against_baseline(runs, label, head, step, test_set)]
-            lines.append(f"| {label} | {head} | " + " | ".join(cells) + " |")
+    for label, head in label_heads(runs):
+        if label == "baseline":
+            continue
+        cells = [cell for step in steps for cell in against_baseline(runs, label, head, step, test_set)]
+        lines.append(f"| {label} | {head} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
