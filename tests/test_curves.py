@@ -14,6 +14,7 @@ from hafrm.report import (
     CurveResult,
     against_baseline_table,
     alpha_points,
+    curve_lines,
     curve_table,
     length_table,
     run_table,
@@ -173,5 +174,36 @@ def test_curve_report_tables_match_hand_counts(tmp_path):
         "| 1 | 50.0 | 0.000 | 50.0 | 1 |" in report
         and "| 0.2 | 87.5 ± 17.7 | 1.500 ± 0.707 | 87.5 ± 17.7 | 2 |" in report
     )
-    for plot in ("curve-beaver-safe-beaver-safe.png", "alpha-beaver-safe.png", "reward-vs-implicit-beaver-safe.png"):
+    for plot in ("alpha-beaver-safe.png", "reward-vs-implicit-beaver-safe.png"):
         assert (tmp_path / plot).stat().st_size > 0
+    # every run was evaluated at one step only: no learning curve to draw, so none is written or linked
+    assert not (tmp_path / "curve-beaver-safe-beaver-safe.png").exists() and "curve-beaver-safe" not in report
+
+
+def test_curve_lines_span_the_seeds_and_leave_out_one_step_runs(tmp_path):
+    def run(method, alpha, seed, right_by_step):
+        scores = {(step, "beaver-safe"): scores_right_on(right) for step, right in right_by_step.items()}
+        longer = {"beaver-safe": np.array([True, True, False, False])}
+        return CurveResult("beaver-safe", method, seed, alpha, scores, longer, wall_s=60.0)
+
+    results = [
+        run("haf", 0.2, 0, {2: [True, True, False, False], 4: [True] * 4}),  # 50%, 100%; one seed
+        run("baseline", 0.0, 1, {2: [True, True, False, False], 4: [True, True, True, False]}),  # 50%, 75%
+        run("baseline", 0.0, 0, {2: [True, False, False, False], 4: [True, True, False, False]}),  # 25%, 50%
+        run("haf", 1.0, 0, {4: [True] * 4}),  # an alpha-sweep run: one step, so no curve
+    ]
+    lines = curve_lines(results, "beaver-safe", "beaver-safe")
+    assert [line[:2] for line in lines] == [  # table order: baseline first, then haf's three heads
+        ("baseline", "reward"),
+        ("haf (alpha 0.2)", "reward"),
+        ("haf (alpha 0.2)", "implicit"),
+        ("haf (alpha 0.2)", "combined"),
+    ]
+    label, head, steps, means, low, high = lines[0]
+    assert steps == [2, 4] and means == [37.5, 62.5] and low == [25.0, 50.0] and high == [50.0, 75.0]  # seed range
+    # one seed: its Wilson 95% interval, by hand for 2/4 (centre 0.5, half-width 0.350) and 4/4 (0.755 +- 0.245)
+    assert lines[1][3] == [50.0, 100.0]
+    assert np.allclose(lines[1][4], [15.0, 51.0], atol=0.05) and np.allclose(lines[1][5], [85.0, 100.0], atol=0.05)
+    report = write_curve_report(results, tmp_path, "hafrm report", "").read_text()
+    assert "![curve-beaver-safe-beaver-safe.png]" in report
+    assert (tmp_path / "curve-beaver-safe-beaver-safe.png").stat().st_size > 0

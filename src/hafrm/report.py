@@ -449,29 +449,48 @@ def plot_alpha(results: list[CurveResult], train_set: str, path: Path) -> None:
     plt.close(figure)
 
 
-def plot_curves(results: list[CurveResult], train_set: str, test_set: str, path: Path) -> None:
-    """Accuracy against steps, one line per method and head, the band spanning the seeds (or, for one seed, its
-    Wilson 95% interval)."""
+def curve_lines(results: list[CurveResult], train_set: str, test_set: str) -> list[tuple]:
+    """The learning-curve plot's lines: (label, head, steps, mean %, band low %, band high %) per method and head,
+    the band spanning the seeds (or, for one seed, its Wilson 95% interval). Runs evaluated at one step only (the
+    alpha sweep's) make no curve: they are the alpha plot's points."""
+    runs = [r for r in results if r.train_set == train_set]
+    lines = []
+    for label, head in label_heads(runs):
+        group = [r for r in runs if r.label == label]
+        steps = sorted(step for step, name in group[0].scores if name == test_set)
+        if len(steps) < 2:
+            continue
+        correct = [_seed_correctness(group, step, test_set, head) for step in steps]
+        means = [100 * c.mean() for c in correct]
+        if len(group) > 1:
+            low, high = [100 * c.mean(axis=1).min() for c in correct], [100 * c.mean(axis=1).max() for c in correct]
+        else:
+            intervals = [accuracy_interval(c[0]) for c in correct]
+            low, high = [100 * i[1] for i in intervals], [100 * i[2] for i in intervals]
+        lines.append((label, head, steps, means, low, high))
+    return lines
+
+
+HEAD_LINE_STYLES = {"reward": "-", "implicit": "--", "combined": ":"}
+
+
+def plot_curves(results: list[CurveResult], train_set: str, test_set: str, path: Path) -> bool:
+    """Accuracy against steps (`curve_lines`): one colour per method, one line style per head. False, and no file,
+    when no run was evaluated at two steps or more."""
+    lines = curve_lines(results, train_set, test_set)
+    if not lines:
+        return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [r for r in results if r.train_set == train_set]
     figure, axis = plt.subplots(figsize=(6, 4))
-    for label in dict.fromkeys(r.label for r in runs):
-        group = [r for r in runs if r.label == label]
-        steps = sorted(step for step, name in group[0].scores if name == test_set)
-        for head in CURVE_HEADS[group[0].method]:
-            correct = [_seed_correctness(group, step, test_set, head) for step in steps]
-            means = [100 * c.mean() for c in correct]
-            if len(group) > 1:
-                low, high = [100 * c.mean(axis=1).min() for c in correct], [100 * c.mean(axis=1).max() for c in correct]
-            else:
-                intervals = [accuracy_interval(c[0]) for c in correct]
-                low, high = [100 * i[1] for i in intervals], [100 * i[2] for i in intervals]
-            (line,) = axis.plot(steps, means, marker="o", label=f"{label} {head}")
-            axis.fill_between(steps, low, high, color=line.get_color(), alpha=0.15)
+    colours = {label: f"C{index}" for index, label in enumerate(dict.fromkeys(line[0] for line in lines))}
+    for label, head, steps, means, low, high in lines:
+        style = HEAD_LINE_STYLES[head]
+        axis.plot(steps, means, marker="o", color=colours[label], ls=style, label=f"{label} {head}")
+        axis.fill_between(steps, low, high, color=colours[label], alpha=0.15)
     axis.axhline(50, color="grey", lw=0.8, ls=":")
     axis.set_xscale("log", base=2)
     axis.set_xlabel("optimiser steps (batch 16)")
@@ -481,6 +500,7 @@ def plot_curves(results: list[CurveResult], train_set: str, test_set: str, path:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+    return True
 
 
 def write_curve_report(results: list[CurveResult], output_dir: str | Path, command: str, settings_text: str) -> Path:
@@ -497,7 +517,7 @@ def write_curve_report(results: list[CurveResult], output_dir: str | Path, comma
         ]
         for test_set in dict.fromkeys(name for r in runs for _, name in r.scores):
             plot = f"curve-{train_set}-{test_set}.png"
-            plot_curves(results, train_set, test_set, output_dir / plot)
+            plotted = plot_curves(results, train_set, test_set, output_dir / plot)
             test_pairs = len(next(iter(r.scores[k] for r in runs for k in r.scores if k[1] == test_set)).chosen_rewards)
             sections += [
                 f"### Tested on {dataset_title(test_set)} ({test_pairs} pairs)",
@@ -506,8 +526,7 @@ def write_curve_report(results: list[CurveResult], output_dir: str | Path, comma
                 "",
                 curve_table(results, train_set, test_set),
                 "",
-                f"![{plot}]({plot})",
-                "",
+                *([f"![{plot}]({plot})", ""] if plotted else []),
                 "Each run (accuracy %; wall time by the run's clock, training and evaluation):",
                 "",
                 run_table(results, train_set, test_set),
