@@ -378,17 +378,16 @@ def length_table(results: list[CurveResult], train_set: str) -> str:
     runs = [r for r in results if r.train_set == train_set]
     lines = ["| test set | method | head | chosen longer | chosen shorter or equal |", "|---|---|---|---|---|"]
     for test_set in dict.fromkeys(name for r in runs for _, name in r.scores):
-        for label in dict.fromkeys(r.label for r in runs):
+        for label, head in label_heads(runs):
             group = [r for r in runs if r.label == label]
             last = max(step for step, name in group[0].scores if name == test_set)
             longer = group[0].chosen_longer[test_set]
-            for head in CURVE_HEADS[group[0].method]:
-                correct = _seed_correctness(group, last, test_set, head)
-                lines.append(
-                    f"| {dataset_title(test_set)} | {label} | {head} | "
-                    f"{100 * correct[:, longer].mean():.1f} ({int(longer.sum())}) | "
-                    f"{100 * correct[:, ~longer].mean():.1f} ({int((~longer).sum())}) |"
-                )
+            correct = _seed_correctness(group, last, test_set, head)
+            lines.append(
+                f"| {dataset_title(test_set)} | {label} | {head} | "
+                f"{100 * correct[:, longer].mean():.1f} ({int(longer.sum())}) | "
+                f"{100 * correct[:, ~longer].mean():.1f} ({int((~longer).sum())}) |"
+            )
     return "\n".join(lines)
 
 
