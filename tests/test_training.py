@@ -146,9 +146,15 @@ def test_best_of_n_cli_selector_equal_to_judge_always_agrees(trained_haf, tmp_pa
         == 0
     )
     result = json.loads(output.read_text())
-    assert result["selectors"][spec] == {"top1_recall": 1.0, "top2_recall": 1.0}
+    assert result["selectors"][spec]["top1_recall"] == 1.0 and result["selectors"][spec]["top2_recall"] == 1.0
+    combined = result["selectors"][f"{trained_haf}@combined"]
+    assert combined["reference"] == spec and combined["top1_recall_minus_reference"]["only_reference"] == 3 - round(
+        3 * combined["top1_recall"]
+    )
     assert result["policy"].endswith("policy") and result["chance"]["top1_recall"] == pytest.approx(1 / 3)
     assert [len(sample["candidates"]) for sample in result["samples"]] == [3, 3, 3]
+    assert all(len(sample["scores"][spec]) == 3 for sample in result["samples"])  # the judge is this selector too
+    assert set(result["samples"][0]["scores"]) == {spec, f"{trained_haf}@combined"}
 
 
 def test_scorer_spec_errors_are_clear(tmp_path):

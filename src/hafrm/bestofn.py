@@ -1,6 +1,8 @@
 """Best-of-N selection (the paper's Table 4): sample N responses, pick by a reward model, check against a judge.
 
-top-k recall = share of prompts whose reward-model pick is among the judge's k best of the N.
+top-k recall = share of prompts whose reward-model pick is among the judge's k best of the N, with its 95% Wilson
+interval; every selector after the first is also compared with the first on the same prompts (paired bootstrap
+interval of the recall difference, exact McNemar p), as the accuracy tables compare each head with the baseline's.
 The judge is any callable (prompts, responses) -> scores: a stronger reward model stands in for GPT-4 offline.
 On the command line (`hafrm best-of-n`) selectors and the judge are given as MODEL[@HEAD]: a hafrm output
 folder scored by its reward head, implicit DPO reward or both combined, or any sequence-classification
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from hafrm.metrics import accuracy_interval, discordant_counts, mcnemar_p, paired_bootstrap_interval
 
 Scorer = Callable[[list, list[str]], list[float]]
 
@@ -49,26 +53,58 @@ def sample_responses(
     return responses
 
 
-def top_k_recall(selector_scores: np.ndarray, judge_scores: np.ndarray, ks: Sequence[int] = (1, 2)) -> dict[str, float]:
-    """Scores are (prompts, N). Recall@k: the selector's best candidate is among the judge's k best."""
+def top_k_hits(
+    selector_scores: np.ndarray, judge_scores: np.ndarray, ks: Sequence[int] = (1, 2)
+) -> dict[str, np.ndarray]:
+    """Scores are (prompts, N). Per prompt and k: whether the selector's best candidate is among the judge's k best."""
     selector_scores, judge_scores = np.asarray(selector_scores), np.asarray(judge_scores)
     picks = selector_scores.argmax(axis=1)
     judge_rank = np.argsort(-judge_scores, axis=1, kind="stable")
-    return {f"top{k}_recall": float(np.mean([pick in judge_rank[i, :k] for i, pick in enumerate(picks)])) for k in ks}
+    return {f"top{k}_recall": (judge_rank[:, :k] == picks[:, None]).any(axis=1) for k in ks}
 
 
-def best_of_n(
-    prompts: Sequence, candidates: list[list[str]], selector: Scorer, judge: Scorer, ks: Sequence[int] = (1, 2)
-) -> dict:
-    """Score every candidate with the selector and the judge; return recall@k and each prompt's pick."""
-    flat_prompts = [p for p, group in zip(prompts, candidates) for _ in group]
-    flat_responses = [r for group in candidates for r in group]
+def top_k_recall(selector_scores: np.ndarray, judge_scores: np.ndarray, ks: Sequence[int] = (1, 2)) -> dict[str, float]:
+    """Recall@k: the share of prompts whose selector pick is among the judge's k best."""
+    return {name: float(hits.mean()) for name, hits in top_k_hits(selector_scores, judge_scores, ks).items()}
+
+
+def candidate_scores(scorer: Scorer, prompts: Sequence, candidates: list[list[str]]) -> np.ndarray:
+    """(prompts, N) scores of every candidate, scored in one call."""
     n = len(candidates[0])
     if any(len(group) != n for group in candidates):
         raise ValueError("every prompt needs the same number of candidates")
-    selector_scores = np.asarray(selector(flat_prompts, flat_responses)).reshape(-1, n)
-    judge_scores = np.asarray(judge(flat_prompts, flat_responses)).reshape(-1, n)
-    return {**top_k_recall(selector_scores, judge_scores, ks), "picks": selector_scores.argmax(axis=1).tolist()}
+    flat_prompts = [p for p, group in zip(prompts, candidates) for _ in group]
+    flat_responses = [r for group in candidates for r in group]
+    return np.asarray(scorer(flat_prompts, flat_responses), dtype=float).reshape(-1, n)
+
+
+def compare_selectors(
+    selector_scores: dict[str, np.ndarray], judge_scores: np.ndarray, ks: Sequence[int] = (1, 2)
+) -> dict[str, dict]:
+    """Per selector, recall@k with its 95% Wilson interval; each selector after the first also against the first on
+    the same prompts: the recall difference with a paired bootstrap 95% interval, the prompts only one of the two
+    gets right, and the exact McNemar p."""
+    hits = {spec: top_k_hits(scores, judge_scores, ks) for spec, scores in selector_scores.items()}
+    reference = next(iter(hits))
+    summary = {}
+    for spec, spec_hits in hits.items():
+        entry: dict = {}
+        for name, hit in spec_hits.items():
+            recall, low, high = accuracy_interval(hit)
+            entry[name] = recall
+            entry[f"{name}_interval"] = [low, high]
+            if spec != reference:
+                difference, low, high = paired_bootstrap_interval(hit, hits[reference][name])
+                better, worse = discordant_counts(hit, hits[reference][name])
+                entry[f"{name}_minus_reference"] = {
+                    "difference": difference,
+                    "interval": [low, high],
+                    "only_this": better,
+                    "only_reference": worse,
+                    "mcnemar_p": mcnemar_p(better, worse),
+                }
+        summary[spec] = {**({"reference": reference} if spec != reference else {}), **entry}
+    return summary
 
 
 def scorer_from_spec(spec: str, max_length: int = 512, batch_size: int = 8, loaded: dict | None = None) -> Scorer:
@@ -115,10 +151,11 @@ def run_best_of_n(
     seed: int = 0,
     max_length: int = 512,
     batch_size: int = 8,
-) -> tuple[dict, list[list[str]]]:
+) -> tuple[dict, list[list[str]], dict[str, np.ndarray]]:
     """Sample n responses per prompt from `policy` (a causal LM, or a hafrm output folder's own policy head; None: the
     embedded model), pick one with each selector and score the picks against the judge. Returns the results (recall
-    per selector, chance alongside) and the sampled candidates."""
+    per selector with its interval, each selector after the first against the first; chance alongside), the sampled
+    candidates, and every candidate's score by the judge and each selector."""
     from hafrm.export import POLICY_DIR
     from hafrm.pretrained import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 
@@ -133,16 +170,16 @@ def run_best_of_n(
     candidates = sample_responses(sampler, tokenizer, prompts, n, max_new_tokens, temperature, seed)
     del sampler
     loaded: dict = {}
-    judge_scorer = scorer_from_spec(judge, max_length, batch_size, loaded)
+    scores = {  # (prompts, n) per distinct MODEL[@HEAD], the judge's first; each model loaded once
+        spec: candidate_scores(scorer_from_spec(spec, max_length, batch_size, loaded), prompts, candidates)
+        for spec in dict.fromkeys([judge, *selectors])
+    }
     results = {
         "policy": policy_path,
         "judge": judge,
         "prompts": len(prompts),
         "n": n,
         "chance": {f"top{k}_recall": k / n for k in (1, 2)},
-        "selectors": {},
+        "selectors": compare_selectors({spec: scores[spec] for spec in selectors}, scores[judge]),
     }
-    for spec in selectors:
-        outcome = best_of_n(prompts, candidates, scorer_from_spec(spec, max_length, batch_size, loaded), judge_scorer)
-        results["selectors"][spec] = {k: v for k, v in outcome.items() if k != "picks"}
-    return results, candidates
+    return results, candidates, scores

@@ -253,7 +253,7 @@ def command_best_of_n(args: argparse.Namespace) -> int:
         check_writable_file(args.output)
     pairs, _ = load_pairs(args.prompts, data_format=args.data_format, split=args.split, on_error=args.on_bad_row)
     prompts = distinct_prompts(pairs, args.num_prompts)
-    results, candidates = run_best_of_n(
+    results, candidates, scores = run_best_of_n(
         prompts,
         args.policy,
         args.selector,
@@ -266,7 +266,10 @@ def command_best_of_n(args: argparse.Namespace) -> int:
         args.batch_size,
     )
     if args.output:
-        samples = [{"prompt": p, "candidates": c} for p, c in zip(prompts, candidates)]
+        samples = [
+            {"prompt": p, "candidates": c, "scores": {spec: s[i].tolist() for spec, s in scores.items()}}
+            for i, (p, c) in enumerate(zip(prompts, candidates))
+        ]
         Path(args.output).write_text(json.dumps({**results, "samples": samples}, indent=2, ensure_ascii=False))
     print(json.dumps(results, indent=2))
     return 0
@@ -430,7 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         required=True,
         metavar="MODEL[@HEAD]",
-        help="hafrm output folder (HEAD: reward, implicit or combined) or any sequence-classification reward model",
+        help="hafrm output folder (HEAD: reward, implicit or combined) or any sequence-classification reward model; "
+        "the first is the reference every other selector is compared with on the same prompts",
     )
     best.add_argument(
         "--judge", required=True, metavar="MODEL[@HEAD]", help="the ranking the picks are checked against"
@@ -450,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--on-bad-row", choices=("error", "skip"), default="skip", help=BAD_ROW_HELP)
     add_scored_length(best)
     best.add_argument("--batch-size", type=number_in_range(int, 1), default=8, help="sequences per pass (default: 8)")
-    best.add_argument("--output", help="also write the results with every sampled candidate as JSON")
+    best.add_argument("--output", help="also write the results with every sampled candidate and its scores as JSON")
     best.set_defaults(handler=command_best_of_n)
 
     report = commands.add_parser(
