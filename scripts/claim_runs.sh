@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue 14's remaining claim runs (HH-Harmless seed 0 of every method is done), in the order they are run on the
-# 2-core CPU. Every `hafrm report` call skips the runs that finished earlier and resumes a cut-off run from its last
+# Issue 14's claim runs, in the order they are run on the 2-core CPU: the required minimum first, then the
+# out-of-distribution tables and Best-of-N. Every `hafrm report` call skips the runs that finished earlier and resumes a cut-off run from its last
 # checkpoint, so the script can be started again after any stop. Results are copied into docs/report with
 # scripts/keep_run_scores.sh (see the claim READMEs); on a fresh machine, where OUTPUT_DIR is gone, each part first
 # copies back the runs kept in docs/report/claim-<part>, so finished runs are not trained again.
@@ -13,7 +13,8 @@ fi
 out=$1
 data=$2
 kept_reports="$(cd "$(dirname "$0")/.." && pwd)/docs/report"
-shared=(--data-root "$data" --no-ood --learning-rate 3e-5 --batch-size 16)
+common=(--data-root "$data" --learning-rate 3e-5 --batch-size 16)
+shared=("${common[@]}" --no-ood)
 frozen=(--freeze-layers 22 --save-total-limit 2)
 
 part() {  # part NAME ARGS...: one report call, its output appended to OUTPUT_DIR/NAME.log
@@ -38,3 +39,33 @@ part hh-harmless --protocol learning-curve "${shared[@]}" "${frozen[@]}" --datas
 # session's end then costs at most 32 steps); alpha 0 and 0.2 reuse the learning-curve runs
 part beaver-safe --protocol alpha-sweep "${shared[@]}" "${frozen[@]}" --save-steps 32 --datasets beaver-safe \
   --seeds 0,1 --steps 256
+# out of distribution (Table 3, internal, and the local RewardBench rows): seed 0 of each method trained again as in
+# the learning curves, tested at its last step on every claim set's test part; its own set's scores should match the
+# learning-curve run's at step 256 (same seed, same data order)
+part beaver-safe-ood --protocol learning-curve "${common[@]}" "${frozen[@]}" --save-steps 32 --datasets beaver-safe \
+  --methods baseline,haf,dpo --seeds 0 --steps 256
+part hh-harmless-ood --protocol learning-curve "${common[@]}" "${frozen[@]}" --save-steps 32 --datasets hh-harmless \
+  --methods baseline,haf,dpo --seeds 0 --steps 256
+# Best-of-N (Table 4): the judge is the model trained longest on the largest training part (a Bradley-Terry
+# baseline, seed 3, two epochs of Beaver Safe's 4,133 pairs; its held-out accuracy is in its report); it shares the
+# baseline's objective, so if it leans towards one selector, it is the baseline's
+part best-of-n-judge --protocol learning-curve "${common[@]}" "${frozen[@]}" --save-steps 32 \
+  --datasets beaver-safe --methods baseline --seeds 3 --steps 512
+# the selectors (the seed-0 models above) pick one of 4 responses the embedded model samples for each of the 181
+# Beaver Safe test prompts, none of which any of them was trained on
+bon=$out/best-of-n
+if [ ! -e "$bon/beaver-safe.json" ]; then
+  mkdir -p "$bon"
+  python -c "import json, sys; from hafrm.curves import claim_split
+for pair in claim_split('beaver-safe', sys.argv[1])[1]: print(json.dumps(pair))" "$data" > "$bon/beaver-safe-test.jsonl"
+  models=$out/beaver-safe-ood/runs
+  echo "=== best-of-n start $(date -u +%FT%TZ)" >> "$out/best-of-n.log"
+  hafrm best-of-n --prompts "$bon/beaver-safe-test.jsonl" --num-prompts 1000 --n 4 --max-new-tokens 128 \
+    --selector "$models/beaver-safe-baseline-alpha0-seed0/model@reward" \
+    "$models/beaver-safe-haf-alpha0.2-seed0/model@reward" "$models/beaver-safe-haf-alpha0.2-seed0/model@implicit" \
+    "$models/beaver-safe-haf-alpha0.2-seed0/model@combined" "$models/beaver-safe-dpo-alpha0-seed0/model@implicit" \
+    --judge "$out/best-of-n-judge/runs/beaver-safe-baseline-alpha0-seed3/model@reward" \
+    --output "$bon/beaver-safe.json.partial" >> "$out/best-of-n.log" 2>&1
+  mv "$bon/beaver-safe.json.partial" "$bon/beaver-safe.json"
+  echo "=== best-of-n done $(date -u +%FT%TZ)" >> "$out/best-of-n.log"
+fi
