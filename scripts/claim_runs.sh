@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Issue 14's claim runs, in the order they are run on the 2-core CPU: the required minimum first, then the
-# out-of-distribution tables and Best-of-N. Every `hafrm report` call skips the runs that finished earlier and resumes a cut-off run from its last
-# checkpoint, so the script can be started again after any stop. Results are copied into docs/report with
-# scripts/keep_run_scores.sh (see the claim READMEs); on a fresh machine, where OUTPUT_DIR is gone, each part first
-# copies back the runs kept in docs/report/claim-<part>, so finished runs are not trained again.
+# out-of-distribution tables and Best-of-N. Every `hafrm report` call skips the runs that finished earlier and
+# resumes a cut-off run from its last checkpoint, so the script can be started again after any stop. Results are
+# copied into docs/report with scripts/keep_run_scores.sh (see the claim READMEs); on a fresh machine, where
+# OUTPUT_DIR is gone, each part first copies back the runs kept in docs/report/claim-<part>, so finished runs are
+# not trained again (Best-of-N needs the trained models themselves, so it stops if only their scores came back).
 # usage: scripts/claim_runs.sh OUTPUT_DIR DATA_ROOT     (logs: OUTPUT_DIR/<part>.log), with hafrm's environment active
 set -euo pipefail
 if ! command -v hafrm > /dev/null; then
@@ -59,6 +60,13 @@ if [ ! -e "$bon/beaver-safe.json" ]; then
   python -c "import json, sys; from hafrm.curves import claim_split
 for pair in claim_split('beaver-safe', sys.argv[1])[1]: print(json.dumps(pair))" "$data" > "$bon/beaver-safe-test.jsonl"
   models=$out/beaver-safe-ood/runs
+  for run in "$models"/beaver-safe-{baseline-alpha0,haf-alpha0.2,dpo-alpha0}-seed0 \
+    "$out/best-of-n-judge/runs/beaver-safe-baseline-alpha0-seed3"; do
+    if [ ! -e "$run/model/hafrm.json" ]; then  # kept runs come back from docs/report as scores only
+      echo "claim_runs.sh: $run has no trained model (only its kept scores); remove that folder and run again" >&2
+      exit 1
+    fi
+  done
   echo "=== best-of-n start $(date -u +%FT%TZ)" >> "$out/best-of-n.log"
   hafrm best-of-n --prompts "$bon/beaver-safe-test.jsonl" --num-prompts 1000 --n 4 --max-new-tokens 128 \
     --selector "$models/beaver-safe-baseline-alpha0-seed0/model@reward" \
