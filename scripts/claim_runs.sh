@@ -56,23 +56,23 @@ part best-of-n-judge --protocol learning-curve "${common[@]}" "${frozen[@]}" --s
 # Beaver Safe test prompts, none of which any of them was trained on
 bon=$out/best-of-n
 if [ ! -e "$bon/beaver-safe.json" ]; then
-  mkdir -p "$bon"
-  python -c "import json, sys; from hafrm.curves import claim_split
-for pair in claim_split('beaver-safe', sys.argv[1])[1]: print(json.dumps(pair))" "$data" > "$bon/beaver-safe-test.jsonl"
-  models=$out/beaver-safe-ood/runs
-  for run in "$models"/beaver-safe-{baseline-alpha0,haf-alpha0.2,dpo-alpha0}-seed0 \
-    "$out/best-of-n-judge/runs/beaver-safe-baseline-alpha0-seed3"; do
-    if [ ! -e "$run/model/hafrm.json" ]; then  # kept runs come back from docs/report as scores only
-      echo "claim_runs.sh: $run has no trained model (only its kept scores); remove that folder and run again" >&2
+  baseline_model=$out/beaver-safe-ood/runs/beaver-safe-baseline-alpha0-seed0/model
+  haf_model=$out/beaver-safe-ood/runs/beaver-safe-haf-alpha0.2-seed0/model
+  dpo_model=$out/beaver-safe-ood/runs/beaver-safe-dpo-alpha0-seed0/model
+  judge_model=$out/best-of-n-judge/runs/beaver-safe-baseline-alpha0-seed3/model
+  for model in "$baseline_model" "$haf_model" "$dpo_model" "$judge_model"; do
+    if [ ! -e "$model/hafrm.json" ]; then  # kept runs come back from docs/report as scores only
+      echo "claim_runs.sh: $(dirname "$model") has no trained model (only its kept scores); remove it and run again" >&2
       exit 1
     fi
   done
+  mkdir -p "$bon"
+  python -c "import json, sys; from hafrm.curves import claim_split
+for pair in claim_split('beaver-safe', sys.argv[1])[1]: print(json.dumps(pair))" "$data" > "$bon/beaver-safe-test.jsonl"
   echo "=== best-of-n start $(date -u +%FT%TZ)" >> "$out/best-of-n.log"
   hafrm best-of-n --prompts "$bon/beaver-safe-test.jsonl" --num-prompts 1000 --n 4 --max-new-tokens 128 \
-    --selector "$models/beaver-safe-baseline-alpha0-seed0/model@reward" \
-    "$models/beaver-safe-haf-alpha0.2-seed0/model@reward" "$models/beaver-safe-haf-alpha0.2-seed0/model@implicit" \
-    "$models/beaver-safe-haf-alpha0.2-seed0/model@combined" "$models/beaver-safe-dpo-alpha0-seed0/model@implicit" \
-    --judge "$out/best-of-n-judge/runs/beaver-safe-baseline-alpha0-seed3/model@reward" \
+    --selector "$baseline_model@reward" "$haf_model@reward" "$haf_model@implicit" "$haf_model@combined" \
+    "$dpo_model@implicit" --judge "$judge_model@reward" \
     --output "$bon/beaver-safe.json.partial" >> "$out/best-of-n.log" 2>&1
   mv "$bon/beaver-safe.json.partial" "$bon/beaver-safe.json"
   echo "=== best-of-n done $(date -u +%FT%TZ)" >> "$out/best-of-n.log"
