@@ -21,6 +21,7 @@ import torch
 from hafrm.metrics import accuracy_interval, discordant_counts, mcnemar_p, paired_bootstrap_interval
 
 Scorer = Callable[[list, list[str]], list[float]]
+RECALL_KS = (1, 2)  # top-k recalls reported (the paper's Table 4: top-1 and top-2)
 
 
 @torch.no_grad()
@@ -54,7 +55,7 @@ def sample_responses(
 
 
 def top_k_hits(
-    selector_scores: np.ndarray, judge_scores: np.ndarray, ks: Sequence[int] = (1, 2)
+    selector_scores: np.ndarray, judge_scores: np.ndarray, ks: Sequence[int] = RECALL_KS
 ) -> dict[str, np.ndarray]:
     """Scores are (prompts, N). Per prompt and k: whether the selector's best candidate is among the judge's k best."""
     selector_scores, judge_scores = np.asarray(selector_scores), np.asarray(judge_scores)
@@ -63,7 +64,9 @@ def top_k_hits(
     return {f"top{k}_recall": (judge_rank[:, :k] == picks[:, None]).any(axis=1) for k in ks}
 
 
-def top_k_recall(selector_scores: np.ndarray, judge_scores: np.ndarray, ks: Sequence[int] = (1, 2)) -> dict[str, float]:
+def top_k_recall(
+    selector_scores: np.ndarray, judge_scores: np.ndarray, ks: Sequence[int] = RECALL_KS
+) -> dict[str, float]:
     """Recall@k: the share of prompts whose selector pick is among the judge's k best."""
     return {name: float(hits.mean()) for name, hits in top_k_hits(selector_scores, judge_scores, ks).items()}
 
@@ -79,7 +82,7 @@ def candidate_scores(scorer: Scorer, prompts: Sequence, candidates: list[list[st
 
 
 def compare_selectors(
-    selector_scores: dict[str, np.ndarray], judge_scores: np.ndarray, ks: Sequence[int] = (1, 2)
+    selector_scores: dict[str, np.ndarray], judge_scores: np.ndarray, ks: Sequence[int] = RECALL_KS
 ) -> dict[str, dict]:
     """Per selector, recall@k with its 95% Wilson interval; each selector after the first also against the first on
     the same prompts: the recall difference with a paired bootstrap 95% interval, the prompts only one of the two
@@ -179,7 +182,7 @@ def run_best_of_n(
         "judge": judge,
         "prompts": len(prompts),
         "n": n,
-        "chance": {f"top{k}_recall": k / n for k in (1, 2)},
+        "chance": {f"top{k}_recall": k / n for k in RECALL_KS},
         "selectors": compare_selectors({spec: scores[spec] for spec in selectors}, scores[judge]),
     }
     return results, candidates, scores
