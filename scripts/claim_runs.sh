@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Issue 14's claim runs, in the order they are run on the 2-core CPU: the required minimum first, then the
-# out-of-distribution tables and Best-of-N. Every `hafrm report` call skips the runs that finished earlier and
-# resumes a cut-off run from its last checkpoint, so the script can be started again after any stop. Results are
-# copied into docs/report with scripts/keep_run_scores.sh (see the claim READMEs); on a fresh machine, where
-# OUTPUT_DIR is gone, each part first copies back the runs kept in docs/report/claim-<part>, so finished runs are
-# not trained again (Best-of-N needs the trained models themselves, so it stops if only their scores came back).
+# Issue 14's claim runs, in the order they are run on the 2-core CPU: the required minimum first, then Best-of-N and
+# the out-of-distribution tables. Every `hafrm report` call skips the runs that finished earlier and resumes a
+# cut-off run from its last checkpoint, so the script can be started again after any stop. Results are copied into
+# docs/report with scripts/keep_run_scores.sh (see the claim READMEs); on a fresh machine, where OUTPUT_DIR is gone,
+# each part first copies back the runs kept in docs/report/claim-<part>, so finished runs are not trained again.
+# Best-of-N needs the models themselves, which are not kept: each is scored as soon as it is trained, into one
+# candidates file (kept as docs/report/claim-best-of-n/beaver-safe.json), which names the models by their paths under
+# OUTPUT_DIR, so give the same OUTPUT_DIR every time.
 # usage: scripts/claim_runs.sh OUTPUT_DIR DATA_ROOT     (logs: OUTPUT_DIR/<part>.log), with hafrm's environment active
 set -euo pipefail
 if ! command -v hafrm > /dev/null; then
@@ -40,40 +42,50 @@ part hh-harmless --protocol learning-curve "${shared[@]}" "${frozen[@]}" --datas
 # session's end then costs at most 32 steps); alpha 0 and 0.2 reuse the learning-curve runs
 part beaver-safe --protocol alpha-sweep "${shared[@]}" "${frozen[@]}" --save-steps 32 --datasets beaver-safe \
   --seeds 0,1 --steps 256
-# out of distribution (Table 3, internal, and the local RewardBench rows): seed 0 of each method trained again as in
-# the learning curves, tested at its last step on every claim set's test part; its own set's scores should match the
-# learning-curve run's at step 256 (same seed, same data order)
-part beaver-safe-ood --protocol learning-curve "${common[@]}" "${frozen[@]}" --save-steps 32 --datasets beaver-safe \
-  --methods baseline,haf,dpo --seeds 0 --steps 256
-part hh-harmless-ood --protocol learning-curve "${common[@]}" "${frozen[@]}" --save-steps 32 --datasets hh-harmless \
-  --methods baseline,haf,dpo --seeds 0 --steps 256
-# Best-of-N (Table 4): the judge is the model trained longest on the largest training part (a Bradley-Terry
-# baseline, seed 3, two epochs of Beaver Safe's 4,133 pairs; its held-out accuracy is in its report); it shares the
-# baseline's objective, so if it leans towards one selector, it is the baseline's
+# Best-of-N (Table 4) on the 181 Beaver Safe test prompts, none of which any model here was trained on: 4 responses
+# of up to 128 tokens sampled from the embedded model, ranked by the judge, the model trained longest on the largest
+# training part (a Bradley-Terry baseline, seed 3, two epochs of Beaver Safe's 4,133 pairs; its held-out accuracy is
+# in its report). It shares the baseline's objective, so if it leans towards one selector, it is the baseline's.
 part best-of-n-judge --protocol learning-curve "${common[@]}" "${frozen[@]}" --save-steps 32 \
   --datasets beaver-safe --methods baseline --seeds 3 --steps 512
-# the selectors (the seed-0 models above) pick one of 4 responses the embedded model samples for each of the 181
-# Beaver Safe test prompts, none of which any of them was trained on
-bon=$out/best-of-n
-if [ ! -e "$bon/beaver-safe.json" ]; then
-  baseline_model=$out/beaver-safe-ood/runs/beaver-safe-baseline-alpha0-seed0/model
-  haf_model=$out/beaver-safe-ood/runs/beaver-safe-haf-alpha0.2-seed0/model
-  dpo_model=$out/beaver-safe-ood/runs/beaver-safe-dpo-alpha0-seed0/model
-  judge_model=$out/best-of-n-judge/runs/beaver-safe-baseline-alpha0-seed3/model
-  for model in "$baseline_model" "$haf_model" "$dpo_model" "$judge_model"; do
-    if [ ! -e "$model/hafrm.json" ]; then  # kept runs come back from docs/report as scores only
-      echo "claim_runs.sh: $(dirname "$model") has no trained model (only its kept scores); remove it and run again" >&2
-      exit 1
-    fi
-  done
-  mkdir -p "$bon"
+bon=$out/best-of-n/beaver-safe.json
+kept_bon=$kept_reports/claim-best-of-n/beaver-safe.json
+mkdir -p "$(dirname "$bon")"
+[ -e "$bon" ] || [ ! -e "$kept_bon" ] || cp "$kept_bon" "$bon"
+judge=$out/best-of-n-judge/runs/beaver-safe-baseline-alpha0-seed3/model@reward
+
+best_of_n() {  # best_of_n ARGS...: one `hafrm best-of-n` call that writes the candidates file, logged
+  echo "=== best-of-n $(date -u +%FT%TZ): $*" >> "$out/best-of-n.log"
+  if ! hafrm best-of-n --judge "$judge" --output "$bon" "$@" >> "$out/best-of-n.log" 2>&1; then
+    echo "claim_runs.sh: hafrm best-of-n failed (see $out/best-of-n.log); a model that came back from docs/report" \
+      "as kept scores only cannot score candidates: remove its run folder and run again to train it" >&2
+    exit 1
+  fi
+}
+
+if [ ! -e "$bon" ]; then  # sampled once, scored by the judge; every selector is scored into the same file
   python -c "import json, sys; from hafrm.curves import claim_split
-for pair in claim_split('beaver-safe', sys.argv[1])[1]: print(json.dumps(pair))" "$data" > "$bon/beaver-safe-test.jsonl"
-  echo "=== best-of-n start $(date -u +%FT%TZ)" >> "$out/best-of-n.log"
-  hafrm best-of-n --prompts "$bon/beaver-safe-test.jsonl" --num-prompts 1000 --n 4 --max-new-tokens 128 \
-    --selector "$baseline_model@reward" "$haf_model@reward" "$haf_model@implicit" "$haf_model@combined" \
-    "$dpo_model@implicit" --judge "$judge_model@reward" \
-    --output "$bon/beaver-safe.json.partial" >> "$out/best-of-n.log" 2>&1
-  mv "$bon/beaver-safe.json.partial" "$bon/beaver-safe.json"
-  echo "=== best-of-n done $(date -u +%FT%TZ)" >> "$out/best-of-n.log"
+for pair in claim_split('beaver-safe', sys.argv[1])[1]: print(json.dumps(pair))" "$data" > "$out/best-of-n/prompts.jsonl"
+  best_of_n --prompts "$out/best-of-n/prompts.jsonl" --num-prompts 1000 --n 4 --max-new-tokens 128
 fi
+# out of distribution (Table 3, internal, and the local RewardBench rows): seed 0 of each method trained again as in
+# the learning curves, tested at its last step on every claim set's test part; its own set's scores should match the
+# learning-curve run's at step 256 (same seed, same data order). One method at a time, each scored as a Best-of-N
+# selector while its model exists; the last call reports all three (nothing left to train).
+ood=("${common[@]}" "${frozen[@]}" --save-steps 32 --seeds 0 --steps 256)
+runs=$out/beaver-safe-ood/runs
+selectors=(
+  "$runs/beaver-safe-baseline-alpha0-seed0/model@reward"  # the reference, listed first
+  "$runs/beaver-safe-haf-alpha0.2-seed0/model@reward"
+  "$runs/beaver-safe-haf-alpha0.2-seed0/model@implicit"
+  "$runs/beaver-safe-haf-alpha0.2-seed0/model@combined"
+  "$runs/beaver-safe-dpo-alpha0-seed0/model@implicit"
+)
+for method in baseline haf dpo; do
+  part beaver-safe-ood --protocol learning-curve "${ood[@]}" --datasets beaver-safe --methods "$method"
+  mapfile -t heads < <(printf '%s\n' "${selectors[@]}" | grep -F -- "/beaver-safe-$method-")
+  best_of_n --candidates "$bon" --selector "${heads[@]}"
+done
+part beaver-safe-ood --protocol learning-curve "${ood[@]}" --datasets beaver-safe --methods baseline,haf,dpo
+best_of_n --candidates "$bon" --selector "${selectors[@]}"  # every score is in the file: the comparison, logged
+part hh-harmless-ood --protocol learning-curve "${ood[@]}" --datasets hh-harmless --methods baseline,haf,dpo

@@ -1,9 +1,13 @@
-"""Best-of-N: recall against a judge computed by hand, and sampling from a real (tiny) policy."""
+"""Best-of-N: recall against a judge computed by hand, sampling from a real (tiny) policy, and candidates files
+read back (scores reused, bad files refused)."""
+
+import json
 
 import numpy as np
 import pytest
 
 from hafrm.bestofn import candidate_scores, compare_selectors, sample_responses, top_k_recall
+from hafrm.cli import main
 
 
 def test_top_k_recall_by_hand():
@@ -46,3 +50,80 @@ def test_sampling_gives_n_responses_per_prompt(tokenizer, tiny_causal_lm):
     responses = sample_responses(policy, tokenizer, ["Hi", "Tell me a joke"], n=3, max_new_tokens=5)
     assert [len(group) for group in responses] == [3, 3]
     assert all(isinstance(r, str) for group in responses for r in group)
+
+
+def write_candidates(path, scores, n=2):
+    """A candidates file as `hafrm best-of-n --output` writes it: 3 prompts, n candidates, the given models' scores."""
+    samples = [
+        {"prompt": [{"role": "user", "content": f"q{i}"}], "candidates": [f"a{i}{j}" for j in range(n)], "scores": {}}
+        for i in range(3)
+    ]
+    for spec, rows in scores.items():
+        for sample, row in zip(samples, rows):
+            sample["scores"][spec] = row
+    path.write_text(json.dumps({"policy": "some/policy", "n": n, "seed": 5, "samples": samples}))
+    return path
+
+
+def test_saved_scores_are_reused_without_loading_any_model(tmp_path, capsys):
+    """Every model here is gone (the folders never existed): with --candidates the comparison comes from the file."""
+    candidates = write_candidates(
+        tmp_path / "bon.json",
+        {
+            "gone/judge@reward": [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]],  # best: 0, 1, 0
+            "gone/baseline@reward": [[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]],  # picks 0, 0, 0: right on 2
+            "gone/haf@reward": [[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]],  # picks 0, 1, 1: right on 2, not the same 2
+        },
+    )
+    output = tmp_path / "again.json"
+    argv = ["best-of-n", "--candidates", str(candidates), "--judge", "gone/judge@reward", "--output", str(output)]
+    assert main([*argv, "--selector", "gone/baseline@reward", "gone/haf@reward"]) == 0
+    result = json.loads(output.read_text())
+    assert result["policy"] == "some/policy" and result["seed"] == 5 and result["prompts"] == 3
+    versus = result["selectors"]["gone/haf@reward"]["top1_recall_minus_reference"]
+    assert result["selectors"]["gone/baseline@reward"]["top1_recall"] == pytest.approx(2 / 3)
+    assert (versus["difference"], versus["only_this"], versus["only_reference"]) == (0.0, 1, 1)
+    assert json.loads(candidates.read_text())["samples"] == result["samples"]  # nothing rescored, nothing lost
+    assert json.loads(capsys.readouterr().out)["selectors"] == result["selectors"]
+    assert main(argv) == 0  # the judge alone (how a comparison starts): no selector yet, the samples kept
+    assert json.loads(output.read_text())["selectors"] == {}
+    assert json.loads(output.read_text())["samples"] == result["samples"]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda saved: saved["samples"][1]["scores"]["j"].append(0.5), "the scores of j must be 2 finite numbers"),
+        (lambda saved: saved["samples"][2]["scores"].pop("s"), "sample 2: 'scores' must name the same models"),
+        (lambda saved: saved["samples"][1]["candidates"].pop(), "sample 1: 'candidates' must be 2 strings"),
+        (lambda saved: saved["samples"][0]["scores"]["j"].__setitem__(0, True), "of j must be 2 finite numbers"),
+        (lambda saved: saved["samples"][0].update(prompt=7), "'prompt' must be a string or a list"),
+        (lambda saved: saved.pop("samples"), "has no 'samples' list"),
+    ],
+)
+def test_a_bad_candidates_file_fails_in_one_line(tmp_path, capsys, change, message):
+    path = write_candidates(tmp_path / "bon.json", {"j": [[1.0, 0.0]] * 3, "s": [[0.0, 1.0]] * 3})
+    saved = json.loads(path.read_text())
+    change(saved)
+    path.write_text(json.dumps(saved))
+    assert main(["best-of-n", "--candidates", str(path), "--judge", "j", "--selector", "s"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_non_finite_saved_scores_and_non_json_are_refused(tmp_path, capsys):
+    path = tmp_path / "bon.json"
+    path.write_text(write_candidates(path, {"j": [[1.0, 0.0]] * 3}).read_text().replace("0.0", "NaN", 1))
+    assert main(["best-of-n", "--candidates", str(path), "--judge", "j", "--selector", "j"]) == 2
+    assert "the scores of j must be 2 finite numbers" in capsys.readouterr().err
+    path.write_text("{not json")
+    assert main(["best-of-n", "--candidates", str(path), "--judge", "j", "--selector", "j"]) == 2
+    assert "is not JSON" in capsys.readouterr().err
+
+
+def test_sampling_options_are_refused_beside_candidates(tmp_path, capsys):
+    path = write_candidates(tmp_path / "bon.json", {"j": [[1.0, 0.0]] * 3})
+    assert main(["best-of-n", "--candidates", str(path), "--judge", "j", "--selector", "j", "--n", "4"]) == 2
+    assert "--n: the candidates come from" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:  # the prompts come from one place or the other
+        main(["best-of-n", "--candidates", str(path), "--prompts", "x.jsonl", "--judge", "j", "--selector", "j"])
+    assert stopped.value.code == 2 and "not allowed with argument" in capsys.readouterr().err

@@ -155,6 +155,18 @@ def test_best_of_n_cli_selector_equal_to_judge_always_agrees(trained_haf, tmp_pa
     assert [len(sample["candidates"]) for sample in result["samples"]] == [3, 3, 3]
     assert all(len(sample["scores"][spec]) == 3 for sample in result["samples"])  # the judge is this selector too
     assert set(result["samples"][0]["scores"]) == {spec, f"{trained_haf}@combined"}
+    # read back: the candidates stay, the scored models are reused, only the new head is scored
+    again = tmp_path / "again.json"
+    argv = ["best-of-n", "--candidates", str(output), "--judge", spec, "--output", str(again)]
+    assert main([*argv, "--selector", spec, f"{trained_haf}@implicit"]) == 0
+    rescored = json.loads(again.read_text())
+    assert [s["candidates"] for s in rescored["samples"]] == [s["candidates"] for s in result["samples"]]
+    assert all(new["scores"][spec] == old["scores"][spec] for new, old in zip(rescored["samples"], result["samples"]))
+    assert set(rescored["samples"][0]["scores"]) == {spec, f"{trained_haf}@combined", f"{trained_haf}@implicit"}
+    implicit = [new["scores"][f"{trained_haf}@implicit"] for new in rescored["samples"]]
+    combined = [old["scores"][f"{trained_haf}@combined"] for old in result["samples"]]
+    reward = [old["scores"][spec] for old in result["samples"]]
+    assert np.array(implicit) + np.array(reward) == pytest.approx(np.array(combined), abs=1e-3)
 
 
 def test_scorer_spec_errors_are_clear(tmp_path):

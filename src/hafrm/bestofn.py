@@ -6,12 +6,16 @@ interval of the recall difference, exact McNemar p), as the accuracy tables comp
 The judge is any callable (prompts, responses) -> scores: a stronger reward model stands in for GPT-4 offline.
 On the command line (`hafrm best-of-n`) selectors and the judge are given as MODEL[@HEAD]: a hafrm output
 folder scored by its reward head, implicit DPO reward or both combined, or any sequence-classification
-reward model (folder or hub name) scored by its head.
+reward model (folder or hub name) scored by its head. A run's `--output` keeps every candidate and each model's
+scores of it; given back as `--candidates`, it is scored by new models only, so selectors trained on different days
+(whose models need not all exist at once) are compared on the same candidates.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,6 +24,7 @@ import torch
 
 from hafrm.metrics import accuracy_interval, discordant_counts, mcnemar_p, paired_bootstrap_interval
 
+logger = logging.getLogger(__name__)
 Scorer = Callable[[list, list[str]], list[float]]
 RECALL_KS = (1, 2)  # top-k recalls reported (the paper's Table 4: top-1 and top-2)
 
@@ -88,7 +93,7 @@ def compare_selectors(
     the same prompts: the recall difference with a paired bootstrap 95% interval, the prompts only one of the two
     gets right, and the exact McNemar p."""
     hits = {spec: top_k_hits(scores, judge_scores, ks) for spec, scores in selector_scores.items()}
-    reference = next(iter(hits))
+    reference = next(iter(hits), None)
     summary = {}
     for spec, spec_hits in hits.items():
         entry: dict = {}
@@ -143,22 +148,11 @@ def distinct_prompts(pairs: list[dict], limit: int) -> list:
     return list({json.dumps(p["prompt"]): p["prompt"] for p in pairs}.values())[:limit]
 
 
-def run_best_of_n(
-    prompts: list,
-    policy: str | None,
-    selectors: list[str],
-    judge: str,
-    n: int = 4,
-    max_new_tokens: int = 64,
-    temperature: float = 1.0,
-    seed: int = 0,
-    max_length: int = 512,
-    batch_size: int = 8,
-) -> tuple[dict, list[list[str]], dict[str, np.ndarray]]:
-    """Sample n responses per prompt from `policy` (a causal LM, or a hafrm output folder's own policy head; None: the
-    embedded model), pick one with each selector and score the picks against the judge. Returns the results (recall
-    per selector with its interval, each selector after the first against the first; chance alongside), the sampled
-    candidates, and every candidate's score by the judge and each selector."""
+def sample_candidates(
+    prompts: list, policy: str | None, n: int, max_new_tokens: int, temperature: float, seed: int
+) -> tuple[list[list[str]], dict]:
+    """n responses per prompt from `policy` (a causal LM, or a hafrm output folder's own policy head; None: the
+    embedded model), and the settings they were sampled with, recorded beside them."""
     from hafrm.export import POLICY_DIR
     from hafrm.pretrained import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 
@@ -166,23 +160,86 @@ def run_best_of_n(
     if (Path(policy_path) / POLICY_DIR).is_dir():
         policy_path = str(Path(policy_path) / POLICY_DIR)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    sampler, tokenizer = (
-        load_causal_lm(policy_path, resolve_dtype("auto")).to(device).eval(),
-        load_tokenizer(policy_path),
-    )
-    candidates = sample_responses(sampler, tokenizer, prompts, n, max_new_tokens, temperature, seed)
-    del sampler
+    sampler = load_causal_lm(policy_path, resolve_dtype("auto")).to(device).eval()
+    candidates = sample_responses(sampler, load_tokenizer(policy_path), prompts, n, max_new_tokens, temperature, seed)
+    sampling = {"policy": policy_path, "n": n, "max_new_tokens": max_new_tokens, "temperature": temperature}
+    return candidates, {**sampling, "seed": seed}
+
+
+def score_candidates(
+    prompts: list,
+    candidates: list[list[str]],
+    specs: Sequence[str],
+    saved: dict[str, np.ndarray] | None = None,
+    max_length: int = 512,
+    batch_size: int = 8,
+) -> dict[str, np.ndarray]:
+    """(prompts, N) scores of every candidate by each MODEL[@HEAD], each model loaded once. Specs already in `saved`
+    (an earlier run's scores of the same candidates) are taken from it and not loaded, so a comparison can be built
+    over several days from models that no longer exist together; the result holds `saved` and the new scores."""
+    scores = dict(saved or {})
     loaded: dict = {}
-    scores = {  # (prompts, n) per distinct MODEL[@HEAD], the judge's first; each model loaded once
-        spec: candidate_scores(scorer_from_spec(spec, max_length, batch_size, loaded), prompts, candidates)
-        for spec in dict.fromkeys([judge, *selectors])
-    }
-    results = {
-        "policy": policy_path,
+    for spec in dict.fromkeys(specs):
+        if spec in scores:
+            logger.info("%s: scores reused from the candidates file", spec)
+            continue
+        scores[spec] = candidate_scores(scorer_from_spec(spec, max_length, batch_size, loaded), prompts, candidates)
+    return scores
+
+
+def best_of_n_results(sampling: dict, selectors: list[str], judge: str, scores: dict[str, np.ndarray]) -> dict:
+    """The summary: sampling settings, chance (k/N) and `compare_selectors` against the judge's scores."""
+    prompts, n = scores[judge].shape
+    return {
+        **sampling,
         "judge": judge,
-        "prompts": len(prompts),
-        "n": n,
+        "prompts": prompts,
         "chance": {f"top{k}_recall": k / n for k in RECALL_KS},
         "selectors": compare_selectors({spec: scores[spec] for spec in selectors}, scores[judge]),
     }
-    return results, candidates, scores
+
+
+def samples_record(prompts: list, candidates: list[list[str]], scores: dict[str, np.ndarray]) -> list[dict]:
+    """Every prompt with its candidates and each model's score of each: what `--output` keeps and `read_candidates`
+    reads back."""
+    return [
+        {"prompt": prompt, "candidates": group, "scores": {spec: s[i].tolist() for spec, s in scores.items()}}
+        for i, (prompt, group) in enumerate(zip(prompts, candidates))
+    ]
+
+
+def read_candidates(path: str | Path) -> tuple[list, list[list[str]], dict[str, np.ndarray], dict]:
+    """An earlier `hafrm best-of-n --output`: its prompts, candidates, each MODEL[@HEAD]'s (prompts, N) scores and
+    the sampling settings; checked whole first, so a hand-edited or foreign file fails in one line, not mid-run."""
+    from hafrm.data.formats import as_messages
+
+    try:
+        saved = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"candidates file {path} is not JSON: {error}") from None
+    samples = saved.get("samples") if isinstance(saved, dict) else None
+    if not isinstance(samples, list) or not samples or not all(isinstance(s, dict) for s in samples):
+        raise ValueError(f"candidates file {path} has no 'samples' list (write one with `hafrm best-of-n --output`)")
+    first = samples[0].get("candidates")
+    n = len(first) if isinstance(first, list) else 0
+    specs = samples[0].get("scores")
+    specs = set(specs) if isinstance(specs, dict) else set()
+    for i, sample in enumerate(samples):
+        where = f"candidates file {path}, sample {i}"
+        as_messages(sample.get("prompt"), where)
+        group, scored = sample.get("candidates"), sample.get("scores")
+        if not isinstance(group, list) or len(group) != n or n == 0 or not all(isinstance(r, str) for r in group):
+            raise ValueError(f"{where}: 'candidates' must be {n or 'one or more'} strings, as in sample 0")
+        if not isinstance(scored, dict) or set(scored) != specs:
+            raise ValueError(f"{where}: 'scores' must name the same models as sample 0 ({', '.join(sorted(specs))})")
+        for spec, values in scored.items():
+            if not isinstance(values, list) or len(values) != n or not all(_is_finite_number(v) for v in values):
+                raise ValueError(f"{where}: the scores of {spec} must be {n} finite numbers")
+    scores = {spec: np.array([s["scores"][spec] for s in samples], dtype=float) for spec in specs}
+    sampling = {key: saved.get(key) for key in ("policy", "n", "max_new_tokens", "temperature", "seed")}
+    return [s["prompt"] for s in samples], [s["candidates"] for s in samples], scores, sampling
+
+
+def _is_finite_number(value: object) -> bool:
+    """json reads NaN and Infinity as floats, and True as a number would pass isinstance(int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -245,32 +245,45 @@ def command_report(args: argparse.Namespace) -> int:
     return 0
 
 
+SAMPLING_DEFAULTS = {"policy": None, "n": 4, "num_prompts": 50, "max_new_tokens": 64, "temperature": 1.0, "seed": 0}
+
+
 def command_best_of_n(args: argparse.Namespace) -> int:
-    from hafrm.bestofn import distinct_prompts, run_best_of_n
+    from hafrm.bestofn import (
+        best_of_n_results,
+        distinct_prompts,
+        read_candidates,
+        sample_candidates,
+        samples_record,
+        score_candidates,
+    )
     from hafrm.data import load_pairs
 
     if args.output:
         check_writable_file(args.output)
-    pairs, _ = load_pairs(args.prompts, data_format=args.data_format, split=args.split, on_error=args.on_bad_row)
-    prompts = distinct_prompts(pairs, args.num_prompts)
-    results, candidates, scores = run_best_of_n(
-        prompts,
-        args.policy,
-        args.selector,
-        args.judge,
-        args.n,
-        args.max_new_tokens,
-        args.temperature,
-        args.seed,
-        args.max_length,
-        args.batch_size,
+    given = [name for name in SAMPLING_DEFAULTS if getattr(args, name) is not None]
+    if args.candidates:
+        if given:  # the candidates were sampled already: a sampling option would be silently ignored
+            options = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise ValueError(f"{options}: the candidates come from {args.candidates}; sampling options do not apply")
+        prompts, candidates, saved, sampling = read_candidates(args.candidates)
+    else:
+        options = {**SAMPLING_DEFAULTS, **{name: getattr(args, name) for name in given}}
+        pairs, _ = load_pairs(args.prompts, data_format=args.data_format, split=args.split, on_error=args.on_bad_row)
+        prompts = distinct_prompts(pairs, options["num_prompts"])
+        candidates, sampling = sample_candidates(
+            prompts, options["policy"], options["n"], options["max_new_tokens"], options["temperature"], options["seed"]
+        )
+        saved = {}
+    scores = score_candidates(
+        prompts, candidates, [args.judge, *args.selector], saved, args.max_length, args.batch_size
     )
+    results = best_of_n_results(sampling, args.selector, args.judge, scores)
     if args.output:
-        samples = [
-            {"prompt": p, "candidates": c, "scores": {spec: s[i].tolist() for spec, s in scores.items()}}
-            for i, (p, c) in enumerate(zip(prompts, candidates))
-        ]
-        Path(args.output).write_text(json.dumps({**results, "samples": samples}, indent=2, ensure_ascii=False))
+        record = {**results, "samples": samples_record(prompts, candidates, scores)}
+        partial = Path(f"{args.output}.partial")  # the output may be the candidates file itself: replaced whole
+        partial.write_text(json.dumps(record, indent=2, ensure_ascii=False))
+        partial.replace(args.output)
     print(json.dumps(results, indent=2))
     return 0
 
@@ -427,34 +440,54 @@ def build_parser() -> argparse.ArgumentParser:
     best = commands.add_parser(
         "best-of-n", help="sample N responses per prompt, pick by reward models, score the picks against a judge"
     )
-    best.add_argument("--prompts", required=True, help="pairs file, folder or hub name whose prompts are used")
+    source = best.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompts", help="pairs file, folder or hub name whose prompts are sampled from")
+    source.add_argument(
+        "--candidates",
+        metavar="FILE",
+        help="an earlier run's --output: its prompts and candidates are used as they are (no sampling), and the "
+        "models it has scored are not loaded again, so selectors trained on different days (not all on disk at "
+        "once) can be compared on the same candidates; a MODEL[@HEAD] counts as scored when written the same way",
+    )
     best.add_argument(
         "--selector",
         nargs="+",
-        required=True,
+        default=[],
         metavar="MODEL[@HEAD]",
         help="hafrm output folder (HEAD: reward, implicit or combined) or any sequence-classification reward model; "
-        "the first is the reference every other selector is compared with on the same prompts",
+        "the first is the reference every other selector is compared with on the same prompts (none: sample and "
+        "score by the judge only, for --candidates later)",
     )
     best.add_argument(
         "--judge", required=True, metavar="MODEL[@HEAD]", help="the ranking the picks are checked against"
     )
     best.add_argument("--policy", help="causal LM or hafrm output folder to sample from (default: the embedded model)")
-    best.add_argument("--n", type=number_in_range(int, 1), default=4, help="responses sampled per prompt (default: 4)")
     best.add_argument(
-        "--num-prompts", type=number_in_range(int, 1), default=50, help="distinct prompts used (default: 50)"
+        "--n", type=number_in_range(int, 1), help=f"responses sampled per prompt (default: {SAMPLING_DEFAULTS['n']})"
     )
     best.add_argument(
-        "--max-new-tokens", type=number_in_range(int, 1), default=64, help="tokens per sampled response (default: 64)"
+        "--num-prompts",
+        type=number_in_range(int, 1),
+        help=f"distinct prompts used (default: {SAMPLING_DEFAULTS['num_prompts']})",
     )
-    best.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, above 0 (default: 1.0)")
-    best.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    best.add_argument(
+        "--max-new-tokens",
+        type=number_in_range(int, 1),
+        help=f"tokens per sampled response (default: {SAMPLING_DEFAULTS['max_new_tokens']})",
+    )
+    best.add_argument(
+        "--temperature", type=float, help=f"sampling temperature, above 0 (default: {SAMPLING_DEFAULTS['temperature']})"
+    )
+    best.add_argument("--seed", type=int, help=f"sampling seed (default: {SAMPLING_DEFAULTS['seed']})")
     best.add_argument("--data-format", default="auto", choices=DATA_FORMATS, help=DATA_FORMAT_HELP)
     best.add_argument("--split", default="test", help="split of a hub data set or folder (default: test)")
     best.add_argument("--on-bad-row", choices=("error", "skip"), default="skip", help=BAD_ROW_HELP)
     add_scored_length(best)
     best.add_argument("--batch-size", type=number_in_range(int, 1), default=8, help="sequences per pass (default: 8)")
-    best.add_argument("--output", help="also write the results with every sampled candidate and its scores as JSON")
+    best.add_argument(
+        "--output",
+        help="also write the results with every candidate and each model's scores as JSON (see --candidates)",
+    )
     best.set_defaults(handler=command_best_of_n)
 
     report = commands.add_parser(
