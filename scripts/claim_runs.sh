@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Issue 14's claim runs, in the order they are run on the 2-core CPU: the required minimum first, then Best-of-N and
-# the out-of-distribution tables. Every `hafrm report` call skips the runs that finished earlier and resumes a
-# cut-off run from its last checkpoint, so the script can be started again after any stop. Results are copied into
+# Issue 14's claim runs, in the order they are run on the 2-core CPU: the required minimum first, then the
+# out-of-distribution tables and Best-of-N. Every `hafrm report` call skips the runs that finished earlier and resumes
+# a cut-off run from its last checkpoint, so the script can be started again after any stop. Results are copied into
 # docs/report with scripts/keep_run_scores.sh (see the claim READMEs); on a fresh machine, where OUTPUT_DIR is gone,
 # each part first copies back the runs kept in docs/report/claim-<part>, so finished runs are not trained again.
 # Best-of-N needs the models themselves, which are not kept: each is scored as soon as it is trained, into one
@@ -43,30 +43,27 @@ part hh-harmless --protocol learning-curve "${shared[@]}" "${frozen[@]}" --datas
 part beaver-safe --protocol alpha-sweep "${shared[@]}" "${frozen[@]}" --save-steps 32 --datasets beaver-safe \
   --seeds 0,1 --steps 256
 # Best-of-N (Table 4) on the 181 Beaver Safe test prompts, none of which any model here was trained on: 4 responses
-# of up to 128 tokens sampled from the embedded model, ranked by the judge, the model trained longest on the largest
-# training part (a Bradley-Terry baseline, seed 3, two epochs of Beaver Safe's 4,133 pairs; its held-out accuracy is
-# in its report). It shares the baseline's objective, so if it leans towards one selector, it is the baseline's.
-part best-of-n-judge --protocol learning-curve "${common[@]}" "${frozen[@]}" --save-steps 32 \
-  --datasets beaver-safe --methods baseline --seeds 3 --steps 512
+# of up to 128 tokens sampled from the embedded model, once, into a candidates file that every model scores as soon
+# as it is trained (models are not kept in the repository, and a later session may start on a fresh machine)
 bon=$out/best-of-n/beaver-safe.json
 kept_bon=$kept_reports/claim-best-of-n/beaver-safe.json
 mkdir -p "$(dirname "$bon")"
 [ -e "$bon" ] || [ ! -e "$kept_bon" ] || cp "$kept_bon" "$bon"
-judge=$out/best-of-n-judge/runs/beaver-safe-baseline-alpha0-seed3/model@reward
 
-best_of_n() {  # best_of_n ARGS...: one `hafrm best-of-n` call that writes the candidates file, logged
+best_of_n() {  # best_of_n ARGS...: one `hafrm best-of-n` call that rewrites the candidates file, logged
   echo "=== best-of-n $(date -u +%FT%TZ): $*" >> "$out/best-of-n.log"
-  if ! hafrm best-of-n --judge "$judge" --output "$bon" "$@" >> "$out/best-of-n.log" 2>&1; then
+  if ! hafrm best-of-n --output "$bon" "$@" >> "$out/best-of-n.log" 2>&1; then
     echo "claim_runs.sh: hafrm best-of-n failed (see $out/best-of-n.log); a model that came back from docs/report" \
       "as kept scores only cannot score candidates: remove its run folder and run again to train it" >&2
     exit 1
   fi
 }
 
-if [ ! -e "$bon" ]; then  # sampled once, scored by the judge; every selector is scored into the same file
+if [ ! -e "$bon" ]; then  # the test part of the claim split, whose distinct prompts are sampled from
+  prompts=$out/best-of-n/prompts.jsonl
   python -c "import json, sys; from hafrm.curves import claim_split
-for pair in claim_split('beaver-safe', sys.argv[1])[1]: print(json.dumps(pair))" "$data" > "$out/best-of-n/prompts.jsonl"
-  best_of_n --prompts "$out/best-of-n/prompts.jsonl" --num-prompts 1000 --n 4 --max-new-tokens 128
+for pair in claim_split('beaver-safe', sys.argv[1])[1]: print(json.dumps(pair))" "$data" > "$prompts"
+  best_of_n --prompts "$prompts" --num-prompts 1000 --n 4 --max-new-tokens 128
 fi
 # out of distribution (Table 3, internal, and the local RewardBench rows): seed 0 of each method trained again as in
 # the learning curves, tested at its last step on every claim set's test part; its own set's scores should match the
@@ -87,5 +84,11 @@ for method in baseline haf dpo; do
   best_of_n --candidates "$bon" --selector "${heads[@]}"
 done
 part beaver-safe-ood --protocol learning-curve "${ood[@]}" --datasets beaver-safe --methods baseline,haf,dpo
-best_of_n --candidates "$bon" --selector "${selectors[@]}"  # every score is in the file: the comparison, logged
+# the judge: the model trained longest on the largest training part (a Bradley-Terry baseline, seed 3, two epochs of
+# Beaver Safe's 4,133 pairs; its held-out accuracy is in its report). It shares the baseline's objective, so if it
+# leans towards one selector, it is the baseline's. Scored, then every selector compared against it.
+part best-of-n-judge --protocol learning-curve "${common[@]}" "${frozen[@]}" --save-steps 32 \
+  --datasets beaver-safe --methods baseline --seeds 3 --steps 512
+best_of_n --candidates "$bon" --judge "$out/best-of-n-judge/runs/beaver-safe-baseline-alpha0-seed3/model@reward" \
+  --selector "${selectors[@]}"
 part hh-harmless-ood --protocol learning-curve "${ood[@]}" --datasets hh-harmless --methods baseline,haf,dpo

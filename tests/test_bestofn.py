@@ -85,9 +85,18 @@ def test_saved_scores_are_reused_without_loading_any_model(tmp_path, capsys):
     assert (versus["difference"], versus["only_this"], versus["only_reference"]) == (0.0, 1, 1)
     assert json.loads(candidates.read_text())["samples"] == result["samples"]  # nothing rescored, nothing lost
     assert json.loads(capsys.readouterr().out)["selectors"] == result["selectors"]
-    assert main(argv) == 0  # the judge alone (how a comparison starts): no selector yet, the samples kept
+    assert main(argv) == 0  # the judge alone: no selector to compare, the samples kept
     assert json.loads(output.read_text())["selectors"] == {}
     assert json.loads(output.read_text())["samples"] == result["samples"]
+    argv = ["best-of-n", "--candidates", str(candidates), "--selector", "gone/haf@reward", "--output", str(output)]
+    assert main(argv) == 0  # no judge: nothing compared, every score kept
+    assert "selectors" not in json.loads(output.read_text()) and json.loads(output.read_text())["scored"] == [
+        "gone/judge@reward",
+        "gone/baseline@reward",
+        "gone/haf@reward",
+    ]
+    assert main(argv[:-2]) == 2  # no judge and no output: the run would be thrown away
+    assert "without --judge nothing is compared: give --output" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -127,3 +136,22 @@ def test_sampling_options_are_refused_beside_candidates(tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:  # the prompts come from one place or the other
         main(["best-of-n", "--candidates", str(path), "--prompts", "x.jsonl", "--judge", "j", "--selector", "j"])
     assert stopped.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_sampling_alone_records_the_candidates_and_the_settings(tiny_model_dir, tmp_path):
+    """No judge and no selector: the candidates are sampled and kept for later runs, with how they were sampled."""
+    from hafrm.defaults import DEFAULT_EVAL_DATA
+
+    output = tmp_path / "bon.json"
+    argv = ["best-of-n", "--prompts", str(DEFAULT_EVAL_DATA), "--policy", str(tiny_model_dir), "--output", str(output)]
+    assert main([*argv, "--num-prompts", "2", "--n", "3", "--max-new-tokens", "4", "--seed", "7"]) == 0
+    saved = json.loads(output.read_text())
+    assert (saved["n"], saved["max_new_tokens"], saved["seed"], saved["temperature"], saved["scored"]) == (
+        3,
+        4,
+        7,
+        1.0,
+        [],
+    )
+    assert saved["policy"] == str(tiny_model_dir) and saved["prompts"] == 2
+    assert [len(s["candidates"]) for s in saved["samples"]] == [3, 3] and saved["samples"][0]["scores"] == {}

@@ -155,11 +155,16 @@ def test_best_of_n_cli_selector_equal_to_judge_always_agrees(trained_haf, tmp_pa
     assert [len(sample["candidates"]) for sample in result["samples"]] == [3, 3, 3]
     assert all(len(sample["scores"][spec]) == 3 for sample in result["samples"])  # the judge is this selector too
     assert set(result["samples"][0]["scores"]) == {spec, f"{trained_haf}@combined"}
-    # read back: the candidates stay, the scored models are reused, only the new head is scored
+    # read back: the candidates stay, the scored models are reused, only the new head is scored (no judge: scored
+    # only), then compared with every score from the file
     again = tmp_path / "again.json"
-    argv = ["best-of-n", "--candidates", str(output), "--judge", spec, "--output", str(again)]
+    argv = ["best-of-n", "--candidates", str(output), "--output", str(again)]
+    assert main([*argv, "--selector", f"{trained_haf}@implicit"]) == 0
+    assert "selectors" not in json.loads(again.read_text()) and len(json.loads(again.read_text())["scored"]) == 3
+    argv = ["best-of-n", "--candidates", str(again), "--judge", spec, "--output", str(again)]
     assert main([*argv, "--selector", spec, f"{trained_haf}@implicit"]) == 0
     rescored = json.loads(again.read_text())
+    assert rescored["selectors"][f"{trained_haf}@implicit"]["reference"] == spec
     assert [s["candidates"] for s in rescored["samples"]] == [s["candidates"] for s in result["samples"]]
     assert all(new["scores"][spec] == old["scores"][spec] for new, old in zip(rescored["samples"], result["samples"]))
     assert set(rescored["samples"][0]["scores"]) == {spec, f"{trained_haf}@combined", f"{trained_haf}@implicit"}

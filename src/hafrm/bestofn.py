@@ -187,13 +187,18 @@ def score_candidates(
     return scores
 
 
-def best_of_n_results(sampling: dict, selectors: list[str], judge: str, scores: dict[str, np.ndarray]) -> dict:
-    """The summary: sampling settings, chance (k/N) and `compare_selectors` against the judge's scores."""
-    prompts, n = scores[judge].shape
+def best_of_n_results(
+    sampling: dict, prompts: int, selectors: list[str], judge: str | None, scores: dict[str, np.ndarray]
+) -> dict:
+    """The summary: sampling settings and the models that have scored the candidates; with a judge, also chance
+    (k/N) and `compare_selectors` against the judge's scores."""
+    results = {**sampling, "prompts": prompts, "scored": list(scores)}
+    if judge is None:
+        return results
+    n = scores[judge].shape[1]
     return {
-        **sampling,
+        **results,
         "judge": judge,
-        "prompts": prompts,
         "chance": {f"top{k}_recall": k / n for k in RECALL_KS},
         "selectors": compare_selectors({spec: scores[spec] for spec in selectors}, scores[judge]),
     }

@@ -261,6 +261,8 @@ def command_best_of_n(args: argparse.Namespace) -> int:
 
     if args.output:
         check_writable_file(args.output)
+    elif args.judge is None:
+        raise ValueError("without --judge nothing is compared: give --output to keep the candidates and their scores")
     given = [name for name in SAMPLING_DEFAULTS if getattr(args, name) is not None]
     if args.candidates:
         if given:  # the candidates were sampled already: a sampling option would be silently ignored
@@ -275,10 +277,9 @@ def command_best_of_n(args: argparse.Namespace) -> int:
             prompts, options["policy"], options["n"], options["max_new_tokens"], options["temperature"], options["seed"]
         )
         saved = {}
-    scores = score_candidates(
-        prompts, candidates, [args.judge, *args.selector], saved, args.max_length, args.batch_size
-    )
-    results = best_of_n_results(sampling, args.selector, args.judge, scores)
+    models = [*([args.judge] if args.judge else []), *args.selector]
+    scores = score_candidates(prompts, candidates, models, saved, args.max_length, args.batch_size)
+    results = best_of_n_results(sampling, len(prompts), args.selector, args.judge, scores)
     if args.output:
         record = {**results, "samples": samples_record(prompts, candidates, scores)}
         partial = Path(f"{args.output}.partial")  # the output may be the candidates file itself: replaced whole
@@ -455,11 +456,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="MODEL[@HEAD]",
         help="hafrm output folder (HEAD: reward, implicit or combined) or any sequence-classification reward model; "
-        "the first is the reference every other selector is compared with on the same prompts (none: sample and "
-        "score by the judge only, for --candidates later)",
+        "the first is the reference every other selector is compared with on the same prompts",
     )
     best.add_argument(
-        "--judge", required=True, metavar="MODEL[@HEAD]", help="the ranking the picks are checked against"
+        "--judge",
+        metavar="MODEL[@HEAD]",
+        help="the ranking the picks are checked against; without it the candidates are only sampled and scored by "
+        "the selectors, into --output, for a later run with --candidates to compare",
     )
     best.add_argument("--policy", help="causal LM or hafrm output folder to sample from (default: the embedded model)")
     best.add_argument(
