@@ -34,6 +34,8 @@ def sample_responses(
     policy, tokenizer, prompts: Sequence, n: int, max_new_tokens: int = 64, temperature: float = 1.0, seed: int = 0
 ) -> list[list[str]]:
     """N sampled responses per prompt from a causal LM (HAF's own policy/ or any other)."""
+    from tqdm.auto import tqdm
+
     from hafrm.data.encoding import PairEncoder
     from hafrm.data.formats import as_messages
 
@@ -41,7 +43,7 @@ def sample_responses(
     encoder = PairEncoder(tokenizer)
     device = next(policy.parameters()).device
     responses = []
-    for prompt in prompts:
+    for prompt in tqdm(prompts, desc="sampling", leave=False):
         prompt_ids = encoder.tokenize(encoder.prompt_text(as_messages(prompt, "prompt")))
         inputs = {
             "input_ids": torch.tensor([prompt_ids], device=device),
