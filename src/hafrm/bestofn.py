@@ -164,8 +164,8 @@ def sample_candidates(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     sampler = load_causal_lm(policy_path, resolve_dtype("auto")).to(device).eval()
     candidates = sample_responses(sampler, load_tokenizer(policy_path), prompts, n, max_new_tokens, temperature, seed)
-    sampling = {"policy": policy_path, "n": n, "max_new_tokens": max_new_tokens, "temperature": temperature}
-    return candidates, {**sampling, "seed": seed}
+    settings = {"n": n, "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
+    return candidates, {"policy": policy_path, **settings}
 
 
 def score_candidates(
