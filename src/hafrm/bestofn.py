@@ -230,15 +230,15 @@ def read_candidates(path: str | Path) -> tuple[list, list[list[str]], dict[str, 
     first = samples[0].get("candidates")
     n = len(first) if isinstance(first, list) else 0
     specs = samples[0].get("scores")
-    specs = set(specs) if isinstance(specs, dict) else set()
+    specs = list(specs) if isinstance(specs, dict) else []  # in the file's order: the order they were scored in
     for i, sample in enumerate(samples):
         where = f"candidates file {path}, sample {i}"
         as_messages(sample.get("prompt"), where)
         group, scored = sample.get("candidates"), sample.get("scores")
         if not isinstance(group, list) or len(group) != n or n == 0 or not all(isinstance(r, str) for r in group):
             raise ValueError(f"{where}: 'candidates' must be {n or 'one or more'} strings, as in sample 0")
-        if not isinstance(scored, dict) or set(scored) != specs:
-            raise ValueError(f"{where}: 'scores' must name the same models as sample 0 ({', '.join(sorted(specs))})")
+        if not isinstance(scored, dict) or set(scored) != set(specs):
+            raise ValueError(f"{where}: 'scores' must name the same models as sample 0 ({', '.join(specs)})")
         for spec, values in scored.items():
             if not isinstance(values, list) or len(values) != n or not all(_is_finite_number(v) for v in values):
                 raise ValueError(f"{where}: the scores of {spec} must be {n} finite numbers")
