@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
+from hafrm.atomic import write_atomically
 from hafrm.cli import main
 from hafrm.data import DataError, load_pairs
 from hafrm.defaults import DEFAULT_EVAL_DATA
@@ -141,3 +142,21 @@ def test_incomplete_checkpoint_is_set_aside(tmp_path):
     assert resume_point(TrainConfig(output_dir=str(tmp_path), resume_from_checkpoint="auto")) == str(complete)
     assert not cut_off.exists() and (tmp_path / "incomplete-checkpoint-3").exists()
     assert resume_point(TrainConfig(output_dir=str(tmp_path / "fresh"), resume_from_checkpoint="auto")) is None
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "record.json"
+    target.write_text("old")
+
+    def fail_halfway(path):
+        path.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomically(target, fail_halfway)
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]
+
+    write_atomically(target, lambda path: path.write_text("new"))
+    assert target.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]

@@ -13,6 +13,7 @@ import typing
 from pathlib import Path
 
 from hafrm import __version__
+from hafrm.atomic import write_atomically
 from hafrm.config import TrainConfig
 from hafrm.curves import PROTOCOLS as CURVE_PROTOCOLS
 from hafrm.data.encoding import MIN_MAX_LENGTH
@@ -282,9 +283,8 @@ def command_best_of_n(args: argparse.Namespace) -> int:
     results = best_of_n_results(sampling, len(prompts), args.selector, args.judge, scores)
     if args.output:
         record = {**results, "samples": samples_record(prompts, candidates, scores)}
-        partial = Path(f"{args.output}.partial")  # the output may be the candidates file itself: replaced whole
-        partial.write_text(json.dumps(record, indent=2, ensure_ascii=False))
-        partial.replace(args.output)
+        text = json.dumps(record, indent=2, ensure_ascii=False)
+        write_atomically(args.output, lambda path: path.write_text(text))  # it may be the candidates file itself
     print(json.dumps(results, indent=2))
     return 0
 

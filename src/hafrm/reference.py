@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from hafrm.atomic import write_atomically
 from hafrm.data.encoding import batches_by_length
 from hafrm.defaults import cache_dir
 
@@ -88,9 +88,7 @@ def add_reference_logps(model, dataset, collator, batch_size: int, device: torch
     else:
         logps = compute_reference_logps(model, dataset, collator, batch_size, device, f"reference log-probs ({name})")
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        save_file({"logps": logps.contiguous()}, temporary)
-        os.replace(temporary, path)
+        write_atomically(path, lambda temporary: save_file({"logps": logps.contiguous()}, temporary))
     if logps.shape[0] != len(dataset):
         raise RuntimeError(f"reference cache {path} has {logps.shape[0]} rows for {len(dataset)} pairs; delete it")
     dataset = dataset.add_column("reference_chosen_logps", logps[:, 0].tolist())

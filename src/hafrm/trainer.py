@@ -7,7 +7,6 @@ trainable state is written to and read from a checkpoint (atomically).
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainingArguments
 
+from hafrm.atomic import write_atomically
 from hafrm.data import PairCollator, PairEncoder, load_pairs
 from hafrm.data.encoding import encode_pairs
 from hafrm.filechecks import first_line, safetensors_problem, torch_file_problem
@@ -53,12 +53,10 @@ class _TrainableStateCheckpoints:
             return
         output_dir.mkdir(parents=True, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model)
-        temporary = output_dir / f".{STATE_FILE}.tmp"
         trainable = model.trainable_state_dict()
         if state_dict:  # gathered by the Trainer under DeepSpeed/FSDP, where local parameters are shards
             trainable = {name: state_dict[name].contiguous() for name in trainable}
-        save_file(trainable, temporary)
-        os.replace(temporary, output_dir / STATE_FILE)
+        write_atomically(output_dir / STATE_FILE, lambda path: save_file(trainable, path))
         torch.save(self.args, output_dir / "training_args.bin")
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:

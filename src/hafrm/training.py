@@ -18,6 +18,7 @@ from transformers import EarlyStoppingCallback, TrainerCallback, TrainingArgumen
 from transformers.trainer_utils import get_last_checkpoint
 
 from hafrm import __version__
+from hafrm.atomic import write_atomically
 from hafrm.config import TrainConfig, world_size
 from hafrm.data import PairCollator, PairEncoder, SkipReport, load_pairs, train_test_split
 from hafrm.data.encoding import encode_pairs
@@ -471,9 +472,8 @@ class RunClock(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         record = self.record(args, state)
         if state.is_world_process_zero:
-            partial = record.with_suffix(".partial")  # renamed into place whole: a kill never leaves half a record
-            partial.write_text(json.dumps({"wall_s": self.elapsed()}))
-            partial.replace(record)
+            text = json.dumps({"wall_s": self.elapsed()})
+            write_atomically(record, lambda path: path.write_text(text))  # a kill never leaves half a record
 
 
 def _in_memory(data):

@@ -11,13 +11,13 @@ evaluations: its key covers only the frozen weights, the tokenized pairs and the
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import contextmanager
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from hafrm.atomic import write_atomically
 from hafrm.data.encoding import batches_by_length
 from hafrm.defaults import cache_dir
 from hafrm.reference import cache_key
@@ -143,7 +143,7 @@ def cached_trunk_states(model, datasets: list, collator, batch_size: int, device
     )
     store = TrunkStore(torch.cat([s.states for s in stores]), offsets)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(f".{os.getpid()}.tmp")
-    save_file({"states": store.states.contiguous(), "offsets": store.offsets}, temporary)
-    os.replace(temporary, path)
+    write_atomically(
+        path, lambda temporary: save_file({"states": store.states.contiguous(), "offsets": store.offsets}, temporary)
+    )
     return store
