@@ -27,6 +27,7 @@ from hafrm.metrics import accuracy_interval, discordant_counts, mcnemar_p, paire
 logger = logging.getLogger(__name__)
 Scorer = Callable[[list, list[str]], list[float]]
 RECALL_KS = (1, 2)  # top-k recalls reported (the paper's Table 4: top-1 and top-2)
+SAMPLING_SETTINGS = ("policy", "n", "max_new_tokens", "temperature", "seed")  # recorded beside the candidates
 
 
 @torch.no_grad()
@@ -164,8 +165,7 @@ def sample_candidates(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     sampler = load_causal_lm(policy_path, resolve_dtype("auto")).to(device).eval()
     candidates = sample_responses(sampler, load_tokenizer(policy_path), prompts, n, max_new_tokens, temperature, seed)
-    settings = {"n": n, "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
-    return candidates, {"policy": policy_path, **settings}
+    return candidates, dict(zip(SAMPLING_SETTINGS, (policy_path, n, max_new_tokens, temperature, seed)))
 
 
 def score_candidates(
@@ -243,7 +243,7 @@ def read_candidates(path: str | Path) -> tuple[list, list[list[str]], dict[str, 
             if not isinstance(values, list) or len(values) != n or not all(_is_finite_number(v) for v in values):
                 raise ValueError(f"{where}: the scores of {spec} must be {n} finite numbers")
     scores = {spec: np.array([s["scores"][spec] for s in samples], dtype=float) for spec in specs}
-    sampling = {key: saved.get(key) for key in ("policy", "n", "max_new_tokens", "temperature", "seed")}
+    sampling = {key: saved.get(key) for key in SAMPLING_SETTINGS}
     return [s["prompt"] for s in samples], [s["candidates"] for s in samples], scores, sampling
 
 
