@@ -124,6 +124,22 @@ def scores_right_on(right: list[bool], margin: float = 1.0) -> PairScores:
     return PairScores(margin * sign, np.zeros(len(right), np.float32), sign, np.zeros(len(right), np.float32))
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # numpy's mean of an empty group warns
+def test_a_baseline_alone_on_a_one_sided_test_set_has_no_empty_comparison_and_no_nan(tmp_path):
+    """One method so far (an out-of-distribution queue trains them one at a time), on a test set where every chosen
+    answer is the longer one, as in the local RewardBench rows."""
+    longer = {"reward-bench": np.array([True, True, True, True])}
+    baseline = CurveResult(
+        "beaver-safe", "baseline", 0, 0.0, {(4, "reward-bench"): scores_right_on([True] * 3 + [False])}, longer, 60.0
+    )
+    assert (
+        length_table([baseline], "beaver-safe").splitlines()[2]
+        == "| RewardBench | baseline | reward | 75.0 (4) | – (0) |"
+    )
+    report = write_curve_report([baseline], tmp_path, "hafrm report", "").read_text()
+    assert "against the baseline's reward head" not in report and "nan" not in report
+
+
 def test_curve_report_tables_match_hand_counts(tmp_path):
     longer = {"beaver-safe": np.array([True, True, False, False])}
 

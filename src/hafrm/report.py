@@ -385,10 +385,15 @@ def length_table(results: list[CurveResult], train_set: str) -> str:
             correct = _seed_correctness(group, last, test_set, head)
             lines.append(
                 f"| {dataset_title(test_set)} | {label} | {head} | "
-                f"{100 * correct[:, longer].mean():.1f} ({int(longer.sum())}) | "
-                f"{100 * correct[:, ~longer].mean():.1f} ({int((~longer).sum())}) |"
+                f"{_share_cell(correct[:, longer])} | {_share_cell(correct[:, ~longer])} |"
             )
     return "\n".join(lines)
+
+
+def _share_cell(correct: np.ndarray) -> str:
+    """Accuracy (%) over (seeds, pairs) with the number of pairs in brackets; '–' where no pair falls in the group
+    (all 40 local RewardBench pairs have the longer answer chosen)."""
+    return f"{100 * correct.mean():.1f} ({correct.shape[1]})" if correct.size else f"– ({correct.shape[1]})"
 
 
 def alpha_points(results: list[CurveResult], train_set: str) -> list[tuple[float, list, list, list]]:
@@ -530,12 +535,15 @@ def write_curve_report(results: list[CurveResult], output_dir: str | Path, comma
                 "",
                 run_table(results, train_set, test_set),
                 "",
-                "Each head against the baseline's reward head on the same pairs (accuracy difference in points, "
-                "paired bootstrap 95% interval over the seeds both have; exact McNemar p by seed):",
-                "",
-                against_baseline_table(results, train_set, test_set),
-                "",
             ]
+            if any(label != "baseline" for label, _ in label_heads(runs)):  # else there is nothing to compare
+                sections += [
+                    "Each head against the baseline's reward head on the same pairs (accuracy difference in points, "
+                    "paired bootstrap 95% interval over the seeds both have; exact McNemar p by seed):",
+                    "",
+                    against_baseline_table(results, train_set, test_set),
+                    "",
+                ]
         sections += ["### Length preference at the last step (%)", "", length_table(results, train_set), ""]
         if len({r.alpha for r in runs if r.method == "haf"}) > 1:
             plot = f"alpha-{train_set}.png"
