@@ -21,8 +21,8 @@ def test_top_k_recall_by_hand():
 
 
 def test_candidate_scores_are_prompts_by_n_and_need_equal_groups():
-    longest = lambda prompts, responses: [float(len(r)) for r in responses]  # noqa: E731
-    scores = candidate_scores(longest, ["p", "q"], [["a", "bbb", "cc"], ["dddd", "e", "ff"]])
+    longest = lambda prompts, responses: {"reward": [float(len(r)) for r in responses]}  # noqa: E731
+    scores = candidate_scores(longest, ["p", "q"], [["a", "bbb", "cc"], ["dddd", "e", "ff"]])["reward"]
     assert scores.tolist() == [[1.0, 3.0, 2.0], [4.0, 1.0, 2.0]]
     assert top_k_recall(scores, scores) == {"top1_recall": 1.0, "top2_recall": 1.0}
     with pytest.raises(ValueError, match="same number of candidates"):
@@ -155,3 +155,27 @@ def test_sampling_alone_records_the_candidates_and_the_settings(tiny_model_dir, 
     )
     assert saved["policy"] == str(tiny_model_dir) and saved["prompts"] == 2
     assert [len(s["candidates"]) for s in saved["samples"]] == [3, 3] and saved["samples"][0]["scores"] == {}
+
+
+def test_every_model_is_loaded_once_for_all_its_heads_and_the_order_is_kept(tmp_path, monkeypatch):
+    """A haf folder's three heads cost one model load and one scoring pass; the scores come back in the asked order."""
+    from hafrm import bestofn
+    from hafrm.model import METADATA_FILE
+
+    haf, other = tmp_path / "haf", tmp_path / "other"
+    haf.mkdir()
+    (haf / METADATA_FILE).write_text("{}")
+    calls = []
+
+    def fake_model_scorer(model, heads, max_length, batch_size):
+        calls.append((model, list(heads)))
+        offset = {"reward": 0.0, "implicit": 10.0, "combined": 20.0}
+        return lambda prompts, responses: {h: [offset[h] + len(r) for r in responses] for h in heads}
+
+    monkeypatch.setattr(bestofn, "model_scorer", fake_model_scorer)
+    specs = [f"{haf}@reward", str(other), f"{haf}@implicit", f"{haf}@combined"]
+    saved = {"judge": np.array([[1.0, 2.0]])}
+    scores = bestofn.score_candidates(["p"], [["a", "bb"]], specs, saved=saved)
+    assert calls == [(str(haf), ["reward", "implicit", "combined"]), (str(other), ["reward"])]
+    assert list(scores) == ["judge", *specs]
+    assert scores[f"{haf}@combined"].tolist() == [[21.0, 22.0]] and scores[str(other)].tolist() == [[1.0, 2.0]]

@@ -109,12 +109,14 @@ def test_response_scores_match_pair_scores_for_every_head(trained_haf):
     loaded = load_trained(trained_haf)
     pair_scores, _ = score_pairs(loaded, pairs, progress=False)
     prompts, chosen = [p["prompt"][0]["content"] for p in pairs], [p["chosen"] for p in pairs]
-    reward = score_responses(loaded, prompts, chosen, "reward", batch_size=2)
-    implicit = score_responses(loaded, prompts, chosen, "implicit")
-    combined = score_responses(loaded, prompts, chosen, "combined")
+    together = score_responses(loaded, prompts, chosen, ["reward", "implicit", "combined"], batch_size=2)
+    reward, implicit, combined = (score_responses(loaded, prompts, chosen, [h])[h] for h in together)  # one at a time
     assert reward == pytest.approx(pair_scores.chosen_rewards, abs=1e-4)
     assert implicit == pytest.approx(pair_scores.chosen_implicit, abs=1e-3)
     assert combined == pytest.approx(reward + implicit, abs=1e-3)
+    for head, alone in zip(together, (reward, implicit, combined)):
+        assert together[head] == pytest.approx(alone, abs=1e-4)
+    assert loaded.score(prompts, chosen, "combined").tolist() == pytest.approx(combined.tolist(), abs=1e-4)
 
 
 def test_best_of_n_cli_selector_equal_to_judge_always_agrees(trained_haf, tmp_path, capsys):
@@ -175,12 +177,13 @@ def test_best_of_n_cli_selector_equal_to_judge_always_agrees(trained_haf, tmp_pa
 
 
 def test_scorer_spec_errors_are_clear(tmp_path):
-    from hafrm.bestofn import scorer_from_spec
+    from hafrm.bestofn import spec_model_head
 
     with pytest.raises(ValueError, match="head must be one of"):
-        scorer_from_spec(f"{tmp_path}@best")
+        spec_model_head(f"{tmp_path}@best")
     with pytest.raises(ValueError, match="only a hafrm output folder"):
-        scorer_from_spec(f"{tmp_path}@implicit")
+        spec_model_head(f"{tmp_path}@implicit")
+    assert spec_model_head(str(tmp_path)) == (str(tmp_path), "reward")
 
 
 def test_baseline_leaves_lm_head_untouched(tiny_model_dir, tmp_path):

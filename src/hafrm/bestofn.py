@@ -3,7 +3,7 @@
 top-k recall = share of prompts whose reward-model pick is among the judge's k best of the N, with its 95% Wilson
 interval; every selector after the first is also compared with the first on the same prompts (paired bootstrap
 interval of the recall difference, exact McNemar p), as the accuracy tables compare each head with the baseline's.
-The judge is any callable (prompts, responses) -> scores: a stronger reward model stands in for GPT-4 offline.
+The judge is any reward model given as a selector is: a stronger one stands in for GPT-4 offline.
 On the command line (`hafrm best-of-n`) selectors and the judge are given as MODEL[@HEAD]: a hafrm output
 folder scored by its reward head, implicit DPO reward or both combined, or any sequence-classification
 reward model (folder or hub name) scored by its head. A run's `--output` keeps every candidate and each model's
@@ -25,7 +25,7 @@ import torch
 from hafrm.metrics import accuracy_interval, discordant_counts, mcnemar_p, paired_bootstrap_interval
 
 logger = logging.getLogger(__name__)
-Scorer = Callable[[list, list[str]], list[float]]
+Scorer = Callable[[list, list[str]], dict[str, list[float]]]  # (prompts, responses) -> each head's scores
 RECALL_KS = (1, 2)  # top-k recalls reported (the paper's Table 4: top-1 and top-2)
 SAMPLING_SETTINGS = ("policy", "n", "max_new_tokens", "temperature", "seed")  # recorded beside the candidates
 
@@ -79,14 +79,15 @@ def top_k_recall(
     return {name: float(hits.mean()) for name, hits in top_k_hits(selector_scores, judge_scores, ks).items()}
 
 
-def candidate_scores(scorer: Scorer, prompts: Sequence, candidates: list[list[str]]) -> np.ndarray:
-    """(prompts, N) scores of every candidate, scored in one call."""
+def candidate_scores(scorer: Scorer, prompts: Sequence, candidates: list[list[str]]) -> dict[str, np.ndarray]:
+    """(prompts, N) scores of every candidate by each head the scorer gives, scored in one call."""
     n = len(candidates[0])
     if any(len(group) != n for group in candidates):
         raise ValueError("every prompt needs the same number of candidates")
     flat_prompts = [p for p, group in zip(prompts, candidates) for _ in group]
     flat_responses = [r for group in candidates for r in group]
-    return np.asarray(scorer(flat_prompts, flat_responses), dtype=float).reshape(-1, n)
+    heads = scorer(flat_prompts, flat_responses)
+    return {head: np.asarray(scores, dtype=float).reshape(-1, n) for head, scores in heads.items()}
 
 
 def compare_selectors(
@@ -118,32 +119,36 @@ def compare_selectors(
     return summary
 
 
-def scorer_from_spec(spec: str, max_length: int = 512, batch_size: int = 8, loaded: dict | None = None) -> Scorer:
-    """MODEL[@HEAD] as a Scorer. HEAD (reward | implicit | combined) needs a hafrm output folder.
-
-    loaded: models already loaded in this run, by folder (each hafrm folder is loaded once, however many of its heads
-    are asked for); a plain dict the caller drops when done, so models are not kept alive for the whole process.
-    """
-    from hafrm.evaluation import load_trained, score_responses
+def spec_model_head(spec: str) -> tuple[str, str]:
+    """MODEL[@HEAD] as (model, head), checked before any model is loaded. HEAD (reward | implicit | combined, default
+    reward) other than reward needs a hafrm output folder."""
     from hafrm.model import METADATA_FILE
     from hafrm.scores import check_head
-    from hafrm.scoring import RewardScorer
 
     model, _, head = spec.rpartition("@") if "@" in spec else (spec, "", "reward")
     check_head(head)
-    hybrid = (Path(model) / METADATA_FILE).exists()
-    if not hybrid and head != "reward":
+    if head != "reward" and not (Path(model) / METADATA_FILE).exists():
         raise ValueError(
             f"{spec}: only a hafrm output folder has a {head} score; other reward models have only 'reward'"
         )
-    loaded = {} if loaded is None else loaded
-    if model not in loaded:
-        loaded[model] = load_trained(model) if hybrid else RewardScorer(model, max_length=max_length)
-    if hybrid:
-        return lambda prompts, responses: score_responses(
-            loaded[model], prompts, responses, head, max_length, batch_size
-        ).tolist()
-    return lambda prompts, responses: loaded[model].score(prompts, responses, batch_size)
+    return model, head
+
+
+def model_scorer(model: str, heads: Sequence[str], max_length: int = 512, batch_size: int = 8) -> Scorer:
+    """One model, loaded once, as a Scorer of the given heads, all from one pass per batch: a hafrm output folder,
+    or any sequence-classification reward model (its 'reward' only)."""
+    from hafrm.evaluation import load_trained, score_responses
+    from hafrm.model import METADATA_FILE
+    from hafrm.scoring import RewardScorer
+
+    if (Path(model) / METADATA_FILE).exists():
+        loaded = load_trained(model)
+        return lambda prompts, responses: {
+            head: scores.tolist()
+            for head, scores in score_responses(loaded, prompts, responses, heads, max_length, batch_size).items()
+        }
+    scorer = RewardScorer(model, max_length=max_length)
+    return lambda prompts, responses: {"reward": scorer.score(prompts, responses, batch_size)}
 
 
 def distinct_prompts(pairs: list[dict], limit: int) -> list:
@@ -176,17 +181,24 @@ def score_candidates(
     max_length: int = 512,
     batch_size: int = 8,
 ) -> dict[str, np.ndarray]:
-    """(prompts, N) scores of every candidate by each MODEL[@HEAD], each model loaded once. Specs already in `saved`
+    """(prompts, N) scores of every candidate by each MODEL[@HEAD], each model loaded once and all its heads scored
+    in one pass (`model_scorer`). Specs already in `saved`
     (an earlier run's scores of the same candidates) are taken from it and not loaded, so a comparison can be built
     over several days from models that no longer exist together; the result holds `saved` and the new scores."""
     scores = dict(saved or {})
-    loaded: dict = {}
+    new_specs: dict[str, dict[str, list[str]]] = {}  # model -> head -> the specs naming it
     for spec in dict.fromkeys(specs):
         if spec in scores:
             logger.info("%s: scores reused from the candidates file", spec)
             continue
-        scores[spec] = candidate_scores(scorer_from_spec(spec, max_length, batch_size, loaded), prompts, candidates)
-    return scores
+        model, head = spec_model_head(spec)
+        new_specs.setdefault(model, {}).setdefault(head, []).append(spec)
+    for model, heads in new_specs.items():
+        for head, values in candidate_scores(
+            model_scorer(model, list(heads), max_length, batch_size), prompts, candidates
+        ).items():
+            scores.update(dict.fromkeys(heads[head], values))
+    return {**(saved or {}), **{spec: scores[spec] for spec in specs}}
 
 
 def best_of_n_results(

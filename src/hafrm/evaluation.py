@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,7 +78,7 @@ class LoadedModel:
 
     def score(self, prompts: list, responses: list[str], head: str = "reward", batch_size: int = 8) -> np.ndarray:
         """One score per (prompt, response): head reward, implicit (tau * log-ratio) or combined (their sum)."""
-        return score_responses(self, prompts, responses, head, batch_size=batch_size)
+        return score_responses(self, prompts, responses, [head], batch_size=batch_size)[head]
 
     def score_pairs(self, pairs: list[dict], batch_size: int = 8) -> PairScores:
         """Both heads' scores of canonical pairs ({prompt, chosen, rejected}); `.metrics()` gives the accuracies."""
@@ -128,24 +129,28 @@ def score_responses(
     loaded: LoadedModel,
     prompts: list,
     responses: list[str],
-    head: str = "reward",
+    heads: Sequence[str] = ("reward",),
     max_length: int | None = None,
     batch_size: int = 8,
-) -> np.ndarray:
-    """One score per (prompt, response) from the reward head, the implicit reward, or both combined (their sum)."""
-    check_head(head)
-    if head != "reward" and not loaded.objective.uses_policy_head:
-        raise ValueError(
-            f"a {loaded.config.method} model has no trained policy head, so no {head} score; use head 'reward'"
-        )
+) -> dict[str, np.ndarray]:
+    """Each head's score per (prompt, response): the reward head, the implicit reward, or both combined (their sum).
+    All from one pass, so implicit and combined together cost the policy's and the reference's log-probs once."""
+    for head in heads:
+        check_head(head)
+        if head != "reward" and not loaded.objective.uses_policy_head:
+            raise ValueError(
+                f"a {loaded.config.method} model has no trained policy head, so no {head} score; use head 'reward'"
+            )
     encoder = PairEncoder(loaded.tokenizer, max_length or loaded.config.max_length)
     encoded = [encoder.encode_single(as_messages(p, "prompt"), r) for p, r in zip(prompts, responses)]
-    scores = np.zeros(len(encoded), dtype=np.float32)
+    scores = {head: np.zeros(len(encoded), dtype=np.float32) for head in heads}
+    with_implicit = any(head != "reward" for head in heads)
     for indices in length_sorted_batches([len(e["input_ids"]) for e in encoded], batch_size):
         chunk = [encoded[i] for i in indices]
         batch = pad_sequences(
             [e["input_ids"] for e in chunk], [e["prompt_length"] for e in chunk], loaded.tokenizer.pad_token_id
         )
-        rewards, implicit = batch_scores(loaded.model, loaded.objective, batch, with_implicit=head != "reward")
-        scores[indices] = head_scores(rewards, implicit, head).numpy()
+        rewards, implicit = batch_scores(loaded.model, loaded.objective, batch, with_implicit=with_implicit)
+        for head in heads:
+            scores[head][indices] = head_scores(rewards, implicit, head).numpy()
     return scores
