@@ -3,7 +3,7 @@
 top-k recall = share of prompts whose reward-model pick is among the judge's k best of the N, with its 95% Wilson
 interval; every selector after the first is also compared with the first on the same prompts (paired bootstrap
 interval of the recall difference, exact McNemar p), as the accuracy tables compare each head with the baseline's.
-The judge is any reward model given as a selector is: a stronger one stands in for GPT-4 offline.
+The judge is given as a selector is; a stronger reward model stands in for GPT-4 offline.
 On the command line (`hafrm best-of-n`) selectors and the judge are given as MODEL[@HEAD]: a hafrm output
 folder scored by its reward head, implicit DPO reward or both combined, or any sequence-classification
 reward model (folder or hub name) scored by its head. A run's `--output` keeps every candidate and each model's
