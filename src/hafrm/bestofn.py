@@ -86,8 +86,8 @@ def candidate_scores(scorer: Scorer, prompts: Sequence, candidates: list[list[st
         raise ValueError("every prompt needs the same number of candidates")
     flat_prompts = [p for p, group in zip(prompts, candidates) for _ in group]
     flat_responses = [r for group in candidates for r in group]
-    heads = scorer(flat_prompts, flat_responses)
-    return {head: np.asarray(scores, dtype=float).reshape(-1, n) for head, scores in heads.items()}
+    by_head = scorer(flat_prompts, flat_responses)
+    return {head: np.asarray(scores, dtype=float).reshape(-1, n) for head, scores in by_head.items()}
 
 
 def compare_selectors(
@@ -185,20 +185,20 @@ def score_candidates(
     in one pass (`model_scorer`). Specs already in `saved`
     (an earlier run's scores of the same candidates) are taken from it and not loaded, so a comparison can be built
     over several days from models that no longer exist together; the result holds `saved` and the new scores."""
-    scores = dict(saved or {})
-    new_specs: dict[str, dict[str, list[str]]] = {}  # model -> head -> the specs naming it
+    saved = saved or {}
+    wanted: dict[str, dict[str, list[str]]] = {}  # model -> head -> the specs naming it
     for spec in dict.fromkeys(specs):
-        if spec in scores:
+        if spec in saved:
             logger.info("%s: scores reused from the candidates file", spec)
             continue
         model, head = spec_model_head(spec)
-        new_specs.setdefault(model, {}).setdefault(head, []).append(spec)
-    for model, heads in new_specs.items():
-        for head, values in candidate_scores(
-            model_scorer(model, list(heads), max_length, batch_size), prompts, candidates
-        ).items():
-            scores.update(dict.fromkeys(heads[head], values))
-    return {**(saved or {}), **{spec: scores[spec] for spec in specs}}
+        wanted.setdefault(model, {}).setdefault(head, []).append(spec)
+    new: dict[str, np.ndarray] = {}
+    for model, heads in wanted.items():
+        by_head = candidate_scores(model_scorer(model, list(heads), max_length, batch_size), prompts, candidates)
+        for head, named in heads.items():
+            new.update(dict.fromkeys(named, by_head[head]))
+    return {**saved, **{spec: new[spec] for spec in specs if spec in new}}  # new ones in the asked order
 
 
 def best_of_n_results(

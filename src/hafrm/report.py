@@ -310,6 +310,11 @@ def label_heads(runs: list[CurveResult]) -> list[tuple[str, str]]:
     return [(label, head) for label in labels for head in CURVE_HEADS[next(r.method for r in runs if r.label == label)]]
 
 
+def compared_heads(runs: list[CurveResult]) -> list[tuple[str, str]]:
+    """The (method label, head) pairs compared with the baseline's reward head: every one but the baseline's."""
+    return [(label, head) for label, head in label_heads(runs) if label != "baseline"]
+
+
 def curve_table(results: list[CurveResult], train_set: str, test_set: str) -> str:
     """Accuracy at every step for each method's heads (mean ± std over seeds), and haf's reward head against the
     baseline's on the same pairs (`against_baseline`)."""
@@ -343,9 +348,7 @@ def against_baseline_table(results: list[CurveResult], train_set: str, test_set:
         "| method | head | " + " | ".join(f"{step}: points [95% CI] | McNemar p" for step in steps) + " |",
         "|---|---|" + "---|---|" * len(steps),
     ]
-    for label, head in label_heads(runs):
-        if label == "baseline":
-            continue
+    for label, head in compared_heads(runs):
         cells = [cell for step in steps for cell in against_baseline(runs, label, head, step, test_set)]
         lines.append(f"| {label} | {head} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -536,7 +539,7 @@ def write_curve_report(results: list[CurveResult], output_dir: str | Path, comma
                 run_table(results, train_set, test_set),
                 "",
             ]
-            if any(label != "baseline" for label, _ in label_heads(runs)):  # else there is nothing to compare
+            if compared_heads(runs):  # else (the baseline alone so far) there is nothing to compare
                 sections += [
                     "Each head against the baseline's reward head on the same pairs (accuracy difference in points, "
                     "paired bootstrap 95% interval over the seeds both have; exact McNemar p by seed):",
