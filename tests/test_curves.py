@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hafrm.cli import build_parser, main
-from hafrm.curves import CurveSettings, claim_split, evaluation_sets, planned_runs
+from hafrm.curves import SCORES_IN_ORDER, CurveSettings, claim_split, evaluation_sets, planned_runs
 from hafrm.data.splits import prompt_key
 from hafrm.evaluation import PairScores
 from hafrm.report import (
@@ -54,7 +54,7 @@ def test_no_ood_tests_only_on_the_runs_own_test_part():
 
 
 @needs_data
-def test_learning_curve_report_resumes_and_merges(tiny_model_dir, tmp_path):
+def test_learning_curve_report_resumes_and_merges(tiny_model_dir, tmp_path, capsys):
     command = [
         "report",
         "--protocol",
@@ -116,6 +116,10 @@ def test_learning_curve_report_resumes_and_merges(tiny_model_dir, tmp_path):
         == 0
     )
     assert "merged from" in (tmp_path / "merged" / "report.md").read_text()
+    old_order = {k: v for k, v in first.items() if k not in SCORES_IN_ORDER}  # as kept before the order fix
+    done.write_text(json.dumps(old_order))
+    merge_old = ["report", "--protocol", "learning-curve", "--merge", str(tmp_path / "a"), "--output", str(tmp_path)]
+    assert main(merge_old) == 2 and "reorder_eval_scores.py" in capsys.readouterr().err
 
 
 def scores_right_on(right: list[bool], margin: float = 1.0) -> PairScores:

@@ -357,3 +357,35 @@ def test_named_eval_sets_evaluated_at_given_steps_with_per_pair_scores_kept(tiny
     scores = PairScores.load(tmp_path / "run" / "eval-scores" / "step-4-near.npz")
     assert len(scores.chosen_rewards) == 4 and not np.isnan(scores.chosen_implicit).any()
     assert scores.metrics()["reward_accuracy"] == pytest.approx(evaluations[-1]["eval_near_reward_accuracy"])
+
+
+def test_kept_per_pair_scores_follow_the_eval_set_order(tiny_model_dir, tmp_path):
+    """group_by_length hands the Trainer's evaluation a seed-dependent, length-grouped order; the kept per-pair
+    scores must still line up with the eval set's pairs (pairing across seeds and the length split rely on it)."""
+    from hafrm.data import load_pairs
+    from hafrm.evaluation import PairScores
+
+    rows = [
+        {"prompt": f"Question {i}?", "chosen": "A careful answer. " * (1 + i % 5), "rejected": "No. " * (1 + 3 * i % 7)}
+        for i in range(20)
+    ]
+    output = tmp_path / "run"
+    config = TrainConfig(
+        model=str(tiny_model_dir),
+        method="haf",
+        max_length=64,
+        batch_size=2,
+        micro_batch_size=2,
+        max_steps=2,
+        learning_rate=1e-3,
+        eval_at_steps=[2],
+        keep_eval_scores=True,
+        group_by_length=True,
+        seed=1,
+        output_dir=str(output),
+    )
+    train(config, train_data=rows[:4], eval_data={"test": rows[4:]})
+    kept = PairScores.load(output / "eval-scores" / "step-2-test.npz")
+    in_order, _ = score_pairs(load_trained(output), load_pairs(rows[4:], name="test")[0], progress=False)
+    for name in PairScores.ARRAYS:
+        np.testing.assert_allclose(getattr(kept, name), getattr(in_order, name), rtol=1e-4, atol=1e-5)

@@ -33,6 +33,10 @@ CLAIM_SETS = ("beaver-safe", "hh-harmless", "hh-helpful")
 CURVE_STEPS = (16, 32, 64, 128, 256)
 SPLIT_SEED = 0  # one split for every method and seed: their test pairs are the same
 DONE_FILE = "done.json"
+# Per-pair eval scores kept before this marker was written into done.json are in the order the Trainer's
+# length-grouped, seed-dependent sampler took the pairs, not the test set's: scripts/reorder_eval_scores.py puts
+# them back and writes it.
+SCORES_IN_ORDER = {"eval_scores_order": "test set"}
 
 
 def claim_split(name: str, data_root: str, test_pairs: int = 1000) -> tuple[list[dict], list[dict]]:
@@ -122,6 +126,7 @@ def run_curves(runs: list[CurveRun], settings: CurveSettings, output_dir: str | 
                     "test_pairs": {k: len(v) for k, v in tests.items()},
                     "wall_s": clock.elapsed(),
                     "config": config.to_dict(),
+                    **SCORES_IN_ORDER,
                 },
                 indent=2,
                 default=str,
@@ -173,7 +178,15 @@ def run_folders(report_dirs: list[str | Path]) -> list[Path]:
 
 
 def run_record(folder: Path) -> dict:
-    return json.loads((folder / DONE_FILE).read_text())
+    """A finished run's done.json; refused when its per-pair scores may not be in their test sets' order."""
+    record = json.loads((folder / DONE_FILE).read_text())
+    if record.get("config", {}).get("group_by_length", True) and not SCORES_IN_ORDER.items() <= record.items():
+        raise ValueError(
+            f"{folder}: its per-pair scores were kept before hafrm put them back in their test set's order; they "
+            "follow a seed-dependent, length-grouped sampler's order, so they cannot be paired with other seeds' "
+            f"runs or with the test pairs: run `python scripts/reorder_eval_scores.py --data-root DATA {folder}` first"
+        )
+    return record
 
 
 def claim_report(

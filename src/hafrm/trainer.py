@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import EvalLoopOutput
 
 from hafrm.atomic import write_atomically
 from hafrm.data import PairCollator, PairEncoder, load_pairs
-from hafrm.data.encoding import encode_pairs
+from hafrm.data.encoding import EVAL_POSITION, encode_pairs
 from hafrm.filechecks import first_line, safetensors_problem, torch_file_problem
 from hafrm.losses import HafObjective
 from hafrm.model import HybridRewardModel
@@ -118,12 +119,7 @@ class HafTrainer(_TrainableStateCheckpoints, Trainer):
             args = TrainingArguments(output_dir="trainer_output")
         args.remove_unused_columns = False
         train_dataset = self._encoded(train_dataset, "train_dataset", processing_class, max_length)
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {
-                k: self._encoded(v, f"eval_dataset[{k}]", processing_class, max_length) for k, v in eval_dataset.items()
-            }
-        else:
-            eval_dataset = self._encoded(eval_dataset, "eval_dataset", processing_class, max_length)
+        eval_dataset = self._eval_sets(eval_dataset, processing_class, max_length)
         if data_collator is None and processing_class is not None and model is not None:
             data_collator = PairCollator(
                 processing_class.pad_token_id, processing_class.padding_side, model.shares_prompts
@@ -154,6 +150,7 @@ class HafTrainer(_TrainableStateCheckpoints, Trainer):
         if objective.uses_policy_head and model is not None:
             self.model.check_policy_logits()  # on the device the Trainer moved it to
         self.objective = objective
+        self.max_length = max_length
         self.eval_scores_dir = Path(eval_scores_dir) if eval_scores_dir is not None else None
         self._train_stats: dict[str, list[float]] = defaultdict(list)
 
@@ -166,6 +163,19 @@ class HafTrainer(_TrainableStateCheckpoints, Trainer):
             raise ValueError(f"{name} holds preference rows: pass processing_class (the tokenizer) to encode them")
         pairs, report = load_pairs(data, name=name)
         return encode_pairs(pairs, PairEncoder(tokenizer, max_length), report)
+
+    @classmethod
+    def _eval_sets(cls, eval_data, tokenizer, max_length: int):
+        """Eval sets encoded (`_encoded`), each pair numbered by its position in its set: batches of similar length
+        (group_by_length) take pairs out of order, and evaluation_loop puts their scores back in it."""
+        if isinstance(eval_data, dict):
+            return {k: cls._eval_sets(v, tokenizer, max_length) for k, v in eval_data.items()}
+        encoded = cls._encoded(eval_data, "eval_dataset", tokenizer, max_length)
+        if encoded is None:
+            return None
+        if EVAL_POSITION in encoded.column_names:  # numbered as part of a larger set (a sample of it): renumbered
+            encoded = encoded.remove_columns(EVAL_POSITION)
+        return encoded.add_column(EVAL_POSITION, list(range(len(encoded))))
 
     # ------------------------------------------------------------------ loss
 
@@ -205,11 +215,25 @@ class HafTrainer(_TrainableStateCheckpoints, Trainer):
 
     # ------------------------------------------------------------------ evaluation
 
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        """Trainer.evaluate; a set given here (not by name) is encoded and numbered as the constructor's are."""
+        if eval_dataset is not None and not isinstance(eval_dataset, str):
+            eval_dataset = self._eval_sets(eval_dataset, self.processing_class, self.max_length)
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
+    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix="test"):
+        """Trainer.predict, the set encoded and numbered as the constructor's eval sets are."""
+        test_dataset = self._eval_sets(test_dataset, self.processing_class, self.max_length)
+        return super().predict(test_dataset, ignore_keys, metric_key_prefix)
+
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
     ):
-        """Trainer.evaluation_loop, keeping each evaluation's per-pair scores when eval_scores_dir is set."""
+        """Trainer.evaluation_loop with the predictions in the eval set's order (the sampler's order depends on the
+        seed under group_by_length), keeping each evaluation's per-pair scores when eval_scores_dir is set."""
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if output.predictions is not None:
+            output = in_eval_set_order(output)
         if self.eval_scores_dir is not None and self.is_world_process_zero() and output.predictions is not None:
             from hafrm.evaluation import PairScores
 
@@ -229,7 +253,16 @@ class HafTrainer(_TrainableStateCheckpoints, Trainer):
         chosen_r, rejected_r = rewards.chunk(2)
         chosen_i, rejected_i = implicit.chunk(2)
         scores = torch.stack([chosen_r, rejected_r, chosen_i, rejected_i], dim=1)
-        return loss.detach(), scores, torch.zeros(scores.shape[0], device=scores.device)
+        return loss.detach(), scores, inputs[EVAL_POSITION]  # the "labels": where each pair's scores belong
+
+
+def in_eval_set_order(output: EvalLoopOutput) -> EvalLoopOutput:
+    """The evaluation's prediction rows sorted by the eval-set position each pair carried through the batches."""
+    positions = np.asarray(output.label_ids).astype(np.int64)
+    if not np.array_equal(np.sort(positions), np.arange(len(positions))):
+        raise RuntimeError(f"evaluation returned {len(positions)} pairs that are not each eval pair once")
+    order = np.argsort(positions)
+    return output._replace(predictions=output.predictions[order], label_ids=positions[order])
 
 
 def checkpoint_problem(folder: str | Path) -> str | None:

@@ -23,6 +23,8 @@ MIN_MAX_LENGTH = 8
 below this it is mostly chat-template tokens and its score means nothing. A floor against typos such as
 `--max-length 5`, not a tuned value."""
 
+EVAL_POSITION = "eval_position"  # an eval pair's index in its set, carried through batches to put its scores back
+
 HH_ROLES = {"user": "Human", "assistant": "Assistant", "system": "System"}
 HH_ASSISTANT_PREFIX = "\n\nAssistant:"
 
@@ -270,6 +272,8 @@ class PairCollator:
                 sequences, [f["prompt_length"] for f in features] * 2, self.pad_token_id, self.padding_side
             )
         batch["margin"] = torch.tensor([f["margin"] for f in features], dtype=torch.float32)
+        if EVAL_POSITION in features[0]:
+            batch[EVAL_POSITION] = torch.tensor([f[EVAL_POSITION] for f in features])
         if "reference_chosen_logps" in features[0]:
             batch["reference_logps"] = torch.tensor(
                 [f["reference_chosen_logps"] for f in features] + [f["reference_rejected_logps"] for f in features],
