@@ -89,7 +89,7 @@ def reorder_run(folder: Path, data_root: str) -> str:
         PairScores(**in_order, subsets=subsets).save(path)
     record.update(SCORES_IN_ORDER)
     (folder / DONE_FILE).write_text(json.dumps(record, indent=2))
-    return f"{len(files)} score files put in test-set order"
+    return f"put {len(files)} score file(s) in test-set order"
 
 
 def main() -> None:

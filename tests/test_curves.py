@@ -227,3 +227,46 @@ def test_curve_lines_span_the_seeds_and_leave_out_one_step_runs(tmp_path):
     report = write_curve_report(results, tmp_path, "hafrm report", "").read_text()
     assert "![curve-beaver-safe-beaver-safe.png]" in report
     assert (tmp_path / "curve-beaver-safe-beaver-safe.png").stat().st_size > 0
+
+
+@needs_data
+def test_reorder_script_undoes_the_trainers_length_grouped_eval_order(tiny_model_dir, tmp_path):
+    """scripts/reorder_eval_scores.py rebuilds the order in which transformers' Trainer (its own _get_eval_sampler,
+    under group_by_length) evaluated a run's test pairs, and puts scores kept in that order back in the test set's."""
+    import importlib.util
+
+    import datasets
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "reorder_eval_scores.py"
+    spec = importlib.util.spec_from_file_location("reorder_eval_scores", script)
+    reorder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reorder)
+    lengths = reorder.token_lengths("reward-bench", str(SHARED_DATA), str(tiny_model_dir), 512)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "trainer"),
+        train_sampling_strategy="group_by_length",
+        per_device_eval_batch_size=4,
+        data_seed=2,
+        report_to="none",
+    )
+    sampler = Trainer(model=torch.nn.Linear(1, 1), args=args)._get_eval_sampler(
+        datasets.Dataset.from_dict({"length": list(lengths)})
+    )
+    evaluated = np.array(list(sampler))
+    assert sorted(evaluated) == list(range(len(lengths))) and list(evaluated) != sorted(evaluated)
+
+    run = tmp_path / "runs" / "reward-bench-baseline-alpha0-seed2"
+    (run / "model" / "eval-scores").mkdir(parents=True)
+    config = {"model": str(tiny_model_dir), "max_length": 512, "micro_batch_size": 4, "seed": 2}
+    (run / "done.json").write_text(json.dumps({"config": config, "test_pairs": {"reward-bench": len(lengths)}}))
+    in_order = np.arange(len(lengths), dtype=np.float32)  # pair i's scores are i, -i, 2i, -2i
+    kept = PairScores(*(factor * in_order[evaluated] for factor in (1, -1, 2, -2)))  # as the Trainer handed them
+    kept.save(run / "model" / "eval-scores" / "step-8-reward-bench.npz")
+    assert reorder.reorder_run(run, str(SHARED_DATA)) == "put 1 score file(s) in test-set order"
+    back = PairScores.load(run / "model" / "eval-scores" / "step-8-reward-bench.npz")
+    for name, factor in zip(PairScores.ARRAYS, (1, -1, 2, -2)):
+        np.testing.assert_array_equal(getattr(back, name), factor * in_order)
+    assert SCORES_IN_ORDER.items() <= json.loads((run / "done.json").read_text()).items()
+    assert reorder.reorder_run(run, str(SHARED_DATA)) == "already in test-set order"  # a second pass leaves it be
