@@ -138,7 +138,7 @@ def test_a_baseline_alone_on_a_one_sided_test_set_has_no_empty_comparison_and_no
     )
     assert (
         length_table([baseline], "beaver-safe").splitlines()[2]
-        == "| RewardBench | baseline | reward | 75.0 (4) | – (0) |"
+        == "| RewardBench | baseline | reward | 75.0 (4) | – (0) | 25.0 |"
     )
     report = write_curve_report([baseline], tmp_path, "hafrm report", "").read_text()
     assert "against the baseline's reward head" not in report and "nan" not in report
@@ -171,8 +171,9 @@ def test_curve_report_tables_match_hand_counts(tmp_path):
         "| haf (alpha 0.2) seed 0 | combined | 75.0 | 1 |",
     ]
     lengths = length_table(results, "beaver-safe")
-    assert "| Beaver Safe | baseline | reward | 75.0 (2) | 0.0 (2) |" in lengths
-    assert "| Beaver Safe | haf (alpha 0.2) | reward | 100.0 (2) | 75.0 (2) |" in lengths
+    # prefers the shorter: seed 0 picks it on 1 of 4 pairs, seed 1 on none; haf on 1 and 2 of 4
+    assert "| Beaver Safe | baseline | reward | 75.0 (2) | 0.0 (2) | 12.5 |" in lengths
+    assert "| Beaver Safe | haf (alpha 0.2) | reward | 100.0 (2) | 75.0 (2) | 37.5 |" in lengths
     dpo = run("dpo", 0.0, 0, [False] * 4)  # alpha 0 like the baseline, but not part of the sweep
     against = against_baseline_table([*results, dpo], "beaver-safe", "beaver-safe").splitlines()
     assert against[0] == "| method | head | 4: points [95% CI] | McNemar p |"

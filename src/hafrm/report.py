@@ -377,18 +377,24 @@ def run_table(results: list[CurveResult], train_set: str, test_set: str) -> str:
 
 def length_table(results: list[CurveResult], train_set: str) -> str:
     """At the last step: each head's accuracy on pairs whose chosen response is longer than the rejected one, and on
-    the others (mean over seeds; pairs in brackets). A head that prefers short answers scores high on the second."""
+    the others (mean over seeds; pairs in brackets), and how often it prefers the shorter response whichever was
+    chosen (equal lengths count as the chosen being the shorter). A head that prefers short answers scores high on
+    the second column and above 50% on the third."""
     runs = [r for r in results if r.train_set == train_set]
-    lines = ["| test set | method | head | chosen longer | chosen shorter or equal |", "|---|---|---|---|---|"]
+    lines = [
+        "| test set | method | head | chosen longer | chosen shorter or equal | prefers the shorter |",
+        "|---|---|---|---|---|---|",
+    ]
     for test_set in dict.fromkeys(name for r in runs for _, name in r.scores):
         for label, head in label_heads(runs):
             group = [r for r in runs if r.label == label]
             last = max(step for step, name in group[0].scores if name == test_set)
             longer = group[0].chosen_longer[test_set]
             correct = _seed_correctness(group, last, test_set, head)
+            prefers_shorter = np.where(longer, ~correct, correct)
             lines.append(
-                f"| {dataset_title(test_set)} | {label} | {head} | "
-                f"{_share_cell(correct[:, longer])} | {_share_cell(correct[:, ~longer])} |"
+                f"| {dataset_title(test_set)} | {label} | {head} | {_share_cell(correct[:, longer])} | "
+                f"{_share_cell(correct[:, ~longer])} | {100 * prefers_shorter.mean():.1f} |"
             )
     return "\n".join(lines)
 
