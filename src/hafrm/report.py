@@ -128,7 +128,10 @@ def plot_training_curves(results: list[RunResult], path: Path) -> bool:
     for axis, title in zip(axes, ("Bradley-Terry reward loss", "DPO policy loss")):
         axis.set_title(title)
         axis.set_xlabel("optimisation step")
-        axis.legend(fontsize=7)
+        if axis.lines:
+            axis.legend(fontsize=7)
+        else:  # e.g. baseline runs alone have no policy loss
+            axis.text(0.5, 0.5, "no run trained this loss", ha="center", transform=axis.transAxes)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
