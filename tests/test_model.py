@@ -261,6 +261,34 @@ def test_flex_attention_takes_the_block_mask(tokenizer, harmless_pairs, tiny_cau
     torch.testing.assert_close(flex.logps, expected.logps, rtol=1e-5, atol=1e-4)
 
 
+def test_auto_attention_is_flex_on_a_cuda_gpu_and_the_default_on_a_cpu(monkeypatch):
+    from hafrm.pretrained import attention_request
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert attention_request("auto") is None and attention_request(None) is None
+    assert attention_request("eager") == "eager"  # a named kernel is taken as given, on any device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    expected = "flex_attention" if hasattr(torch.nn.attention, "flex_attention") else None
+    assert attention_request("auto") == expected and attention_request("sdpa") == "sdpa"
+
+
+def test_load_causal_lm_takes_the_named_kernel_and_auto_falls_back_where_flex_cannot_run(
+    tiny_model_dir, monkeypatch, caplog
+):
+    from transformers import LlamaForCausalLM
+
+    from hafrm.pretrained import load_causal_lm
+
+    assert load_causal_lm(str(tiny_model_dir), torch.float32, "eager").config._attn_implementation == "eager"
+    monkeypatch.setattr("hafrm.pretrained.attention_request", lambda attention: "flex_attention")  # as on a GPU
+    monkeypatch.setattr(LlamaForCausalLM, "_supports_flex_attn", False)  # a family without flex attention
+    with caplog.at_level("INFO", logger="hafrm.pretrained"):
+        model = load_causal_lm(str(tiny_model_dir), torch.float32, "auto")
+    assert model.config._attn_implementation == "sdpa" and "cannot run flex_attention" in caplog.text
+    with pytest.raises(ValueError, match="flex_attention"):  # asked for by name: no silent substitute
+        load_causal_lm(str(tiny_model_dir), torch.float32, "flex_attention")
+
+
 @pytest.mark.parametrize("tie", [True, False])
 def test_freeze_trunk_freezes_a_tied_lm_head_with_the_embeddings(tiny_causal_lm, tokenizer, tie, caplog):
     model = HybridRewardModel.from_causal_lm(tiny_causal_lm(len(tokenizer), tie=tie))

@@ -13,7 +13,7 @@ from hafrm.config import TrainConfig
 from hafrm.defaults import DEFAULT_EVAL_DATA, DEFAULT_TRAIN_DATA
 from hafrm.evaluation import load_trained, score_pairs, score_responses
 from hafrm.scoring import RewardScorer
-from hafrm.training import train
+from hafrm.training import build_model, train
 
 
 def tiny_args(model_dir, output_dir, *extra):
@@ -226,6 +226,23 @@ def test_precomputed_reference_matches_live_reference(tiny_model_dir, tmp_path):
         metrics[reference] = json.loads((out / "eval_metrics.json").read_text())
     for key in ("eval_loss", "eval_reward_accuracy", "eval_implicit_accuracy"):
         assert metrics["precompute"][key] == pytest.approx(metrics["live"][key], rel=1e-4), key
+
+
+def test_attention_kernel_is_an_option_that_training_and_evaluation_keep_and_that_changes_no_result(
+    tiny_model_dir, tmp_path
+):
+    metrics = {}
+    for attention in ("sdpa", "eager"):
+        out = tmp_path / attention
+        assert main(tiny_args(tiny_model_dir, out, "--attn-implementation", attention, "--max-steps", "2")) == 0
+        metrics[attention] = json.loads((out / "eval_metrics.json").read_text())
+        assert load_trained(out).model.config._attn_implementation == attention  # evaluation loads the same kernel
+    trained_with = build_model(
+        TrainConfig(attn_implementation="eager"), str(tiny_model_dir), load_trained(out).tokenizer
+    )
+    assert trained_with.config._attn_implementation == "eager"
+    for key in ("eval_loss", "eval_reward_accuracy", "eval_implicit_accuracy"):
+        assert metrics["eager"][key] == pytest.approx(metrics["sdpa"][key], rel=1e-4), key
 
 
 def test_config_rejects_bad_values():

@@ -64,6 +64,15 @@ class TrainConfig:
         default=True,
         metadata={"help": "one row per pair, [prompt | chosen | rejected]: the shared prompt is computed once"},
     )
+    attn_implementation: str = field(
+        default="auto",
+        metadata={
+            "help": "transformers' attention kernel (sdpa, eager, flex_attention, flash_attention_2, ...); auto: "
+            "flex_attention on a CUDA GPU (it skips the blocks the shared-prompt mask leaves out), else "
+            "transformers' default (sdpa). flash_attention_2 cannot take that mask: chosen and rejected then go "
+            "in separate rows"
+        },
+    )
     freeze_layers: int = field(
         default=0,
         metadata={

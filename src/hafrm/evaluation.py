@@ -97,12 +97,12 @@ def load_trained(model_dir: str | Path, reference: str | None = None, dtype: str
     metadata = json.loads(metadata_path.read_text())
     config = TrainConfig(**metadata["config"])
     torch_dtype = resolve_dtype(dtype)
-    model = HybridRewardModel.from_pretrained(model_dir, torch_dtype).eval()
+    model = HybridRewardModel.from_pretrained(model_dir, torch_dtype, config.attn_implementation).eval()
     tokenizer = load_tokenizer(str(model_dir / POLICY_DIR))
     objective = config.objective()
     if objective.uses_policy_head and objective.policy_loss.needs_reference:
         base = reference or resolve_model_path(None if metadata["base_model"] == "default" else metadata["base_model"])
-        reference_model = load_causal_lm(base, torch_dtype)
+        reference_model = load_causal_lm(base, torch_dtype, config.attn_implementation)
         fit_embeddings(reference_model, tokenizer)  # the pad row training added, if it added one
         model.reference_model = reference_model.eval().requires_grad_(False)
     return LoadedModel(model, tokenizer, config)

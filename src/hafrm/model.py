@@ -317,12 +317,14 @@ class HybridRewardModel(nn.Module):
         return cls(causal_lm, score)
 
     @classmethod
-    def from_pretrained(cls, output_dir: str | Path, dtype: torch.dtype = torch.float32) -> HybridRewardModel:
-        """Load a directory written by `export` (its policy/ and reward head)."""
+    def from_pretrained(
+        cls, output_dir: str | Path, dtype: torch.dtype = torch.float32, attention: str = "auto"
+    ) -> HybridRewardModel:
+        """Load a directory written by `export` (its policy/ and reward head); attention as `load_causal_lm`."""
         from hafrm.pretrained import load_causal_lm
 
         output_dir = Path(output_dir)
-        causal_lm = load_causal_lm(str(output_dir / POLICY_DIR), dtype)
+        causal_lm = load_causal_lm(str(output_dir / POLICY_DIR), dtype, attention)
         weight = load_file(output_dir / REWARD_HEAD_FILE)["weight"].to(dtype)
         score = nn.Linear(weight.shape[1], 1, bias=False, dtype=dtype)
         score.weight.data.copy_(weight)

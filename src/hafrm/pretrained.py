@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+import logging
+
 import torch
 
 from hafrm.defaults import default_model_path
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_model_path(model: str | None) -> str:
@@ -86,13 +91,34 @@ def fit_embeddings(causal_lm, tokenizer) -> None:
             embedding.weight[old:] = embedding.weight[:old].mean(dim=0)
 
 
-def load_causal_lm(path: str, dtype: torch.dtype):
+def attention_request(attention: str | None) -> str | None:
+    """The attn_implementation to ask transformers for; None leaves its default (sdpa where the model has it).
+
+    auto: flex_attention on a CUDA GPU, where it skips the blocks that the shared-prompt mask leaves out (SDPA given
+    a custom mask falls back to its dense kernels there); on a CPU transformers' default, since flex attention
+    compiles first and torch.compile did not speed hafrm up on a CPU (docs/benchmark.md)."""
+    if attention != "auto":
+        return attention
+    flex = importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
+    return "flex_attention" if flex and torch.cuda.is_available() else None
+
+
+def load_causal_lm(path: str, dtype: torch.dtype, attention: str | None = None):
+    """A causal LM with the attention `attention_request` picks; under auto, a model whose class cannot run flex
+    attention gets transformers' default instead, with a log line."""
     from transformers import AutoModelForCausalLM
 
-    return load_pretrained(AutoModelForCausalLM, path, dtype)
+    requested = attention_request(attention)
+    try:
+        return load_pretrained(AutoModelForCausalLM, path, dtype, requested)
+    except ValueError as error:
+        if attention != "auto" or requested is None or "flex_attention" not in str(error):
+            raise
+        logger.info("%s cannot run flex_attention: using transformers' default attention instead", path)
+        return load_pretrained(AutoModelForCausalLM, path, dtype)
 
 
-def load_pretrained(auto_class, path: str, dtype: torch.dtype):
+def load_pretrained(auto_class, path: str, dtype: torch.dtype, attention: str | None = None):
     """A model from a local folder or the hub, never unpickling when safetensors weights are there.
 
     use_safetensors=True where the folder has .safetensors files makes pickle safety independent of library
@@ -107,7 +133,8 @@ def load_pretrained(auto_class, path: str, dtype: torch.dtype):
     check_model_folder(str(path))
     use_safetensors = True if any(Path(path).expanduser().glob("*.safetensors")) else None
     try:
-        return auto_class.from_pretrained(path, dtype=dtype, use_safetensors=use_safetensors)
+        kwargs = {"attn_implementation": attention} if attention else {}
+        return auto_class.from_pretrained(path, dtype=dtype, use_safetensors=use_safetensors, **kwargs)
     except pickle.UnpicklingError as error:
         refused = next((line for line in str(error).splitlines() if "GLOBAL" in line), first_line(error))
         raise ValueError(

@@ -89,7 +89,7 @@ def weights_dtype(config: TrainConfig) -> torch.dtype:
 
 
 def build_model(config: TrainConfig, model_path: str, tokenizer) -> HybridRewardModel:
-    causal_lm = load_causal_lm(model_path, weights_dtype(config))
+    causal_lm = load_causal_lm(model_path, weights_dtype(config), config.attn_implementation)
     fit_embeddings(causal_lm, tokenizer)
     lora = (
         LoraSettings(
