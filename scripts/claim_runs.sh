@@ -92,3 +92,5 @@ part best-of-n-judge --protocol learning-curve "${common[@]}" "${frozen[@]}" --s
 best_of_n --candidates "$bon" --judge "$out/best-of-n-judge/runs/beaver-safe-baseline-alpha0-seed3/model@reward" \
   --selector "${selectors[@]}"
 part hh-harmless-ood --protocol learning-curve "${ood[@]}" --datasets hh-harmless --methods baseline,haf,dpo
+# HH-Helpful (the Chat group, "if the budget allows"): the same three methods trained on it, tested on every set
+part hh-helpful-ood --protocol learning-curve "${ood[@]}" --datasets hh-helpful --methods baseline,haf,dpo
