@@ -1,5 +1,7 @@
-"""Does torch.compile speed up a hafrm training step on this CPU? Best case for compile: the same batch (same
-shapes) every step, so nothing recompiles; compile time is reported apart.
+"""Do torch.compile or flex attention speed up a hafrm training step on this CPU? Best case for both: the same
+batch (same shapes) every step, so nothing recompiles; the first (compiling) step is reported apart. Runs in turn:
+eager with SDPA (the default), eager with flex attention (transformers compiles the flex kernel itself), and the
+backbone under torch.compile with SDPA.
 
     python benchmarks/compile_probe.py --steps 4
 """
@@ -48,16 +50,22 @@ def main() -> None:
     model = HybridRewardModel.from_causal_lm(load_causal_lm(path, torch.float32))
     model.disable_dropout()
     batch["reference_logps"] = torch.zeros(2 * args.batch_size)
-    eager = step_seconds(model, objective, batch, args.steps)
-    model.backbone.compile(dynamic=False)
-    start = time.perf_counter()
-    first = step_seconds(model, objective, batch, 1)[0]
-    compiled = step_seconds(model, objective, batch, args.steps)
-    print(f"eager s/step: {[round(t, 2) for t in eager]}")
-    wall = time.perf_counter() - start
-    steps = [round(t, 2) for t in compiled]
-    print(f"compiled: first step (compiling) {first:.1f} s, then s/step {steps} (wall {wall:.0f} s)")
-    print(f"median eager {sorted(eager)[len(eager) // 2]:.2f} s, compiled {sorted(compiled)[len(compiled) // 2]:.2f} s")
+    medians = {}
+    for name, attention, compile_backbone in (
+        ("eager, sdpa", "sdpa", False),
+        ("eager, flex_attention", "flex_attention", False),
+        ("compiled, sdpa", "sdpa", True),
+    ):
+        model.config._attn_implementation = attention
+        if compile_backbone:
+            model.backbone.compile(dynamic=False)
+        start = time.perf_counter()
+        first = step_seconds(model, objective, batch, 1)[0]
+        times = step_seconds(model, objective, batch, args.steps)
+        wall = time.perf_counter() - start
+        medians[name] = sorted(times)[len(times) // 2]
+        print(f"{name}: first step {first:.1f} s, then s/step {[round(t, 2) for t in times]} (wall {wall:.0f} s)")
+    print("median s/step: " + ", ".join(f"{name} {seconds:.2f}" for name, seconds in medians.items()))
 
 
 if __name__ == "__main__":
