@@ -12,6 +12,7 @@ from hafrm.cli import main
 from hafrm.config import TrainConfig
 from hafrm.defaults import DEFAULT_EVAL_DATA, DEFAULT_TRAIN_DATA
 from hafrm.evaluation import load_trained, score_pairs, score_responses
+from hafrm.pretrained import load_tokenizer
 from hafrm.scoring import RewardScorer
 from hafrm.training import build_model, train
 
@@ -238,7 +239,7 @@ def test_attention_kernel_is_an_option_that_training_and_evaluation_keep_and_tha
         metrics[attention] = json.loads((out / "eval_metrics.json").read_text())
         assert load_trained(out).model.config._attn_implementation == attention  # evaluation loads the same kernel
     trained_with = build_model(
-        TrainConfig(attn_implementation="eager"), str(tiny_model_dir), load_trained(out).tokenizer
+        TrainConfig(attn_implementation="eager"), str(tiny_model_dir), load_tokenizer(str(tiny_model_dir))
     )
     assert trained_with.config._attn_implementation == "eager"
     for key in ("eval_loss", "eval_reward_accuracy", "eval_implicit_accuracy"):

@@ -36,13 +36,14 @@ _LAZY = {
 __all__ = ["__version__", "load", *_LAZY]
 
 
-def load(model_dir, reference: str | None = None, dtype: str = "fp32"):
+def load(model_dir, reference: str | None = None, dtype: str = "fp32", device: str | None = None):
     """A trained hafrm output folder as a `LoadedModel`, ready to score with both heads: `.score(prompts, responses,
     head="reward" | "implicit" | "combined")` and `.score_pairs(pairs)`. The implicit reward needs the reference
-    policy: the base model recorded at training, or `reference` (a model folder or hub name)."""
+    policy: the base model recorded at training, or `reference` (a model folder or hub name). device: default the
+    GPU where there is one."""
     from hafrm.evaluation import load_trained
 
-    return load_trained(model_dir, reference=reference, dtype=dtype)
+    return load_trained(model_dir, reference=reference, dtype=dtype, device=device)
 
 
 def __getattr__(name: str):

@@ -24,8 +24,8 @@ DEFAULT_TRAIN_DATA = RESOURCES / "hh_harmless_train_500.jsonl.gz"
 DEFAULT_EVAL_DATA = RESOURCES / "hh_harmless_test_500.jsonl.gz"
 
 # `hafrm train` with no options: the default model and data, sized for a 2-core CPU (measured: 10 min 5 s on one
-# machine, 20 min 47 s on one with half its matmul speed; docs/benchmark.md, where the learning rate and batch size
-# were also chosen on validation pairs). Any option or config file runs with the paper's defaults instead.
+# machine, 20 min 47 s on a slower one; docs/benchmark.md, where other learning rates and batch sizes tried on
+# validation pairs did no better). Any option or config file runs with the paper's defaults instead.
 DEMO_TRAINING = dict(
     freeze_layers=24,  # train the top 6 of SmolLM2's 30 layers; the trunk below is computed once and replayed
     max_length=256,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from hafrm.config import TrainConfig
 from hafrm.data import PairCollator, PairEncoder, SkipReport
@@ -85,9 +86,11 @@ class LoadedModel:
         return score_pairs(self, pairs, batch_size=batch_size, progress=False)[0]
 
 
-def load_trained(model_dir: str | Path, reference: str | None = None, dtype: str = "fp32") -> LoadedModel:
+def load_trained(
+    model_dir: str | Path, reference: str | None = None, dtype: str = "fp32", device: str | None = None
+) -> LoadedModel:
     """A hafrm output folder, with its reference policy (the base model it was trained from) when it has a policy
-    head."""
+    head, on `device` (default: the GPU where there is one, as RewardScorer; the attention kernel is chosen for it)."""
     model_dir = Path(model_dir)
     metadata_path = model_dir / METADATA_FILE
     if not metadata_path.exists():
@@ -105,7 +108,7 @@ def load_trained(model_dir: str | Path, reference: str | None = None, dtype: str
         reference_model = load_causal_lm(base, torch_dtype, config.attn_implementation)
         fit_embeddings(reference_model, tokenizer)  # the pad row training added, if it added one
         model.reference_model = reference_model.eval().requires_grad_(False)
-    return LoadedModel(model, tokenizer, config)
+    return LoadedModel(model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")), tokenizer, config)
 
 
 def score_pairs(

@@ -111,8 +111,8 @@ def load_causal_lm(path: str, dtype: torch.dtype, attention: str | None = None):
     requested = attention_request(attention)
     try:
         return load_pretrained(AutoModelForCausalLM, path, dtype, requested)
-    except ValueError as error:
-        if attention != "auto" or requested is None or "flex_attention" not in str(error):
+    except (ValueError, ImportError):
+        if attention != "auto" or requested != "flex_attention":
             raise
         logger.info("%s cannot run flex_attention: using transformers' default attention instead", path)
         return load_pretrained(AutoModelForCausalLM, path, dtype)

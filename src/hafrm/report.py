@@ -378,11 +378,18 @@ def run_table(results: list[CurveResult], train_set: str, test_set: str) -> str:
     return "\n".join(lines)
 
 
+LENGTH_TABLE_NOTE = (
+    "Accuracy on the pairs whose chosen response is the longer, and on the others (pairs in brackets), and how often "
+    "the head prefers the shorter response, whichever was chosen (equal lengths count as the chosen being the "
+    "shorter); mean over seeds. A head that ignored length would prefer the shorter a x s + (1 - a) x (1 - s) of the "
+    "time, a its accuracy and s the share of pairs whose chosen response is the shorter or equal; more is a lean to "
+    "short answers."
+)
+
+
 def length_table(results: list[CurveResult], train_set: str) -> str:
-    """At the last step: each head's accuracy on pairs whose chosen response is longer than the rejected one, and on
-    the others (mean over seeds; pairs in brackets), and how often it prefers the shorter response whichever was
-    chosen (equal lengths count as the chosen being the shorter). A head that prefers short answers scores high on
-    the second column and above 50% on the third."""
+    """At the last step: each head's accuracy on pairs whose chosen response is longer than the rejected one and on
+    the others, and how often it prefers the shorter response (LENGTH_TABLE_NOTE says how to read it)."""
     runs = [r for r in results if r.train_set == train_set]
     lines = [
         "| test set | method | head | chosen longer | chosen shorter or equal | prefers the shorter |",
@@ -556,7 +563,14 @@ def write_curve_report(results: list[CurveResult], output_dir: str | Path, comma
                     against_baseline_table(results, train_set, test_set),
                     "",
                 ]
-        sections += ["### Length preference at the last step (%)", "", length_table(results, train_set), ""]
+        sections += [
+            "### Length preference at the last step (%)",
+            "",
+            LENGTH_TABLE_NOTE,
+            "",
+            length_table(results, train_set),
+            "",
+        ]
         if len({r.alpha for r in runs if r.method == "haf"}) > 1:
             plot = f"alpha-{train_set}.png"
             plot_alpha(results, train_set, output_dir / plot)
