@@ -60,8 +60,12 @@ def main() -> None:
         if compile_backbone:
             model.backbone.compile(dynamic=False)
         start = time.perf_counter()
-        first = step_seconds(model, objective, batch, 1)[0]
-        times = step_seconds(model, objective, batch, args.steps)
+        try:
+            first = step_seconds(model, objective, batch, 1)[0]
+            times = step_seconds(model, objective, batch, args.steps)
+        except Exception as error:  # e.g. a kernel without a CPU backward: the other runs still go
+            print(f"{name}: failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
+            continue
         wall = time.perf_counter() - start
         medians[name] = sorted(times)[len(times) // 2]
         print(f"{name}: first step {first:.1f} s, then s/step {[round(t, 2) for t in times]} (wall {wall:.0f} s)")
