@@ -246,6 +246,26 @@ def test_attention_kernel_is_an_option_that_training_and_evaluation_keep_and_tha
         assert metrics["eager"][key] == pytest.approx(metrics["sdpa"][key], rel=1e-4), key
 
 
+def test_flex_attention_where_torch_cannot_train_it_is_a_clear_error_before_any_work(
+    tiny_model_dir, tmp_path, capsys, monkeypatch
+):
+    """torch has no flex attention backward on a CPU: training says so at once, not in the first step's backward."""
+    flex = pytest.importorskip("torch.nn.attention.flex_attention")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    probe = torch.zeros(1, 1, 16, 16, requires_grad=True)
+    try:
+        flex.flex_attention(probe, probe, probe)
+    except NotImplementedError:
+        out = tmp_path / "flex"
+        assert main(tiny_args(tiny_model_dir, out, "--attn-implementation", "flex_attention")) == 2
+        assert "flex_attention cannot train on a CPU" in capsys.readouterr().err
+        assert not any(out.glob("checkpoint-*")) and not (out / "eval_metrics.json").exists()
+    else:  # a torch that can: the same option builds a trainable model
+        config = TrainConfig(attn_implementation="flex_attention")
+        model = build_model(config, str(tiny_model_dir), load_tokenizer(str(tiny_model_dir)))
+        assert model.config._attn_implementation == "flex_attention"
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(batch_size=10, micro_batch_size=4)

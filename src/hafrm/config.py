@@ -70,7 +70,7 @@ class TrainConfig:
             "help": "transformers' attention kernel (sdpa, eager, flex_attention, flash_attention_2, ...); auto: "
             "flex_attention on a CUDA GPU (it skips the blocks the shared-prompt mask leaves out), else "
             "transformers' default (sdpa). flash_attention_2 cannot take that mask: chosen and rejected then go "
-            "in separate rows"
+            "in separate rows. torch has no flex_attention backward on a CPU: training there refuses it at once"
         },
     )
     freeze_layers: int = field(

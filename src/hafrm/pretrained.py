@@ -8,6 +8,7 @@ import logging
 import torch
 
 from hafrm.defaults import default_model_path
+from hafrm.filechecks import check_model_folder, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -95,12 +96,29 @@ def attention_request(attention: str | None) -> str | None:
     """The attn_implementation to ask transformers for; None leaves its default (sdpa where the model has it).
 
     auto: flex_attention on a CUDA GPU, where it skips the blocks that the shared-prompt mask leaves out (SDPA given
-    a custom mask falls back to its dense kernels there); on a CPU transformers' default, since flex attention
-    compiles first and torch.compile did not speed hafrm up on a CPU (docs/benchmark.md)."""
+    a custom mask falls back to its dense kernels there); on a CPU transformers' default, since torch has no flex
+    attention backward there (benchmarks/compile_probe.py)."""
     if attention != "auto":
         return attention
     flex = importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
     return "flex_attention" if flex and torch.cuda.is_available() else None
+
+
+def check_attention_trains(model) -> None:
+    """Fail before any caching or precompute where the model's attention cannot train here: torch's flex attention
+    has no backward on a CPU (up to at least torch 2.13), and would fail only in the first training step."""
+    if model.config._attn_implementation != "flex_attention" or torch.cuda.is_available():
+        return
+    from torch.nn.attention.flex_attention import flex_attention
+
+    probe = torch.zeros(1, 1, 16, 16, requires_grad=True)
+    try:  # torch refuses at once, before computing anything
+        flex_attention(probe, probe, probe)
+    except NotImplementedError as error:
+        raise ValueError(
+            f"attn_implementation flex_attention cannot train on a CPU with this torch ({first_line(error)}): "
+            "use sdpa or auto there; flex_attention is for GPUs (evaluation on a CPU can use it)"
+        ) from None
 
 
 def load_causal_lm(path: str, dtype: torch.dtype, attention: str | None = None):
@@ -127,8 +145,6 @@ def load_pretrained(auto_class, path: str, dtype: torch.dtype, attention: str | 
     """
     import pickle
     from pathlib import Path
-
-    from hafrm.filechecks import check_model_folder, first_line
 
     check_model_folder(str(path))
     use_safetensors = True if any(Path(path).expanduser().glob("*.safetensors")) else None

@@ -26,7 +26,14 @@ from hafrm.defaults import DEFAULT_EVAL_DATA, DEFAULT_TRAIN_DATA
 from hafrm.filechecks import check_model_folder, check_writable_dir
 from hafrm.metrics import accuracy_interval, correctness_from_predictions, paired_difference, pairwise_metrics
 from hafrm.model import HybridRewardModel, LoraSettings
-from hafrm.pretrained import fit_embeddings, load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
+from hafrm.pretrained import (
+    check_attention_trains,
+    fit_embeddings,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_dtype,
+    resolve_model_path,
+)
 from hafrm.reference import add_reference_logps
 from hafrm.trainer import EVAL_SCORES_DIR, HafTrainer, checkpoint_problem
 from hafrm.trunk import cached_trunk_states
@@ -90,6 +97,7 @@ def weights_dtype(config: TrainConfig) -> torch.dtype:
 
 def build_model(config: TrainConfig, model_path: str, tokenizer) -> HybridRewardModel:
     causal_lm = load_causal_lm(model_path, weights_dtype(config), config.attn_implementation)
+    check_attention_trains(causal_lm)
     fit_embeddings(causal_lm, tokenizer)
     lora = (
         LoraSettings(
