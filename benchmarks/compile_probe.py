@@ -15,18 +15,16 @@ import time
 import torch
 
 
-def step_seconds(model, objective, batch, steps: int) -> list[float]:
+def step_seconds(model, objective, batch) -> float:
+    """Wall time of one haf training step (forward, both losses, backward) on the batch."""
     from hafrm.scores import forward_batch
 
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        outputs, reference = forward_batch(model, objective, batch, with_logps=True)
-        loss, _ = objective(outputs.rewards, outputs.logps, outputs.token_counts, reference)
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
-    return times
+    start = time.perf_counter()
+    outputs, reference = forward_batch(model, objective, batch, with_logps=True)
+    loss, _ = objective(outputs.rewards, outputs.logps, outputs.token_counts, reference)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -53,14 +51,14 @@ def main() -> None:
     batch["reference_logps"] = torch.zeros(2 * args.batch_size)
     flex_attention_step(model, objective, batch)
     model.config._attn_implementation = "sdpa"
-    print(f"eager, sdpa: first step {step_seconds(model, objective, batch, 1)[0]:.1f} s")
+    print(f"eager, sdpa: first step {step_seconds(model, objective, batch):.1f} s")
     model.backbone.compile(dynamic=False)
-    print(f"compiled, sdpa: first (compiling) step {step_seconds(model, objective, batch, 1)[0]:.1f} s")
+    print(f"compiled, sdpa: first (compiling) step {step_seconds(model, objective, batch):.1f} s")
     times = {"eager": [], "compiled": []}
     for _ in range(args.steps):
         with torch.compiler.set_stance("force_eager"):
-            times["eager"] += step_seconds(model, objective, batch, 1)
-        times["compiled"] += step_seconds(model, objective, batch, 1)
+            times["eager"].append(step_seconds(model, objective, batch))
+        times["compiled"].append(step_seconds(model, objective, batch))
     medians = {name: sorted(seconds)[len(seconds) // 2] for name, seconds in times.items()}
     for name, seconds in times.items():
         print(f"{name}, sdpa: s/step by round {[round(t, 2) for t in seconds]}, median {medians[name]:.2f}")
@@ -71,7 +69,7 @@ def flex_attention_step(model, objective, batch) -> None:
     """One step with flex attention, or why it cannot run here (no CPU backward in some torch builds)."""
     model.config._attn_implementation = "flex_attention"
     try:
-        print(f"eager, flex_attention: first step {step_seconds(model, objective, batch, 1)[0]:.1f} s")
+        print(f"eager, flex_attention: first step {step_seconds(model, objective, batch):.1f} s")
     except Exception as error:
         print(f"eager, flex_attention: failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
 
