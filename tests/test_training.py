@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 from helpers import train_command
+from transformers import TrainingArguments
 
 from hafrm.cli import main
 from hafrm.config import TrainConfig
@@ -14,6 +15,7 @@ from hafrm.defaults import DEFAULT_EVAL_DATA, DEFAULT_TRAIN_DATA
 from hafrm.evaluation import load_trained, score_pairs, score_responses
 from hafrm.pretrained import load_tokenizer
 from hafrm.scoring import RewardScorer
+from hafrm.trainer import HafTrainer
 from hafrm.training import build_model, train
 
 
@@ -260,6 +262,10 @@ def test_flex_attention_where_torch_cannot_train_it_is_a_clear_error_before_any_
         assert main(tiny_args(tiny_model_dir, out, "--attn-implementation", "flex_attention")) == 2
         assert "flex_attention cannot train on a CPU" in capsys.readouterr().err
         assert not any(out.glob("checkpoint-*")) and not (out / "eval_metrics.json").exists()
+        model = build_model(TrainConfig(), str(tiny_model_dir), load_tokenizer(str(tiny_model_dir)))
+        model.config._attn_implementation = "flex_attention"
+        with pytest.raises(ValueError, match="flex_attention cannot train on a CPU"):  # the library's trainer too
+            HafTrainer(model=model, args=TrainingArguments(str(tmp_path / "trainer"), use_cpu=True))
     else:  # a torch that can: the same option builds a trainable model
         config = TrainConfig(attn_implementation="flex_attention")
         model = build_model(config, str(tiny_model_dir), load_tokenizer(str(tiny_model_dir)))

@@ -104,10 +104,10 @@ def attention_request(attention: str | None) -> str | None:
     return "flex_attention" if flex and torch.cuda.is_available() else None
 
 
-def check_attention_trains(model) -> None:
-    """Fail before any caching or precompute where the model's attention cannot train here: torch's flex attention
-    has no backward on a CPU (up to at least torch 2.13), and would fail only in the first training step."""
-    if model.config._attn_implementation != "flex_attention" or torch.cuda.is_available():
+def check_attention_trains(attention: str | None, device: torch.device) -> None:
+    """Refuse, before any work, an attention kernel that cannot train on the run's device: torch's flex attention
+    has no backward on a CPU (up to at least torch 2.13) and would fail only in the first training step."""
+    if attention != "flex_attention" or device.type != "cpu":
         return
     from torch.nn.attention.flex_attention import flex_attention
 

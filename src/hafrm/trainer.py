@@ -23,7 +23,7 @@ from hafrm.data.encoding import EVAL_POSITION, encode_pairs
 from hafrm.filechecks import first_line, safetensors_problem, torch_file_problem
 from hafrm.losses import HafObjective
 from hafrm.model import HybridRewardModel
-from hafrm.pretrained import fit_embeddings
+from hafrm.pretrained import check_attention_trains, fit_embeddings
 from hafrm.scores import forward_batch, implicit_rewards
 
 STATE_FILE = "hafrm_trainable.safetensors"
@@ -117,6 +117,8 @@ class HafTrainer(_TrainableStateCheckpoints, Trainer):
             model = HybridRewardModel.from_causal_lm(model)
         if args is None:
             args = TrainingArguments(output_dir="trainer_output")
+        if model is not None:
+            check_attention_trains(model.config._attn_implementation, args.device)
         args.remove_unused_columns = False
         train_dataset = self._encoded(train_dataset, "train_dataset", processing_class, max_length)
         eval_dataset = self._eval_sets(eval_dataset, processing_class, max_length)

@@ -97,7 +97,6 @@ def weights_dtype(config: TrainConfig) -> torch.dtype:
 
 def build_model(config: TrainConfig, model_path: str, tokenizer) -> HybridRewardModel:
     causal_lm = load_causal_lm(model_path, weights_dtype(config), config.attn_implementation)
-    check_attention_trains(causal_lm)
     fit_embeddings(causal_lm, tokenizer)
     lora = (
         LoraSettings(
@@ -293,12 +292,14 @@ def has_eval_set(config: TrainConfig, train_in_memory: bool = False, eval_in_mem
 def preflight(config: TrainConfig, train_in_memory: bool = False, eval_in_memory: bool = False) -> None:
     """Every check that needs no model or data, run before anything heavy, so that a user error costs
     seconds instead of a model load and a reference precompute: the output folder, the model folder, the
-    loss settings, the TrainingArguments, and the checkpoint to resume from."""
+    loss settings, the TrainingArguments, the attention kernel on the run's device, and the checkpoint to resume
+    from."""
     claim_output_dir(config)
     if config.model not in (None, "", "default"):
         check_model_folder(config.model)
     config.objective()
-    training_arguments(config, has_eval_set(config, train_in_memory, eval_in_memory))
+    args = training_arguments(config, has_eval_set(config, train_in_memory, eval_in_memory))
+    check_attention_trains(config.attn_implementation, args.device)
     resume_point(config)
 
 
