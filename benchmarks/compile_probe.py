@@ -67,11 +67,13 @@ def main() -> None:
 
 def flex_attention_step(model, objective, batch) -> None:
     """One step with flex attention, or why it cannot run here (no CPU backward in some torch builds)."""
+    from hafrm.filechecks import first_line
+
     model.config._attn_implementation = "flex_attention"
     try:
         print(f"eager, flex_attention: first step {step_seconds(model, objective, batch):.1f} s")
     except Exception as error:
-        print(f"eager, flex_attention: failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
+        print(f"eager, flex_attention: failed: {type(error).__name__}: {first_line(error)}")
 
 
 if __name__ == "__main__":

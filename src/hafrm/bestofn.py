@@ -162,13 +162,12 @@ def sample_candidates(
     """n responses per prompt from `policy` (a causal LM, or a hafrm output folder's own policy head; None: the
     embedded model), and the settings they were sampled with, recorded beside them."""
     from hafrm.export import POLICY_DIR
-    from hafrm.pretrained import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
+    from hafrm.pretrained import inference_device, load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 
     policy_path = resolve_model_path(policy)
     if (Path(policy_path) / POLICY_DIR).is_dir():
         policy_path = str(Path(policy_path) / POLICY_DIR)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    sampler = load_causal_lm(policy_path, resolve_dtype("auto")).to(device).eval()
+    sampler = load_causal_lm(policy_path, resolve_dtype("auto")).to(inference_device()).eval()
     candidates = sample_responses(sampler, load_tokenizer(policy_path), prompts, n, max_new_tokens, temperature, seed)
     return candidates, dict(zip(SAMPLING_SETTINGS, (policy_path, n, max_new_tokens, temperature, seed)))
 

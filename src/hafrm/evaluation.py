@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from hafrm.config import TrainConfig
 from hafrm.data import PairCollator, PairEncoder, SkipReport
@@ -17,7 +16,14 @@ from hafrm.data.formats import as_messages
 from hafrm.export import POLICY_DIR
 from hafrm.metrics import accuracy_from_scores, pair_correctness
 from hafrm.model import METADATA_FILE, HybridRewardModel
-from hafrm.pretrained import fit_embeddings, load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
+from hafrm.pretrained import (
+    fit_embeddings,
+    inference_device,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_dtype,
+    resolve_model_path,
+)
 from hafrm.scores import batch_scores, check_head, head_scores
 
 
@@ -108,7 +114,7 @@ def load_trained(
         reference_model = load_causal_lm(base, torch_dtype, config.attn_implementation)
         fit_embeddings(reference_model, tokenizer)  # the pad row training added, if it added one
         model.reference_model = reference_model.eval().requires_grad_(False)
-    return LoadedModel(model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")), tokenizer, config)
+    return LoadedModel(model.to(inference_device(device)), tokenizer, config)
 
 
 def score_pairs(

@@ -92,6 +92,11 @@ def fit_embeddings(causal_lm, tokenizer) -> None:
             embedding.weight[old:] = embedding.weight[:old].mean(dim=0)
 
 
+def inference_device(device: str | None = None) -> torch.device:
+    """The device to load a model on for scoring or sampling: the one asked for, else the GPU where there is one."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def attention_request(attention: str | None) -> str | None:
     """The attn_implementation to ask transformers for; None leaves its default (sdpa where the model has it).
 

@@ -13,7 +13,7 @@ from hafrm.data.formats import SkipRow, as_messages, as_response, require
 from hafrm.data.reading import read_rows
 from hafrm.export import REWARD_MODEL_DIR
 from hafrm.model import response_ends
-from hafrm.pretrained import load_pretrained, load_tokenizer, resolve_dtype
+from hafrm.pretrained import inference_device, load_pretrained, load_tokenizer, resolve_dtype
 
 
 class RewardScorer:
@@ -30,7 +30,7 @@ class RewardScorer:
         if (model_dir / REWARD_MODEL_DIR).is_dir():
             model_dir = model_dir / REWARD_MODEL_DIR
         self.tokenizer = load_tokenizer(str(model_dir))
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = inference_device(device)
         self.model = (
             load_pretrained(AutoModelForSequenceClassification, str(model_dir), resolve_dtype(dtype))
             .to(self.device)
