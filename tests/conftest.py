@@ -84,3 +84,14 @@ def _write_jsonl(path: Path, rows) -> Path:
 def write_jsonl():
     """Writes rows (dicts, or raw strings for broken lines) as a JSONL file: write_jsonl(path, rows) -> path."""
     return _write_jsonl
+
+
+@pytest.fixture
+def fresh_compiler():
+    """A flex-attention test compiles its kernels afresh: after other tests' shapes torch 2.13 compiles the next
+    ones with dynamic shapes, whose CPU flex template fails to build (`cur_qSplitSize8` not declared)."""
+    import torch
+
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()

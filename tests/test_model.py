@@ -246,7 +246,7 @@ def test_rejected_tokens_never_see_the_chosen_response(tokenizer, harmless_pairs
     torch.testing.assert_close(first.logps[1], second.logps[1])
 
 
-def test_flex_attention_takes_the_block_mask(tokenizer, harmless_pairs, tiny_causal_lm):
+def test_flex_attention_takes_the_block_mask(tokenizer, harmless_pairs, tiny_causal_lm, fresh_compiler):
     """flex_attention gets a BlockMask built from the same rule (compiled on first use: ~20 s on CPU)."""
     pytest.importorskip("torch.nn.attention.flex_attention")
     causal_lm = tiny_causal_lm(len(tokenizer))

@@ -12,7 +12,8 @@
 #    (project environment), then with RewardBench's own code in the 4.51 venv (scripts/compat/rewardbench_side.py),
 #    prints the max absolute difference per row and fails when one is above 1e-4 ($TOLERANCE).
 # Exits 0 with "SKIPPED: ..." when no package registry is reachable (and the venv is not built yet) or the rows
-# are absent. $HAFRM_PYTHON: the project's python (default .venv/bin/python, else python on PATH).
+# are absent. Without an argument it then does the same for tiny random exports of other families
+# ($COMPAT_FAMILIES, default: Llama, Qwen2, Gemma-2, Mistral with a window, Phi-3 with a window). $HAFRM_PYTHON: the project's python (default .venv/bin/python, else python on PATH).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -76,3 +77,18 @@ echo "== rows: $ROWS"
 # --max-length 4096: RewardBench does not truncate (its rows reach about 1,100 SmolLM2 tokens)
 "$MAIN_PY" -m hafrm.cli score "$MODEL" --input "$WORK/pairs.jsonl" --output "$WORK/hafrm-scored.jsonl" --max-length 4096 --batch-size 8
 "$VENV/bin/python" "$HERE/rewardbench_side.py" "$MODEL" "$ROWS" "$WORK/hafrm-scored.jsonl" --tolerance "$TOLERANCE"
+
+# ---------------------------------------------------------------- 4. the other families (no argument given only)
+# Tiny random models of the families with their own attention rules (sliding windows of 24 tokens, which the
+# RewardBench rows cross; Gemma 2's soft-capping; Phi-3's fused projections), exported and read the same way.
+if [[ -z "${1:-}" ]]; then
+    for family in ${COMPAT_FAMILIES:-llama qwen2 gemma2 mistral-window phi3-window}; do
+        echo "== family $family"
+        rm -rf "$WORK/family-$family"
+        "$MAIN_PY" "$HERE/hafrm_side.py" family "$family" "$WORK/family-$family"
+        "$MAIN_PY" -m hafrm.cli score "$WORK/family-$family/reward_model" --input "$WORK/pairs.jsonl" \
+            --output "$WORK/family-$family.jsonl" --max-length 4096 --batch-size 8
+        "$VENV/bin/python" "$HERE/rewardbench_side.py" "$WORK/family-$family/reward_model" "$ROWS" \
+            "$WORK/family-$family.jsonl" --tolerance "$TOLERANCE" | tail -2
+    done
+fi

@@ -2,6 +2,8 @@
 
 hafrm_side.py export OUTPUT_DIR        export the default model (SmolLM2-135M-Instruct) with a fresh, seeded
                                        reward head; reward_model/ is made portable (idempotent if export did)
+hafrm_side.py family NAME OUTPUT_DIR   export a tiny random model of one family (hafrm.testing.TINY_FAMILIES,
+                                       sliding windows of 24 tokens) with the default tokenizer, the same way
 hafrm_side.py rows REWARD_BENCH OUT    RewardBench rows (prompt/chosen/rejected/id) -> one prompt/response
                                        row per (id, side), the input of `hafrm score`
 """
@@ -14,7 +16,7 @@ import sys
 from pathlib import Path
 
 
-def export(output_dir: Path) -> None:
+def export(output_dir: Path, family: str | None = None) -> None:
     import torch
 
     from hafrm.defaults import default_model_path
@@ -24,7 +26,12 @@ def export(output_dir: Path) -> None:
 
     path = str(default_model_path())
     tokenizer = load_tokenizer(path)
-    causal_lm = load_causal_lm(path, torch.float32)
+    if family is None:
+        causal_lm = load_causal_lm(path, torch.float32)
+    else:
+        from hafrm.testing import tiny_family_model
+
+        causal_lm = tiny_family_model(family, len(tokenizer))
     torch.manual_seed(0)
     # from_causal_lm took the pad id as its second argument before the pad rule moved to one place (issue 10).
     extra = (
@@ -36,9 +43,13 @@ def export(output_dir: Path) -> None:
     model.export(
         output_dir,
         tokenizer,
-        {"base_model": "SmolLM2-135M-Instruct (hafrm default)", "note": "fresh reward head, seed 0"},
+        {"base_model": family or "SmolLM2-135M-Instruct (hafrm default)", "note": "fresh reward head, seed 0"},
         save_policy=False,
     )
+    if family is not None:
+        # transformers 5 loads the tokenizer class of the folder's model type (Qwen2's splits text its own way),
+        # which 4.x takes from tokenizer.json: saved as transformers 5 reads it, both read the same tokens
+        load_tokenizer(str(output_dir / "reward_model")).save_pretrained(output_dir / "reward_model")
     make_portable(output_dir / "reward_model")
 
 
@@ -59,4 +70,7 @@ def rows(source: Path, out: Path) -> None:
 
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    {"export": export, "rows": rows}[command](*map(Path, args))
+    if command == "family":
+        export(Path(args[1]), family=args[0])
+    else:
+        {"export": export, "rows": rows}[command](*map(Path, args))

@@ -124,7 +124,7 @@ def score_pairs(
     tokenizer = loaded.tokenizer
     report = SkipReport(rows_read=len(pairs), rows_used=len(pairs))
     dataset = encode_pairs(pairs, PairEncoder(tokenizer, max_length or loaded.config.max_length), report)
-    collator = PairCollator(tokenizer.pad_token_id, share_prompt=loaded.model.shares_prompts)
+    collator = PairCollator(tokenizer.pad_token_id, share_prompt=loaded.model.check_prompt_sharing())
     device = next(loaded.model.parameters()).device
     arrays = [np.zeros(len(dataset), dtype=np.float32) for _ in range(4)]
     for indices, batch in batches_by_length(dataset, collator, batch_size, device, "scoring pairs", progress):

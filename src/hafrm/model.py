@@ -27,8 +27,9 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
-from hafrm.data.encoding import PAD, PROMPT, REJECTED, RESPONSE
+from hafrm.data.encoding import PAD, PROMPT, REJECTED, RESPONSE, PairCollator
 from hafrm.export import ADAPTER_DIR, POLICY_DIR, REWARD_MODEL_DIR, save_causal_lm, save_sequence_classifier
+from hafrm.filechecks import first_line
 from hafrm.trunk import FrozenTrunk
 
 logger = logging.getLogger(__name__)
@@ -106,25 +107,46 @@ def response_tokens(segment_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return rows, predictor[rows, columns], columns, output
 
 
-def attention_mask_for(segment_ids: torch.Tensor, attn_implementation: str, dtype: torch.dtype):
-    """The attention mask the backbone takes: the 2D padding mask when no row shares its prompt (the model adds
-    causality itself), else a 4D block mask in the form the attention implementation reads."""
-    if not (segment_ids == REJECTED).any():
-        return (segment_ids != PAD).long()
+FULL_ATTENTION, SLIDING_ATTENTION = "full_attention", "sliding_attention"  # transformers' names of layer kinds
+
+
+def attention_windows(config) -> dict[str, int | None] | None:
+    """The attention kinds of the model's layers, each with how far back (in positions) a query sees: None for the
+    whole past. Gemma 2/3, Qwen2 and SmolLM3 name each layer's kind in `layer_types`; Mistral, Phi-3 and
+    Starcoder2 apply their `sliding_window` on every layer. None where a kind is one hafrm builds no mask for
+    (chunked or linear attention): such a model does not share prompts."""
+    text = config.get_text_config()
+    window = getattr(text, "sliding_window", None)
+    kinds = set(getattr(text, "layer_types", None) or [SLIDING_ATTENTION if window else FULL_ATTENTION])
+    if not kinds <= {FULL_ATTENTION, SLIDING_ATTENTION}:
+        return None
+    return {kind: window if kind == SLIDING_ATTENTION else None for kind in kinds}
+
+
+def allowed_keys(segment_ids: torch.Tensor, position_ids: torch.Tensor, window: int | None) -> torch.Tensor:
+    """(B, T, T) which keys each query sees in [prompt | chosen | rejected] rows: causal, no padding, the rejected
+    response never the chosen one, and within `window` counted in positions, not row indices (a rejected token at
+    position p sees the prompt tokens a model's own window at p would, however long the chosen response is)."""
     width = segment_ids.shape[1]
     causal = torch.ones(width, width, dtype=torch.bool, device=segment_ids.device).tril()
     query, key = segment_ids[:, :, None], segment_ids[:, None, :]
     allowed = causal & (key != PAD) & ~((query == REJECTED) & (key == RESPONSE))
-    allowed |= torch.eye(
-        width, dtype=torch.bool, device=segment_ids.device
-    )  # pad rows attend to themselves: no empty row
+    if window is not None:
+        allowed &= (position_ids[:, :, None] - position_ids[:, None, :]) < window
+    return allowed | torch.eye(width, dtype=torch.bool, device=segment_ids.device)  # pad rows see themselves
+
+
+def mask_for_kernel(allowed: torch.Tensor, attn_implementation: str, dtype: torch.dtype):
+    """A (B, T, T) boolean mask in the form the attention implementation reads (transformers passes a 4D mask
+    through as given, so the model applies no window of its own on top)."""
     if attn_implementation == "flex_attention":
         from torch.nn.attention.flex_attention import create_block_mask
 
         def mask_mod(b, h, q, k):
             return allowed[b, q, k]
 
-        return create_block_mask(mask_mod, segment_ids.shape[0], None, width, width, device=segment_ids.device)
+        batch, width = allowed.shape[:2]
+        return create_block_mask(mask_mod, batch, None, width, width, device=allowed.device)
     if attn_implementation == "sdpa":
         return allowed[:, None]
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
@@ -132,7 +154,74 @@ def attention_mask_for(segment_ids: torch.Tensor, attn_implementation: str, dtyp
     )[:, None]
 
 
+def attention_mask_for(
+    segment_ids: torch.Tensor, position_ids: torch.Tensor | None, config, attn_implementation: str, dtype: torch.dtype
+):
+    """The attention mask the backbone takes: the 2D padding mask when no row shares its prompt (the model adds
+    causality and its window itself), else a 4D block mask per attention kind of its layers, one mask where all
+    layers are of one kind, else {kind: mask} as transformers' models with mixed layers (Gemma 2/3) take it."""
+    if not (segment_ids == REJECTED).any():
+        return (segment_ids != PAD).long()
+    if position_ids is None:
+        raise ValueError("shared-prompt rows need their position_ids (the rejected response restarts after the prompt)")
+    masks = {
+        kind: mask_for_kernel(allowed_keys(segment_ids, position_ids, window), attn_implementation, dtype)
+        for kind, window in attention_windows(config).items()
+    }
+    return next(iter(masks.values())) if len(masks) == 1 else masks
+
+
 SHARED_PROMPT_ATTENTION = ("sdpa", "eager", "flex_attention")  # implementations that honour a custom 4D mask
+
+
+SHARING_CHECK_SPAN = 64  # tokens per conversation of the start-up check's pair where the model has no window
+
+
+def synthetic_pair(vocab_size: int, span: int) -> dict:
+    """An encoded pair whose conversations (prompt + response) are each wider than `span` tokens, with responses of
+    one length (so separate rows need no padding), of random token ids drawn with a fixed seed."""
+    prompt_length, response_length = span // 2 + 1, span // 2 + 8
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(vocab_size, (prompt_length + 2 * response_length,), generator=generator).tolist()
+    prompt, chosen, rejected = ids[:prompt_length], ids[prompt_length:-response_length], ids[-response_length:]
+    return {
+        "chosen_input_ids": prompt + chosen,
+        "rejected_input_ids": prompt + rejected,
+        "prompt_length": prompt_length,
+        "margin": 0.0,
+    }
+
+
+def prompt_sharing_problem(model: HybridRewardModel) -> str | None:
+    """Why [prompt | chosen | rejected] rows would give this model other numbers than separate rows, or None.
+
+    One synthetic pair, each conversation wider than the widest attention window of the model's layers (64 tokens
+    where it has none), goes through both layouts on the model's device; the last hidden state of every response
+    token (what rewards and log-probs are read from) must agree, token by token, within the dtype's rounding.
+    """
+    windows = [window for window in attention_windows(model.config).values() if window]
+    pair = synthetic_pair(
+        model.causal_lm.get_input_embeddings().num_embeddings, max(windows, default=SHARING_CHECK_SPAN)
+    )
+    device = model.score.weight.device
+    hidden = {}
+    try:
+        with torch.no_grad(), eval_mode(model):
+            for share in (True, False):
+                batch = {k: v.to(device) for k, v in PairCollator(0, "right", share)([pair]).items()}
+                hidden[share] = model.hidden_states(
+                    model.backbone, batch["input_ids"], batch["segment_ids"], batch.get("position_ids")
+                ).float()
+    except Exception as error:  # e.g. a model that takes no {layer kind: mask} mapping
+        return f"the shared layout fails: {first_line(error)}"
+    start = pair["prompt_length"]
+    shared = hidden[True][0, start:]  # chosen then rejected tokens
+    separate = torch.cat([hidden[False][0, start:], hidden[False][1, start:]])
+    error = ((shared - separate).norm(dim=-1) / separate.norm(dim=-1).clamp(min=1e-6)).max().item()
+    tolerance = 1e-3 if model.score.weight.dtype == torch.float32 else 5e-2
+    if error > tolerance:
+        return f"response hidden states differ by up to {error:.2g} of their norm ({len(shared)} tokens)"
+    return None
 
 
 class TokenLogps(torch.autograd.Function):
@@ -289,6 +378,8 @@ class HybridRewardModel(nn.Module):
         )
         self.reference_model: nn.Module | None = None
         self.trunk: FrozenTrunk | None = None
+        self._sharing_checked = False
+        self._sharing_problem: str | None = None  # what check_prompt_sharing found
 
     # ------------------------------------------------------------------ construction
 
@@ -351,8 +442,28 @@ class HybridRewardModel(nn.Module):
 
     @property
     def shares_prompts(self) -> bool:
-        """Whether a pair can be one row [prompt | chosen | rejected]: the attention must honour a block mask."""
-        return self.config._attn_implementation in SHARED_PROMPT_ATTENTION
+        """Whether a pair can be one row [prompt | chosen | rejected]: the attention must honour a block mask, hafrm
+        must know every kind of its layers, and `check_prompt_sharing` must not have found a mismatch."""
+        return self._sharing_refusal() is None
+
+    def _sharing_refusal(self) -> str | None:
+        if self.config._attn_implementation not in SHARED_PROMPT_ATTENTION:
+            return f"attention {self.config._attn_implementation!r} cannot take a block mask"
+        if attention_windows(self.config) is None:
+            return f"hafrm builds no block mask for layers of kind {sorted(self.config.get_text_config().layer_types)}"
+        return self._sharing_problem
+
+    def check_prompt_sharing(self) -> bool:
+        """Whether pairs share their prompt, found once on this model where its weights are (`prompt_sharing_problem`):
+        where they cannot, or the check finds a mismatch, chosen and rejected become separate rows, with a log line
+        (slower, never wrong). Call it after the model is on its device, before batches are built."""
+        if not self._sharing_checked:
+            self._sharing_checked = True
+            if self.shares_prompts:
+                self._sharing_problem = prompt_sharing_problem(self)
+            if not self.shares_prompts:
+                logger.warning("Chosen and rejected are computed as separate rows: %s", self._sharing_refusal())
+        return self.shares_prompts
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         self.causal_lm.gradient_checkpointing_enable(
@@ -397,7 +508,9 @@ class HybridRewardModel(nn.Module):
         self, body: nn.Module, input_ids: torch.Tensor, segment_ids: torch.Tensor, position_ids: torch.Tensor | None
     ) -> torch.Tensor:
         """(B, T, H) last hidden states of a backbone for a batch in the layout of `segment_ids`."""
-        mask = attention_mask_for(segment_ids, self.config._attn_implementation, self.score.weight.dtype)
+        mask = attention_mask_for(
+            segment_ids, position_ids, self.config, self.config._attn_implementation, self.score.weight.dtype
+        )
         return body(
             input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state

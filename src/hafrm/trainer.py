@@ -122,10 +122,7 @@ class HafTrainer(_TrainableStateCheckpoints, Trainer):
         args.remove_unused_columns = False
         train_dataset = self._encoded(train_dataset, "train_dataset", processing_class, max_length)
         eval_dataset = self._eval_sets(eval_dataset, processing_class, max_length)
-        if data_collator is None and processing_class is not None and model is not None:
-            data_collator = PairCollator(
-                processing_class.pad_token_id, processing_class.padding_side, model.shares_prompts
-            )
+        build_collator = data_collator is None and processing_class is not None and model is not None
         if compute_metrics is None:
             from hafrm.training import primary_metrics
 
@@ -151,10 +148,28 @@ class HafTrainer(_TrainableStateCheckpoints, Trainer):
         )
         if objective.uses_policy_head and model is not None:
             self.model.check_policy_logits()  # on the device the Trainer moved it to
+        if build_collator:
+            self.data_collator = PairCollator(
+                processing_class.pad_token_id, processing_class.padding_side, self.model.check_prompt_sharing()
+            )
+        elif isinstance(self.data_collator, PairCollator) and self.data_collator.share_prompt:
+            self._unshare_prompts_unless_checked(self.data_collator)
         self.objective = objective
         self.max_length = max_length
         self.eval_scores_dir = Path(eval_scores_dir) if eval_scores_dir is not None else None
         self._train_stats: dict[str, list[float]] = defaultdict(list)
+
+    def _unshare_prompts_unless_checked(self, collator: PairCollator) -> None:
+        """A given shared-prompt collator turns to separate rows where `check_prompt_sharing` finds this model
+        cannot share; cached frozen-trunk states of shared rows cannot be replayed into separate rows, so refuse."""
+        if self.model.check_prompt_sharing():
+            return
+        if collator.trunk is not None:
+            raise ValueError(
+                "the collator replays frozen-trunk states of shared-prompt rows, but this model cannot share prompts "
+                "(see the log line above): build the trunk cache with PairCollator(share_prompt=False)"
+            )
+        collator.share_prompt = False
 
     @staticmethod
     def _encoded(data, name: str, tokenizer, max_length: int):

@@ -129,14 +129,10 @@ def replay_frozen_trunk(model: HybridRewardModel, collator: PairCollator, sets: 
 
 
 def pair_collator(config: TrainConfig, model: HybridRewardModel, tokenizer) -> PairCollator:
-    """Pairs share their prompt in one row where the model's attention takes a block mask; otherwise (e.g.
-    FlashAttention, which ignores custom masks) chosen and rejected are separate rows, with a log line."""
-    share = config.share_prompt and model.shares_prompts
-    if config.share_prompt and not share:
-        logger.info(
-            "Attention %r cannot take a block mask: chosen and rejected are computed as separate rows",
-            model.config._attn_implementation,
-        )
+    """Pairs share their prompt in one row where `check_prompt_sharing` finds the model gives the numbers of
+    separate rows there (it logs why not, e.g. FlashAttention, which ignores custom masks); otherwise chosen and
+    rejected are separate rows. The model must be on its device already: the check runs there."""
+    share = config.share_prompt and model.check_prompt_sharing()
     return PairCollator(tokenizer.pad_token_id, tokenizer.padding_side, share)
 
 
@@ -379,8 +375,8 @@ def train(
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     if config.eval_at_steps:
         callbacks.append(EvaluateAtSteps(config.eval_at_steps))
+    model.to(args.device)  # the Trainer would move it later; the checks and precomputations need it there now
     collator = pair_collator(config, model, tokenizer)
-    model.to(args.device)  # the Trainer would move it later; the precomputations need it there now
     if objective.uses_policy_head:  # before the precomputations, which would be wasted on a refused model
         model.check_policy_logits()
     if config.freeze_layers and config.trunk_cache and collator.share_prompt:

@@ -29,11 +29,21 @@ class _TrunkReached(Exception):
     """Raised by the last frozen layer while the trunk is computed, so the layers above never run."""
 
 
+def decoder_layers(backbone: nn.Module) -> nn.ModuleList:
+    """The backbone's stack of decoder layers, whatever the family calls it (`layers` in Llama, Mistral, Gemma,
+    Phi; `h` in GPT-2 and Falcon): its child list of as many modules as the config has layers."""
+    count = backbone.config.get_text_config().num_hidden_layers
+    for child in backbone.children():
+        if isinstance(child, nn.ModuleList) and len(child) == count:
+            return child
+    raise ValueError(f"{type(backbone).__name__} has no list of {count} decoder layers to freeze")
+
+
 class FrozenTrunk:
     """The embeddings and bottom `num_layers` layers of a backbone, frozen, with a replay slot."""
 
     def __init__(self, backbone: nn.Module, num_layers: int):
-        layers = backbone.layers
+        layers = decoder_layers(backbone)
         if not 0 < num_layers < len(layers):
             raise ValueError(
                 f"freeze_layers must be between 1 and {len(layers) - 1} (the model has {len(layers)} layers), "
