@@ -226,6 +226,7 @@ def command_report(args: argparse.Namespace) -> int:
             test_pairs=args.test_pairs or 1000,
             overrides=overrides,
             ood=args.ood,
+            validation_pairs=args.validation_pairs or 0,
         )
         print(
             claim_report(
@@ -537,6 +538,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--test-pairs",
         type=number_in_range(int, 1),
         help="test pairs per set (default: all for the paper tables; 1000 or more for the learning curves)",
+    )
+    report.add_argument(
+        "--validation-pairs",
+        type=number_in_range(int, 1),
+        help="learning-curve / alpha-sweep: hold this many training pairs (whole prompts) out as a validation set, "
+        "evaluated at every step with the test sets, to choose a checkpoint without the test pairs",
     )
     report.add_argument(
         "--skip-unavailable",

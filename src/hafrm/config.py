@@ -15,10 +15,10 @@ from pathlib import Path
 
 import yaml
 
-from hafrm.data.encoding import MIN_MAX_LENGTH
+from hafrm.data.encoding import MIN_MAX_LENGTH, TRUNCATIONS
 from hafrm.data.formats import ADAPTERS
 from hafrm.losses import METHODS, POLICY_LOSSES, HafObjective, PolicyLoss
-from hafrm.model import LoraSettings
+from hafrm.model import PADDED_LAST_COLUMN, REWARD_HEAD_INITS, REWARD_READOUTS, LoraSettings
 
 
 @dataclass
@@ -73,6 +73,23 @@ class TrainConfig:
             "in separate rows. torch has no flex_attention backward on a CPU: training there refuses it at once"
         },
     )
+    reward_head_init: str = field(
+        default="normal",
+        metadata={
+            "help": "normal: N(0, 1/(hidden+1)), as transformers' and TRL's heads; zeros: the paper code's zero "
+            "init, so at first only a policy loss moves the backbone (its head also has a bias, which the "
+            "pairwise loss gives zero gradient: hafrm leaves it out)"
+        },
+    )
+    reward_readout: str = field(
+        default="last-token",
+        metadata={
+            "help": "last-token: the reward is read at each response's last token. "
+            "ablation-padded-last-column: ABLATION ONLY, the paper code's readout, to measure its effect: the "
+            "last column of right-padded separate rows (pad = EOS), so shorter rows are read at padding; "
+            "needs micro_batch_size 1 (evaluation: 8 pairs per forward), logs a warning"
+        },
+    )
     freeze_layers: int = field(
         default=0,
         metadata={
@@ -93,6 +110,13 @@ class TrainConfig:
     )
     alpha: float = field(
         default=HafObjective.alpha, metadata={"help": "weight of the policy loss in the haf objective"}
+    )
+    dpo_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "method dpo: weight of its policy loss (the paper code's DPO-as-RM: 0.2; AdamW undoes most of "
+            "a constant scale, not gradient clipping's share)"
+        },
     )
     tau: float = field(
         default=PolicyLoss.tau,
@@ -158,6 +182,23 @@ class TrainConfig:
             "help": "tokens per sequence; longer pairs lose prompt tokens from the left, the response end is kept"
         },
     )
+    prompt_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "a prompt format with {prompt}, made the tokenizer's chat template (so exports carry it): each "
+            "user turn as the format, each answer after one space, then EOS; e.g. the paper code's "
+            "'Instruct: {prompt}\\nOutput:' (Phi-2) or '[INST] {prompt} [/INST]' (Mistral). Unset: the "
+            "tokenizer's chat template, or HH's Human:/Assistant: text without one"
+        },
+    )
+    truncation: str = field(
+        default="keep-response-ends",
+        metadata={
+            "help": "over-long pairs: keep-response-ends drops prompt tokens from the left and keeps each "
+            "response's end; paper (its code): the prompt's last max_length/4 tokens (128 of 512) and each "
+            "response's first 3/4 (384)"
+        },
+    )
     max_train_pairs: int | None = field(
         default=None, metadata={"help": "use at most this many training pairs (the first ones)"}
     )
@@ -211,6 +252,9 @@ class TrainConfig:
         default="cosine", metadata={"help": "learning-rate schedule after warmup (any transformers scheduler)"}
     )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    adam_epsilon: float = field(
+        default=1e-8, metadata={"help": "AdamW epsilon (the paper code: 1e-5, where 1e-8 gave it NaNs in fp16)"}
+    )
     max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient norm to this (0: no clipping)"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, data order and the eval split"})
     group_by_length: bool = field(
@@ -259,6 +303,11 @@ class TrainConfig:
             setattr(self, name, self.validated(name, getattr(self, name)))
         if self.freeze_layers and self.lora:
             raise ValueError("freeze_layers trains the top layers in full; it does not combine with lora")
+        if self.reward_readout == PADDED_LAST_COLUMN and self.micro_batch_size != 1:
+            raise ValueError(
+                f"reward_readout {PADDED_LAST_COLUMN} reproduces the paper code's 1 pair per forward pass: set "
+                f"micro_batch_size 1 (got {self.micro_batch_size})"
+            )
         if self.batch_size % self.micro_batch_size:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})"
@@ -327,6 +376,7 @@ class TrainConfig:
             policy_loss=policy,
             center_rewards_coef=self.center_rewards_coef,
             use_margin=self.use_margin,
+            dpo_weight=self.dpo_weight,
         )
 
     def to_dict(self) -> dict:
@@ -381,6 +431,12 @@ _RULES = {
     "data_format": _one_of(("auto", *sorted(ADAPTERS))),
     "lr_scheduler": _one_of(_SCHEDULERS),
     "on_bad_row": _one_of(("error", "skip"), "'error' or 'skip'"),
+    "reward_head_init": _one_of(REWARD_HEAD_INITS),
+    "reward_readout": _one_of(REWARD_READOUTS),
+    "truncation": _one_of(TRUNCATIONS),
+    "prompt_template": _Rule(lambda v: v.count("{prompt}") == 1, "a format containing {prompt} once"),
+    "dpo_weight": _Rule(lambda v: v > 0, "positive"),
+    "adam_epsilon": _Rule(lambda v: v > 0, "positive"),
     "lora_r": _at_least(1),
     "freeze_layers": _at_least(0, "0 (off) or a number of bottom layers"),
     "lora_alpha": _Rule(lambda v: v > 0, "positive"),

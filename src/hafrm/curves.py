@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 CLAIM_SETS = ("beaver-safe", "hh-harmless", "hh-helpful")
 CURVE_STEPS = (16, 32, 64, 128, 256)
+VALIDATION = "validation"
 SPLIT_SEED = 0  # one split for every method and seed: their test pairs are the same
 DONE_FILE = "done.json"
 # Per-pair eval scores kept before this marker was written into done.json are in the order the Trainer's
@@ -58,6 +59,7 @@ class CurveSettings:
     test_pairs: int = 1000
     overrides: dict = field(default_factory=dict)  # TrainConfig fields shared by every run (freeze_layers, ...)
     ood: bool = True  # also test on the other claim sets and the local RewardBench rows
+    validation_pairs: int = 0  # held out of the training part by prompt, evaluated with the tests as "validation"
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,17 @@ def evaluation_sets(train_set: str, settings: CurveSettings, split) -> dict[str,
     return tests
 
 
+def training_and_evaluation_sets(train_set: str, settings: CurveSettings, split) -> tuple[list[dict], dict]:
+    """A run's training pairs and its evaluation sets; with validation_pairs, that many pairs (whole prompts) of
+    the training part are held out as the "validation" set, for choosing a checkpoint without the test pairs;
+    with max_eval_pairs, each evaluation set is its first that many pairs."""
+    pairs, tests = split(train_set)[0], evaluation_sets(train_set, settings, split)
+    if settings.validation_pairs:
+        pairs, tests[VALIDATION] = split_by_prompt(pairs, settings.validation_pairs, SPLIT_SEED)
+    cap = settings.overrides.get("max_eval_pairs")  # the first pairs of each set, for every record of the run
+    return pairs, {name: test[:cap] for name, test in tests.items()}
+
+
 def run_curves(runs: list[CurveRun], settings: CurveSettings, output_dir: str | Path) -> list[Path]:
     """Train and evaluate every run not finished yet; returns the run folders (finished ones included)."""
     from hafrm.training import RunClock, train
@@ -98,7 +111,7 @@ def run_curves(runs: list[CurveRun], settings: CurveSettings, output_dir: str | 
             logger.info("%s finished earlier; kept", run.name)
             continue
         if run.train_set not in data:
-            data[run.train_set] = (split(run.train_set)[0], evaluation_sets(run.train_set, settings, split))
+            data[run.train_set] = training_and_evaluation_sets(run.train_set, settings, split)
         pairs, tests = data[run.train_set]
         model_dir = folder / "model"
         config = TrainConfig(

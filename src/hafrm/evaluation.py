@@ -123,7 +123,9 @@ def score_pairs(
     """Rewards and implicit rewards of every pair, each pair's prompt computed once for both responses."""
     tokenizer = loaded.tokenizer
     report = SkipReport(rows_read=len(pairs), rows_used=len(pairs))
-    dataset = encode_pairs(pairs, PairEncoder(tokenizer, max_length or loaded.config.max_length), report)
+    dataset = encode_pairs(
+        pairs, PairEncoder(tokenizer, max_length or loaded.config.max_length, loaded.config.truncation), report
+    )
     collator = PairCollator(tokenizer.pad_token_id, share_prompt=loaded.model.check_prompt_sharing())
     device = next(loaded.model.parameters()).device
     arrays = [np.zeros(len(dataset), dtype=np.float32) for _ in range(4)]
@@ -150,7 +152,7 @@ def score_responses(
             raise ValueError(
                 f"a {loaded.config.method} model has no trained policy head, so no {head} score; use head 'reward'"
             )
-    encoder = PairEncoder(loaded.tokenizer, max_length or loaded.config.max_length)
+    encoder = PairEncoder(loaded.tokenizer, max_length or loaded.config.max_length, loaded.config.truncation)
     encoded = [encoder.encode_single(as_messages(p, "prompt"), r) for p, r in zip(prompts, responses)]
     scores = {head: np.zeros(len(encoded), dtype=np.float32) for head in heads}
     with_implicit = any(head != "reward" for head in heads)

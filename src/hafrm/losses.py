@@ -92,13 +92,15 @@ class PolicyLoss:
         return -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)  # sigmoid (cDPO when eps > 0) and simpo
 
 
-def hybrid_loss(reward_loss: torch.Tensor | None, policy_loss: torch.Tensor | None, alpha: float) -> torch.Tensor:
-    """L = reward loss + alpha * policy loss (either part may be absent: baseline has no policy part, dpo no reward
-    part)."""
+def hybrid_loss(
+    reward_loss: torch.Tensor | None, policy_loss: torch.Tensor | None, alpha: float, policy_only_weight: float = 1.0
+) -> torch.Tensor:
+    """L = reward loss + alpha * policy loss (either part may be absent: baseline has no policy part; dpo has no
+    reward part, and its policy loss is weighted by policy_only_weight)."""
     if reward_loss is None and policy_loss is None:
         raise ValueError("at least one of the reward and the policy loss is needed")
     if reward_loss is None:
-        return policy_loss
+        return policy_only_weight * policy_loss
     if policy_loss is None:
         return reward_loss
     return reward_loss + alpha * policy_loss
@@ -109,7 +111,7 @@ class HafObjective:
     """The training objective of one method.
 
     baseline: Bradley-Terry reward loss only (a plain reward model; the LM head is never evaluated).
-    dpo:      policy loss only; the model is then used as a reward model through its implicit reward.
+    dpo:      dpo_weight * policy loss; the model is then used as a reward model through its implicit reward.
     haf:      reward loss + alpha * policy loss on the shared backbone (the paper uses alpha=0.2, tau=0.1).
     """
 
@@ -118,6 +120,7 @@ class HafObjective:
     policy_loss: PolicyLoss = PolicyLoss()
     center_rewards_coef: float = 0.0
     use_margin: bool = False
+    dpo_weight: float = 1.0  # the paper code's DPO-as-RM trains 0.2 x the DPO loss
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -179,4 +182,4 @@ class HafObjective:
             stats["policy_loss"] = policy_loss.detach()
             stats["implicit_accuracy"] = (chosen > rejected).float().mean()
             stats["implicit_margin"] = self.policy_loss.tau * (chosen - rejected).detach().mean()
-        return hybrid_loss(reward_loss, policy_loss, self.alpha), stats
+        return hybrid_loss(reward_loss, policy_loss, self.alpha, self.dpo_weight), stats

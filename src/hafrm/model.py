@@ -40,6 +40,9 @@ LOGIT_CHUNK_BYTES = 64 * 2**20  # fp32 logits per chunk of a no-grad pass or of 
 # tokens (a 128k vocabulary, 16 x 512 response tokens: 4 GiB per forward).
 KEPT_LOGITS_BYTES = 2 * 2**30
 REWARD_HEAD_FILE = "reward_head.safetensors"
+REWARD_HEAD_INITS = ("normal", "zeros")
+LAST_TOKEN, PADDED_LAST_COLUMN = "last-token", "ablation-padded-last-column"
+REWARD_READOUTS = (LAST_TOKEN, PADDED_LAST_COLUMN)
 METADATA_FILE = "hafrm.json"
 
 
@@ -81,6 +84,16 @@ def response_ends(segment_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
         rows.append(present.nonzero().squeeze(1))
         ends.append((positions * inside).argmax(dim=1)[present])
     return torch.cat(rows), torch.cat(ends)
+
+
+def last_columns(segment_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper code's readout, for the PADDED_LAST_COLUMN ablation only: (rows, positions) of the last column of
+    every separate row, chosen rows then rejected ones. In a right-padded batch a row shorter than the widest is
+    read at a pad position, not at its last token."""
+    if (segment_ids == REJECTED).any():
+        raise ValueError("the padded-last-column readout reads separate rows, not shared-prompt ones")
+    rows = torch.arange(segment_ids.shape[0], device=segment_ids.device)
+    return rows, torch.full_like(rows, segment_ids.shape[1] - 1)
 
 
 def response_tokens(segment_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -369,10 +382,17 @@ def response_logps(
 class HybridRewardModel(nn.Module):
     """Causal LM (optionally PEFT-wrapped) plus a linear reward head on its last hidden state."""
 
-    def __init__(self, policy: nn.Module, score: nn.Linear, logprob_chunk_size: int | None = None):
+    def __init__(
+        self,
+        policy: nn.Module,
+        score: nn.Linear,
+        logprob_chunk_size: int | None = None,
+        reward_readout: str = LAST_TOKEN,
+    ):
         super().__init__()
         self.policy = policy
         self.score = score
+        self.reward_readout = reward_readout
         self.logprob_chunk_size = logprob_chunk_size or logprob_chunk_tokens(
             self.causal_lm.get_output_embeddings().out_features
         )
@@ -385,13 +405,22 @@ class HybridRewardModel(nn.Module):
 
     @classmethod
     def from_causal_lm(
-        cls, causal_lm: nn.Module, lora: LoraSettings | None = None, score: nn.Linear | None = None
+        cls,
+        causal_lm: nn.Module,
+        lora: LoraSettings | None = None,
+        score: nn.Linear | None = None,
+        head_init: str = "normal",
+        reward_readout: str = LAST_TOKEN,
     ) -> HybridRewardModel:
-        """Attach a fresh reward head (std 1/sqrt(hidden+1)) and, if asked, LoRA adapters to a causal LM."""
+        """Attach a fresh reward head (head_init normal: std 1/sqrt(hidden+1); zeros: the paper code's) and, if
+        asked, LoRA adapters to a causal LM."""
         if score is None:
             hidden = causal_lm.config.get_text_config().hidden_size
             score = nn.Linear(hidden, 1, bias=False, dtype=causal_lm.dtype)
-            nn.init.normal_(score.weight, std=1 / math.sqrt(hidden + 1))
+            if head_init == "zeros":
+                nn.init.zeros_(score.weight)
+            else:
+                nn.init.normal_(score.weight, std=1 / math.sqrt(hidden + 1))
         if lora is not None:
             from peft import LoraConfig, get_peft_model
 
@@ -405,7 +434,7 @@ class HybridRewardModel(nn.Module):
                     task_type="CAUSAL_LM",
                 ),
             )
-        return cls(causal_lm, score)
+        return cls(causal_lm, score, reward_readout=reward_readout)
 
     @classmethod
     def from_pretrained(
@@ -447,6 +476,8 @@ class HybridRewardModel(nn.Module):
         return self._sharing_refusal() is None
 
     def _sharing_refusal(self) -> str | None:
+        if self.reward_readout == PADDED_LAST_COLUMN:
+            return f"reward_readout {PADDED_LAST_COLUMN} reads separate right-padded rows"
         if self.config._attn_implementation not in SHARED_PROMPT_ATTENTION:
             return f"attention {self.config._attn_implementation!r} cannot take a block mask"
         if attention_windows(self.config) is None:
@@ -529,7 +560,7 @@ class HybridRewardModel(nn.Module):
         """
         with self.trunk.replaying(trunk_states) if trunk_states is not None else nullcontext():
             hidden = self.hidden_states(self.backbone, input_ids, segment_ids, position_ids)
-        rows, ends = response_ends(segment_ids)
+        rows, ends = (last_columns if self.reward_readout == PADDED_LAST_COLUMN else response_ends)(segment_ids)
         rewards = self.score(hidden[rows, ends].to(self.score.weight.dtype)).squeeze(-1).float()
         if not with_logps:
             return HybridOutput(rewards, None, None)

@@ -21,11 +21,11 @@ from hafrm import __version__
 from hafrm.atomic import write_atomically
 from hafrm.config import TrainConfig, world_size
 from hafrm.data import PairCollator, PairEncoder, SkipReport, load_pairs, train_test_split
-from hafrm.data.encoding import encode_pairs
+from hafrm.data.encoding import chat_template_for, encode_pairs
 from hafrm.defaults import DEFAULT_EVAL_DATA, DEFAULT_TRAIN_DATA
 from hafrm.filechecks import check_model_folder, check_writable_dir
 from hafrm.metrics import accuracy_interval, correctness_from_predictions, paired_difference, pairwise_metrics
-from hafrm.model import HybridRewardModel, LoraSettings
+from hafrm.model import PADDED_LAST_COLUMN, HybridRewardModel, LoraSettings
 from hafrm.pretrained import (
     check_attention_trains,
     fit_embeddings,
@@ -108,7 +108,16 @@ def build_model(config: TrainConfig, model_path: str, tokenizer) -> HybridReward
         if config.lora
         else None
     )
-    model = HybridRewardModel.from_causal_lm(causal_lm, lora)
+    model = HybridRewardModel.from_causal_lm(
+        causal_lm, lora, head_init=config.reward_head_init, reward_readout=config.reward_readout
+    )
+    if config.reward_readout == PADDED_LAST_COLUMN:
+        logger.warning(
+            "ABLATION: reward_readout %s reads each reward at the last column of right-padded rows (pad = EOS), "
+            "as the paper's code did: rewards of rows shorter than their batch's widest are read at padding. "
+            "Not a setting to train a reward model with; the export is read at the last token as usual",
+            PADDED_LAST_COLUMN,
+        )
     if config.freeze_layers:
         model.freeze_trunk(config.freeze_layers)
     if config.disable_dropout:
@@ -133,7 +142,12 @@ def pair_collator(config: TrainConfig, model: HybridRewardModel, tokenizer) -> P
     separate rows there (it logs why not, e.g. FlashAttention, which ignores custom masks); otherwise chosen and
     rejected are separate rows. The model must be on its device already: the check runs there."""
     share = config.share_prompt and model.check_prompt_sharing()
+    if config.reward_readout == PADDED_LAST_COLUMN:  # the paper code's batches: pad = EOS, right padding
+        return PairCollator(tokenizer.eos_token_id, "right", share_prompt=False)
     return PairCollator(tokenizer.pad_token_id, tokenizer.padding_side, share)
+
+
+PAPER_EVAL_PAIRS = 8  # pairs per evaluation forward in the paper's code (16 rows padded to the widest)
 
 
 def optimizer_steps(config: TrainConfig, train_pairs: int) -> int:
@@ -180,7 +194,9 @@ def training_arguments(config: TrainConfig, has_eval: bool, train_pairs: int | N
     arguments = dict(
         output_dir=config.output_dir,
         per_device_train_batch_size=config.micro_batch_size,
-        per_device_eval_batch_size=config.micro_batch_size,
+        per_device_eval_batch_size=PAPER_EVAL_PAIRS
+        if config.reward_readout == PADDED_LAST_COLUMN
+        else config.micro_batch_size,
         gradient_accumulation_steps=config.batch_size // per_step,
         learning_rate=config.learning_rate,
         num_train_epochs=config.epochs,
@@ -188,6 +204,7 @@ def training_arguments(config: TrainConfig, has_eval: bool, train_pairs: int | N
         warmup_steps=warmup_steps(config, train_pairs),
         lr_scheduler_type=config.lr_scheduler,
         weight_decay=config.weight_decay,
+        adam_epsilon=config.adam_epsilon,
         max_grad_norm=config.max_grad_norm,
         seed=config.seed,
         data_seed=config.seed,
@@ -365,7 +382,9 @@ def train(
     set_seed(config.seed)
     model_path = resolve_model_path(config.model)
     tokenizer = load_tokenizer(model_path)
-    encoder = PairEncoder(tokenizer, config.max_length)
+    if config.prompt_template:
+        tokenizer.chat_template = chat_template_for(config.prompt_template)
+    encoder = PairEncoder(tokenizer, config.max_length, config.truncation)
     train_set, eval_sets, report = load_splits(config, encoder, train_rows, eval_rows)
     model = build_model(config, model_path, tokenizer)
     objective = config.objective()

@@ -9,6 +9,7 @@ end, where the reward is read, is always kept.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -36,6 +37,27 @@ if TYPE_CHECKING:
     import datasets
 
 
+def chat_template_for(prompt_template: str) -> str:
+    """A Jinja chat template that writes each user turn as `prompt_template` with {prompt} replaced by the turn's
+    text (a system message before it, on its own line) and each assistant turn as one space, the answer and EOS:
+    the paper code's formats, e.g. `Instruct: {prompt}\nOutput:` (Phi-2) or `[INST] {prompt} [/INST]` (Mistral,
+    no BOS). As the tokenizer's chat template it goes into every export, so every reader formats the same way."""
+    if prompt_template.count("{prompt}") != 1:
+        raise ValueError(f"prompt_template must contain {{prompt}} once, got {prompt_template!r}")
+    before, after = (json.dumps(part) for part in prompt_template.split("{prompt}"))
+    return (
+        "{% for message in messages %}"
+        "{% if message['role'] == 'system' %}{{ message['content'] }}{{ '\\n' }}"
+        f"{{% elif message['role'] == 'user' %}}{{{{ {before} }}}}{{{{ message['content'] }}}}{{{{ {after} }}}}"
+        "{% else %}{{ ' ' }}{{ message['content'] }}{{ eos_token }}{% endif %}"
+        "{% endfor %}"
+    )
+
+
+KEEP_RESPONSE_ENDS, PAPER_TRUNCATION = "keep-response-ends", "paper"
+TRUNCATIONS = (KEEP_RESPONSE_ENDS, PAPER_TRUNCATION)
+
+
 class PairEncoder:
     """Format conversations with the tokenizer's chat template (or HH text without one) and tokenize them.
 
@@ -45,11 +67,14 @@ class PairEncoder:
     to the response (as TRL's DPO split does). The chosen and rejected sequences of a pair share that prefix.
     """
 
-    def __init__(self, tokenizer, max_length: int = 512):
+    def __init__(self, tokenizer, max_length: int = 512, truncation: str = KEEP_RESPONSE_ENDS):
         if max_length < MIN_MAX_LENGTH:
             raise ValueError(f"max_length must be at least {MIN_MAX_LENGTH}, got {max_length}")
+        if truncation not in TRUNCATIONS:
+            raise ValueError(f"truncation must be one of {', '.join(TRUNCATIONS)}, got {truncation!r}")
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.truncation = truncation
 
     # ------------------------------------------------------------------ text
 
@@ -138,10 +163,17 @@ class PairEncoder:
         return conversations[0][:shared], [ids[shared:] for ids in conversations]
 
     def truncate(self, prompt_ids: list[int], responses: list[list[int]]) -> tuple[list[int], list[list[int]], bool]:
-        """Cut a shared prompt and its responses to max_length, keeping every response's end."""
+        """Cut a shared prompt and its responses to max_length, keeping every response's end (or, truncation
+        "paper", the prompt's last quarter of max_length and each response's first three quarters)."""
         longest = max(len(r) for r in responses)
         if len(prompt_ids) + longest <= self.max_length:
             return prompt_ids, responses, False
+        if self.truncation == PAPER_TRUNCATION:  # as TRL 0.7's DPOTrainer did it for the paper's code
+            prompt_budget = self.max_length // 4
+            kept_prompt = prompt_ids[max(0, len(prompt_ids) - prompt_budget) :]
+            if len(kept_prompt) + longest > self.max_length:
+                responses = [r[: self.max_length - prompt_budget] for r in responses]
+            return kept_prompt, responses, True
         prompt_budget = max(self.max_length - longest, min(len(prompt_ids), self.max_length // 2))
         response_budget = self.max_length - prompt_budget
         kept_prompt = prompt_ids[len(prompt_ids) - prompt_budget :] if prompt_budget else []
