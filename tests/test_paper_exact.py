@@ -1,5 +1,6 @@
 """The paper code's settings, each one named option (configs/paper-exact-*.yaml), and its readout as an ablation."""
 
+import numpy as np
 import pytest
 import torch
 from helpers import batch_for
@@ -135,3 +136,20 @@ def test_a_prompt_template_becomes_the_chat_template_every_reader_uses(tokenizer
     assert type(plain).from_pretrained(tmp_path).chat_template == plain.chat_template
     with pytest.raises(ValueError, match="once"):
         TrainConfig(prompt_template="no placeholder", output_dir=str(tmp_path))
+
+
+def test_checkpoint_selection_on_validation_and_on_test():
+    from hafrm.selection import RunCheckpoints, comparison_table, primary_head
+
+    test = {32: np.array([1, 1, 0, 0], bool), 64: np.array([1, 0, 0, 0], bool)}
+    validation = {32: np.array([0, 0, 1], bool), 64: np.array([1, 1, 0], bool)}
+    run = RunCheckpoints("r", "baseline", test, validation)
+    assert (run.step("final"), run.step("validation"), run.step("test")) == (64, 64, 32)
+    assert run.correct("test").mean() == 0.5 and run.correct("validation").mean() == 0.25
+    tied = RunCheckpoints("t", "dpo", {16: test[32], 32: test[32]}, {16: validation[64], 32: validation[64]})
+    assert tied.step("test") == 16 and tied.step("validation") == 16  # ties: the earliest step
+    assert primary_head("dpo") == "implicit" and primary_head("haf") == "reward"
+    rows = comparison_table([("r - t", run, tied)])
+    assert len(rows) == 2 + 3
+    # final: run [1,0,0,0] vs tied [1,1,0,0]: -25 points, 0 pairs for us, 1 against; McNemar p = 1
+    assert rows[2].startswith("| r - t (final) | -25.0 [") and rows[2].endswith("| 0 / 1 | 1 |")
