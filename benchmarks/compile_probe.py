@@ -17,7 +17,7 @@ import torch
 
 def step_seconds(model, objective, batch) -> float:
     """Wall time of one haf training step (forward, both losses, backward) on the batch."""
-    from hafrm.scores import forward_batch
+    from hafrm.eval.scores import forward_batch
 
     start = time.perf_counter()
     outputs, reference = forward_batch(model, objective, batch, with_logps=True)
@@ -28,11 +28,11 @@ def step_seconds(model, objective, batch) -> float:
 
 
 def main() -> None:
-    from hafrm.config import TrainConfig
     from hafrm.data import PairCollator, PairEncoder, load_pairs
-    from hafrm.defaults import DEFAULT_TRAIN_DATA, default_model_path
-    from hafrm.model import HybridRewardModel
-    from hafrm.pretrained import load_causal_lm, load_tokenizer
+    from hafrm.io.defaults import DEFAULT_TRAIN_DATA, default_model_path
+    from hafrm.io.pretrained import load_causal_lm, load_tokenizer
+    from hafrm.model.hybrid import HybridRewardModel
+    from hafrm.training.config import TrainConfig
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4)
@@ -67,7 +67,7 @@ def main() -> None:
 
 def flex_attention_step(model, objective, batch) -> None:
     """One step with flex attention, or why it cannot run here (no CPU backward in some torch builds)."""
-    from hafrm.filechecks import first_line
+    from hafrm.io.filechecks import first_line
 
     model.config._attn_implementation = "flex_attention"
     try:

@@ -34,9 +34,9 @@ def main() -> None:
     parser.add_argument("--micro-batch-sizes", default="4,8")
     args = parser.parse_args()
 
-    from hafrm.curves import claim_split
     from hafrm.data import PairEncoder
-    from hafrm.pretrained import load_tokenizer, resolve_model_path
+    from hafrm.experiments.curves import claim_split
+    from hafrm.io.pretrained import load_tokenizer, resolve_model_path
 
     encoder = PairEncoder(load_tokenizer(resolve_model_path(None)), args.max_length)
     print("| training set | pairs | sampler | micro-batch | padding share of tokens |")

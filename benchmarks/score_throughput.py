@@ -26,8 +26,8 @@ def main() -> None:
     from transformers import pipeline
 
     from hafrm.data import load_pairs
-    from hafrm.defaults import DEFAULT_EVAL_DATA
-    from hafrm.scoring import RewardScorer
+    from hafrm.eval.scoring import RewardScorer
+    from hafrm.io.defaults import DEFAULT_EVAL_DATA
 
     torch.set_num_threads(2)
     pairs, _ = load_pairs(str(DEFAULT_EVAL_DATA), limit=args.pairs)

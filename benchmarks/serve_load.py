@@ -105,9 +105,9 @@ def main() -> None:
 
 def build_tiny_model(folder: Path) -> str:
     """A tiny random Llama with the default model's tokenizer, exported as a hafrm output folder (as in the tests)."""
-    from hafrm.defaults import default_model_path
-    from hafrm.model import HybridRewardModel
-    from hafrm.pretrained import load_tokenizer
+    from hafrm.io.defaults import default_model_path
+    from hafrm.io.pretrained import load_tokenizer
+    from hafrm.model.hybrid import HybridRewardModel
     from hafrm.testing import tiny_llama
 
     tokenizer = load_tokenizer(str(default_model_path()))

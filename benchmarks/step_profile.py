@@ -66,8 +66,8 @@ def profile_child(args) -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from hafrm.defaults import default_model_path
-    from hafrm.pretrained import load_tokenizer
+    from hafrm.io.defaults import default_model_path
+    from hafrm.io.pretrained import load_tokenizer
 
     torch.set_num_threads(args.threads)
     model_path = str(default_model_path())
@@ -128,7 +128,7 @@ def shape_ceilings(tokens: int, response_tokens: int, threads: int) -> str:
     import torch
     from transformers import AutoConfig
 
-    from hafrm.defaults import default_model_path
+    from hafrm.io.defaults import default_model_path
 
     torch.set_num_threads(threads)
     config = AutoConfig.from_pretrained(default_model_path())
@@ -154,8 +154,8 @@ def shape_ceilings(tokens: int, response_tokens: int, threads: int) -> str:
 def step_tokens(args) -> tuple[int, int]:
     """Mean tokens of one batch of the benchmark pairs (shared-prompt rows, padding not counted), and of their
     responses, which the LM head runs on."""
-    from hafrm.defaults import default_model_path
-    from hafrm.pretrained import load_tokenizer
+    from hafrm.io.defaults import default_model_path
+    from hafrm.io.pretrained import load_tokenizer
 
     tokenizer = load_tokenizer(str(default_model_path()))
     pairs, _ = benchmark_pairs(args, tokenizer)

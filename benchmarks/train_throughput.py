@@ -52,7 +52,7 @@ def load_benchmark_pairs(name: str, tokenizer, max_length: int, count: int) -> t
     """The first `count` pairs of a data set that fit max_length untruncated, their shared-prompt row lengths, and
     how many pairs were looked at."""
     from hafrm.data import PairEncoder, load_pairs
-    from hafrm.defaults import DEFAULT_TRAIN_DATA
+    from hafrm.io.defaults import DEFAULT_TRAIN_DATA
 
     source = {
         "hh-harmless": str(DEFAULT_TRAIN_DATA),
@@ -136,8 +136,8 @@ def step_timer():
 
 
 def run_hafrm(method: str, variant: str, args, pairs, model_path: str, output: str, timer) -> None:
-    from hafrm.config import TrainConfig
-    from hafrm.training import train
+    from hafrm.training.config import TrainConfig
+    from hafrm.training.pipeline import train
 
     config = TrainConfig(
         model=model_path,
@@ -179,7 +179,7 @@ def run_trl(kind: str, lora: bool, args, pairs, model_path: str, output: str, ti
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from hafrm.pretrained import load_tokenizer
+    from hafrm.io.pretrained import load_tokenizer
 
     tokenizer = load_tokenizer(model_path)
     common = dict(
@@ -274,8 +274,8 @@ def child(args) -> None:
     """One measured run, printed as a JSON line."""
     import torch
 
-    from hafrm.defaults import default_model_path
-    from hafrm.pretrained import load_tokenizer
+    from hafrm.io.defaults import default_model_path
+    from hafrm.io.pretrained import load_tokenizer
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -364,8 +364,8 @@ def checkpointing(run: str, args) -> bool:
 
 
 def parent(args) -> None:
-    from hafrm.defaults import default_model_path
-    from hafrm.pretrained import load_tokenizer
+    from hafrm.io.defaults import default_model_path
+    from hafrm.io.pretrained import load_tokenizer
 
     model_path = str(default_model_path())
     tokenizer = load_tokenizer(model_path)

@@ -61,7 +61,7 @@ best_of_n() {  # best_of_n ARGS...: one `hafrm best-of-n` call that rewrites the
 
 if [ ! -e "$bon" ]; then  # the test part of the claim split, whose distinct prompts are sampled from
   prompts=$out/best-of-n/prompts.jsonl
-  python -c "import json, sys; from hafrm.curves import claim_split
+  python -c "import json, sys; from hafrm.experiments.curves import claim_split
 for pair in claim_split('beaver-safe', sys.argv[1])[1]: print(json.dumps(pair))" "$data" > "$prompts"
   best_of_n --prompts "$prompts" --num-prompts 1000 --n 4 --max-new-tokens 128
 fi

@@ -12,11 +12,11 @@ import argparse
 
 import numpy as np
 
-from hafrm.curves import claim_split
 from hafrm.data.catalog import load_named
 from hafrm.data.encoding import PairEncoder
-from hafrm.defaults import default_model_path
-from hafrm.pretrained import load_tokenizer
+from hafrm.experiments.curves import claim_split
+from hafrm.io.defaults import default_model_path
+from hafrm.io.pretrained import load_tokenizer
 
 CUTS = (256, 512, 1024)
 

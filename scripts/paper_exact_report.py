@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from hafrm.selection import RunCheckpoints, accuracy_table, comparison_table
+from hafrm.experiments.selection import RunCheckpoints, accuracy_table, comparison_table
 
 TEST_SET = "beaver-safe"
 ARMS = {

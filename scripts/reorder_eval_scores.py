@@ -5,7 +5,7 @@ run's seed, and hafrm used to keep the predictions in the order that sampler too
 were right, and so were comparisons between runs of one seed (they share the order), but pairing runs of different
 seeds, or scores with the test pairs (the length split), matched unrelated pairs. The sampler's order is a pure
 function of the pairs' token lengths, the eval batch size and the seed, so it can be rebuilt here without a model and
-undone. A run is rewritten in place, then marked in its done.json (`hafrm.curves.SCORES_IN_ORDER`) so that reports
+undone. A run is rewritten in place, then marked in its done.json (`hafrm.experiments.runs.SCORES_IN_ORDER`) so that reports
 read it and a second pass leaves it alone.
 
     python scripts/reorder_eval_scores.py --data-root ../shared/data docs/report/claim-*/runs/*
@@ -25,17 +25,18 @@ import numpy as np
 import torch
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from hafrm.curves import CLAIM_SETS, DONE_FILE, SCORES_IN_ORDER, claim_split
 from hafrm.data import PairEncoder, load_pairs
 from hafrm.data.catalog import load_named
 from hafrm.data.encoding import encode_pairs
-from hafrm.evaluation import PairScores
-from hafrm.pretrained import load_tokenizer, resolve_model_path
+from hafrm.eval.evaluation import PairScores
+from hafrm.experiments.curves import CLAIM_SETS, claim_split
+from hafrm.experiments.runs import DONE_FILE, SCORES_IN_ORDER
+from hafrm.io.pretrained import load_tokenizer, resolve_model_path
 
 
 @functools.cache
 def test_set(name: str, data_root: str) -> list[dict]:
-    """A claim run's test set, as `hafrm.curves.evaluation_sets` built it."""
+    """A claim run's test set, as `hafrm.experiments.curves.evaluation_sets` built it."""
     if name in CLAIM_SETS:
         return claim_split(name, data_root)[1]
     return load_named(name, "test", data_root)[0]

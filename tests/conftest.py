@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """Reference-log-prob caches go to a temporary folder; the converted default model is shared."""
-    from hafrm.defaults import cache_dir
+    from hafrm.io.defaults import cache_dir
 
     models = cache_dir() / "models"
     root = tmp_path_factory.mktemp("hafrm-cache")
@@ -29,14 +29,14 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
-    from hafrm.defaults import default_model_path
+    from hafrm.io.defaults import default_model_path
 
     return default_model_path()
 
 
 @pytest.fixture(scope="session")
 def tokenizer(default_model_dir):
-    from hafrm.pretrained import load_tokenizer
+    from hafrm.io.pretrained import load_tokenizer
 
     return load_tokenizer(str(default_model_dir))
 
@@ -69,7 +69,7 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
 @pytest.fixture(scope="session")
 def harmless_pairs():
     from hafrm.data import load_pairs
-    from hafrm.defaults import DEFAULT_TRAIN_DATA
+    from hafrm.io.defaults import DEFAULT_TRAIN_DATA
 
     pairs, _ = load_pairs(str(DEFAULT_TRAIN_DATA), limit=40)
     return pairs

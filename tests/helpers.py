@@ -2,7 +2,7 @@
 
 from hafrm.data import PairCollator, PairEncoder
 from hafrm.data.encoding import PAD
-from hafrm.defaults import DEFAULT_TRAIN_DATA
+from hafrm.io.defaults import DEFAULT_TRAIN_DATA
 
 TINY_RUN = {"max_train_pairs": 8, "max_length": 64, "batch_size": 4, "micro_batch_size": 2}
 

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from hafrm.bestofn import candidate_scores, compare_selectors, sample_responses, top_k_recall
-from hafrm.cli import main
+from hafrm.cli.main import main
+from hafrm.experiments.bestofn import candidate_scores, compare_selectors, sample_responses, top_k_recall
 
 
 def test_top_k_recall_by_hand():
@@ -140,7 +140,7 @@ def test_sampling_options_are_refused_beside_candidates(tmp_path, capsys):
 
 def test_sampling_alone_records_the_candidates_and_the_settings(tiny_model_dir, tmp_path):
     """No judge and no selector: the candidates are sampled and kept for later runs, with how they were sampled."""
-    from hafrm.defaults import DEFAULT_EVAL_DATA
+    from hafrm.io.defaults import DEFAULT_EVAL_DATA
 
     output = tmp_path / "bon.json"
     argv = ["best-of-n", "--prompts", str(DEFAULT_EVAL_DATA), "--policy", str(tiny_model_dir), "--output", str(output)]
@@ -159,8 +159,8 @@ def test_sampling_alone_records_the_candidates_and_the_settings(tiny_model_dir, 
 
 def test_every_model_is_loaded_once_for_all_its_heads_and_the_order_is_kept(tmp_path, monkeypatch):
     """A haf folder's three heads cost one model load and one scoring pass; the scores come back in the asked order."""
-    from hafrm import bestofn
-    from hafrm.model import METADATA_FILE
+    from hafrm.experiments import bestofn
+    from hafrm.model.hybrid import METADATA_FILE
 
     haf, other = tmp_path / "haf", tmp_path / "other"
     haf.mkdir()

@@ -10,10 +10,10 @@ import pytest
 import torch
 from helpers import TINY_RUN, train_command
 
-from hafrm.cli import main
-from hafrm.config import TrainConfig
-from hafrm.trainer import STATE_FILE
-from hafrm.training import CLOCK_FILE, RunClock, resume_point, train
+from hafrm.cli.main import main
+from hafrm.training.config import TrainConfig
+from hafrm.training.pipeline import CLOCK_FILE, RunClock, resume_point, train
+from hafrm.training.trainer import STATE_FILE
 
 
 def run_args(model_dir, output_dir, *extra):
@@ -134,7 +134,7 @@ def test_run_clock_counts_on_from_the_checkpoint_a_run_resumes_from(tiny_model_d
     # an unreadable record costs the earlier time, with a warning, never the resume
     (tmp_path / "run" / "checkpoint-3" / CLOCK_FILE).write_text('{"wall_s": ')
     garbled = RunClock()
-    with caplog.at_level(logging.WARNING, logger="hafrm.training"):
+    with caplog.at_level(logging.WARNING, logger="hafrm.training.pipeline"):
         train(TrainConfig(**settings, max_steps=4, resume_from_checkpoint="auto"), [garbled])
     assert garbled.before == 0.0 and "Run time before the restart not counted" in caplog.text
     assert (tmp_path / "run" / "checkpoint-4" / "trainer_state.json").exists()
@@ -156,7 +156,7 @@ class Payload:
 
 
 def test_pickled_weights_with_code_are_refused_in_one_line(tiny_model_dir, tmp_path):
-    from hafrm.pretrained import load_causal_lm
+    from hafrm.io.pretrained import load_causal_lm
 
     folder = copy_model(tiny_model_dir, tmp_path / "model")
     state = {k: v for k, v in load_causal_lm(str(folder), torch.float32).state_dict().items()}
@@ -168,7 +168,7 @@ def test_pickled_weights_with_code_are_refused_in_one_line(tiny_model_dir, tmp_p
 
 
 def test_safetensors_are_preferred_over_a_pickle_beside_them(tiny_model_dir, tmp_path):
-    from hafrm.pretrained import load_causal_lm
+    from hafrm.io.pretrained import load_causal_lm
 
     folder = copy_model(tiny_model_dir, tmp_path / "model")
     torch.save({"payload": Payload()}, folder / "pytorch_model.bin")
@@ -176,7 +176,7 @@ def test_safetensors_are_preferred_over_a_pickle_beside_them(tiny_model_dir, tmp
 
 
 def test_truncated_or_missing_model_weights_are_clear(tiny_model_dir, tmp_path):
-    from hafrm.pretrained import load_causal_lm
+    from hafrm.io.pretrained import load_causal_lm
 
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_causal_lm(str(tmp_path / "nowhere"), torch.float32)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from helpers import train_command
 
-from hafrm.cli import main
+from hafrm.cli.main import main
 from hafrm.data import load_pairs
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -25,15 +25,15 @@ def refuse(*args, **kwargs):
 @pytest.fixture
 def no_model_loading(monkeypatch):
     """Model loading, reference precompute and scoring fail the test if they start."""
-    import hafrm.evaluation
-    import hafrm.scoring
-    import hafrm.training
+    import hafrm.eval.scoring
+    import hafrm.training.loading
+    import hafrm.training.pipeline
 
     for module, name in [
-        (hafrm.training, "build_model"),
-        (hafrm.training, "add_reference_logps"),
-        (hafrm.scoring, "RewardScorer"),
-        (hafrm.evaluation, "load_trained"),
+        (hafrm.training.pipeline, "build_model"),
+        (hafrm.training.pipeline, "add_reference_logps"),
+        (hafrm.eval.scoring, "RewardScorer"),
+        (hafrm.training.loading, "load_trained"),
     ]:
         monkeypatch.setattr(module, name, refuse)
 
@@ -41,9 +41,9 @@ def no_model_loading(monkeypatch):
 @pytest.fixture
 def nothing_loaded(monkeypatch, no_model_loading):
     """As no_model_loading, and not even the tokenizer or the data: for errors that need neither."""
-    import hafrm.training
+    import hafrm.training.pipeline
 
-    monkeypatch.setattr(hafrm.training, "load_tokenizer", refuse)
+    monkeypatch.setattr(hafrm.training.pipeline, "load_tokenizer", refuse)
 
 
 def one_line_error(capsys, *fragments) -> str:
@@ -100,7 +100,7 @@ def test_bad_yaml_names_the_file_and_field(tmp_path, capsys, nothing_loaded, tex
 
 
 def test_yaml_reads_exponent_numbers_and_a_cli_flag_fixes_a_bad_file_value(tiny_model_dir, tmp_path):
-    from hafrm.config import TrainConfig
+    from hafrm.training.config import TrainConfig
 
     config_file = tmp_path / "run.yaml"
     config_file.write_text("learning_rate: 1e-5\nbatch_size: '4'\nalpha: 1\n")

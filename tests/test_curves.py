@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hafrm.cli import build_parser, main
-from hafrm.curves import SCORES_IN_ORDER, CurveSettings, claim_split, evaluation_sets, planned_runs
+from hafrm.cli.main import build_parser, main
 from hafrm.data.splits import prompt_key
-from hafrm.evaluation import PairScores
-from hafrm.report import (
+from hafrm.eval.evaluation import PairScores
+from hafrm.experiments.curves import CurveSettings, claim_split, evaluation_sets, planned_runs
+from hafrm.experiments.report import (
     CurveResult,
     against_baseline_table,
     alpha_points,
@@ -20,6 +20,7 @@ from hafrm.report import (
     run_table,
     write_curve_report,
 )
+from hafrm.experiments.runs import SCORES_IN_ORDER
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data not present")

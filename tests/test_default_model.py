@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from hafrm.cli import main
+from hafrm.cli.main import main
 from hafrm.data import PairCollator, PairEncoder, load_pairs
-from hafrm.defaults import DEFAULT_EVAL_DATA
-from hafrm.model import HybridRewardModel
+from hafrm.io.defaults import DEFAULT_EVAL_DATA
+from hafrm.model.hybrid import HybridRewardModel
 
 pytestmark = pytest.mark.slow
 

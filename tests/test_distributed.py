@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hafrm.defaults import DEFAULT_TRAIN_DATA
+from hafrm.io.defaults import DEFAULT_TRAIN_DATA
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without torch.distributed")
 

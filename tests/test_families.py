@@ -10,8 +10,8 @@ from helpers import batch_for, padding_mask
 from transformers import AutoModelForSequenceClassification
 
 from hafrm.data.encoding import PAD, PROMPT, REJECTED, RESPONSE
-from hafrm.losses import HafObjective
-from hafrm.model import HybridRewardModel, LoraSettings, attention_windows
+from hafrm.model.hybrid import HybridRewardModel, LoraSettings, attention_windows
+from hafrm.model.losses import HafObjective
 from hafrm.testing import TINY_FAMILIES as FAMILIES
 from hafrm.testing import TINY_WINDOW as WINDOW
 from hafrm.testing import tiny_family_model
@@ -168,9 +168,9 @@ def test_the_start_up_check_turns_sharing_off_where_the_shared_layout_is_wrong(t
     """A mask without the window (hafrm's rule before it counted windows in positions) is what the check catches."""
     model = HybridRewardModel.from_causal_lm(family_model("mistral-window", tokenizer, "sdpa"))
     monkeypatch.setattr(
-        "hafrm.model.attention_windows", lambda config: {"sliding_attention": None}
+        "hafrm.model.hybrid.attention_windows", lambda config: {"sliding_attention": None}
     )  # as a model whose window hafrm does not know
-    with caplog.at_level("WARNING", logger="hafrm.model"):
+    with caplog.at_level("WARNING", logger="hafrm.model.hybrid"):
         assert not model.check_prompt_sharing()
     assert "separate rows" in caplog.text and "differ" in caplog.text
     assert not model.shares_prompts
@@ -179,9 +179,9 @@ def test_the_start_up_check_turns_sharing_off_where_the_shared_layout_is_wrong(t
 def test_the_start_up_check_turns_sharing_off_where_the_model_refuses_the_mask(tokenizer, monkeypatch, caplog):
     model = HybridRewardModel.from_causal_lm(family_model("llama", tokenizer, "sdpa"))
     monkeypatch.setattr(
-        "hafrm.model.attention_windows", lambda config: {"full_attention": None, "sliding_attention": 4}
+        "hafrm.model.hybrid.attention_windows", lambda config: {"full_attention": None, "sliding_attention": 4}
     )  # a {kind: mask} mapping a Llama does not take
-    with caplog.at_level("WARNING", logger="hafrm.model"):
+    with caplog.at_level("WARNING", logger="hafrm.model.hybrid"):
         assert not model.check_prompt_sharing()
     assert "fails" in caplog.text
 
@@ -189,13 +189,13 @@ def test_the_start_up_check_turns_sharing_off_where_the_model_refuses_the_mask(t
 def test_unknown_layer_kinds_are_computed_as_separate_rows(tokenizer, caplog):
     model = HybridRewardModel.from_causal_lm(family_model("qwen2-sliding", tokenizer, "sdpa"))
     model.config.layer_types = ["chunked_attention", "full_attention"]
-    with caplog.at_level("WARNING", logger="hafrm.model"):
+    with caplog.at_level("WARNING", logger="hafrm.model.hybrid"):
         assert not model.check_prompt_sharing()
     assert "chunked_attention" in caplog.text
 
 
 def test_rejected_positions_see_the_prompt_within_the_window_counted_in_positions():
-    from hafrm.model import allowed_keys
+    from hafrm.model.hybrid import allowed_keys
 
     # prompt of 3, chosen of 2, rejected of 2: rejected positions 3 and 4 sit at row indices 5 and 6
     segments = torch.tensor([[PROMPT] * 3 + [RESPONSE] * 2 + [REJECTED] * 2])
@@ -225,8 +225,8 @@ def test_flex_attention_takes_the_windowed_block_masks(family, tokenizer, pairs,
 @pytest.mark.parametrize("family", FAMILIES)
 def test_auto_attention_on_a_cpu_is_a_kernel_that_takes_the_block_mask(family, tokenizer, tmp_path, monkeypatch):
     """`auto` leaves transformers' default on a CPU (flex attention on a GPU): SDPA, or eager for Gemma 2."""
-    from hafrm.model import SHARED_PROMPT_ATTENTION
-    from hafrm.pretrained import load_causal_lm
+    from hafrm.io.pretrained import load_causal_lm
+    from hafrm.model.hybrid import SHARED_PROMPT_ATTENTION
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     family_model(family, tokenizer, "eager").save_pretrained(tmp_path)

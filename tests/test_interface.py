@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hafrm.cli import build_parser, main
-from hafrm.config import ALIASES, TrainConfig
-from hafrm.defaults import DEFAULT_TRAIN_DATA
-from hafrm.losses import METHODS, POLICY_LOSSES
+from hafrm.cli.main import build_parser, main
+from hafrm.io.defaults import DEFAULT_TRAIN_DATA
+from hafrm.model.losses import METHODS, POLICY_LOSSES
+from hafrm.training.config import ALIASES, TrainConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -156,7 +156,7 @@ def test_batch_size_in_transformers_words_counts_processes(monkeypatch):
 
 
 def test_command_line_aliases_in_both_spellings_and_over_a_yaml_file(tmp_path):
-    from hafrm.cli import config_from_args
+    from hafrm.cli.main import config_from_args
 
     parse = build_parser().parse_args
     args = parse(
@@ -351,7 +351,7 @@ def test_import_hafrm_is_light_and_exports_the_api():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.startswith("False False"), out
     from hafrm import HafObjective, HafTrainer, LoadedModel, TrainConfig, load, train  # noqa: F401
-    from hafrm.training import train as training_train
+    from hafrm.training.pipeline import train as training_train
 
     assert train is training_train
 
@@ -374,7 +374,7 @@ def test_train_takes_rows_in_memory_and_equals_training_on_the_file(tiny_model_d
     from datasets import Dataset
 
     from hafrm import load, train
-    from hafrm.training import optimizer_steps
+    from hafrm.training.pipeline import optimizer_steps
 
     rows, eval_rows = pairs_rows(20), pairs_rows(6, start=100)
     base = dict(
@@ -481,7 +481,7 @@ def test_trainer_constructed_like_trl(tiny_model_dir, tmp_path):
 )
 def test_warmup_is_a_step_count_from_the_ratio(ratio, pairs, expected):
     """ceil(ratio x optimiser steps), whatever the ratio: 1.0 warms up over the whole run, not for one step."""
-    from hafrm.training import optimizer_steps, training_arguments
+    from hafrm.training.pipeline import optimizer_steps, training_arguments
 
     config = TrainConfig(warmup_ratio=ratio, batch_size=4, micro_batch_size=2, output_dir="unused")
     steps = optimizer_steps(config, pairs)
@@ -497,7 +497,7 @@ def test_the_optimizer_is_transformers_default_unless_training_args_name_one():
     "adamw_torch" means on a CPU took 0.63-0.69 s per update of a 135M model, fused 0.09-0.13 s (docs/benchmark.md)."""
     from transformers import TrainingArguments
 
-    from hafrm.training import training_arguments
+    from hafrm.training.pipeline import training_arguments
 
     config = TrainConfig(output_dir="unused")
     default = TrainingArguments("unused").optim

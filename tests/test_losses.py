@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from hafrm.losses import HafObjective, PolicyLoss, bradley_terry_loss, hybrid_loss
+from hafrm.model.losses import HafObjective, PolicyLoss, bradley_terry_loss, hybrid_loss
 
 
 def sigmoid(x):

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from hafrm.metrics import Z95, accuracy_interval, correctness_from_predictions, paired_difference
+from hafrm.eval.metrics import Z95, accuracy_interval, correctness_from_predictions, paired_difference
 
 
 def test_wilson_interval_matches_the_textbook_value():
@@ -31,7 +31,7 @@ def test_correctness_from_trainer_predictions():
 
 
 def test_paired_bootstrap_interval_contains_the_mean_and_narrows_with_more_pairs():
-    from hafrm.metrics import paired_bootstrap_interval
+    from hafrm.eval.metrics import paired_bootstrap_interval
 
     rng = np.random.default_rng(1)
     before = rng.random(400) < 0.6
@@ -45,13 +45,13 @@ def test_paired_bootstrap_interval_contains_the_mean_and_narrows_with_more_pairs
 
 
 def test_discordant_counts():
-    from hafrm.metrics import discordant_counts
+    from hafrm.eval.metrics import discordant_counts
 
     assert discordant_counts([1, 1, 0, 0], [0, 1, 1, 0]) == (1, 1)
 
 
 def test_pair_scores_round_trip(tmp_path):
-    from hafrm.evaluation import PairScores, scores_file
+    from hafrm.eval.evaluation import PairScores, scores_file
 
     scores = PairScores.from_predictions(np.array([[1.0, 0.5, 0.2, 0.3], [0.0, 1.0, np.nan, np.nan]]))
     scores.subsets = ["chat", None]
@@ -64,8 +64,8 @@ def test_pair_scores_round_trip(tmp_path):
 
 
 def test_rewardbench_metrics_per_subset_and_section():
-    from hafrm.evaluation import PairScores
-    from hafrm.rewardbench import rewardbench_metrics, section_scores
+    from hafrm.eval.evaluation import PairScores
+    from hafrm.eval.rewardbench import rewardbench_metrics, section_scores
 
     scores = PairScores.from_predictions(np.array([[1.0, 0.0, 0.5, 0.0], [0.0, 1.0, 0.5, 0.0], [1.0, 0.0, 0.0, 0.5]]))
     scores.subsets = ["alpacaeval-easy", "alpacaeval-easy", "donotanswer"]

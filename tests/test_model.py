@@ -7,8 +7,8 @@ from helpers import batch_for, padding_mask
 from transformers import AutoModelForSequenceClassification
 
 from hafrm.data.encoding import RESPONSE
-from hafrm.losses import HafObjective
-from hafrm.model import HybridRewardModel, LoraSettings, TokenLogps, logprob_chunk_tokens, response_ends
+from hafrm.model.hybrid import HybridRewardModel, LoraSettings, TokenLogps, logprob_chunk_tokens, response_ends
+from hafrm.model.losses import HafObjective
 
 
 @pytest.fixture
@@ -111,11 +111,11 @@ def test_gradients_reach_backbone_from_both_heads_in_haf(hybrid, tokenizer, harm
 
 
 def test_recomputing_logits_in_backward_gives_the_same_gradients(hybrid, tokenizer, harmless_pairs, monkeypatch):
-    import hafrm.model
+    import hafrm.model.hybrid
 
     hybrid.logprob_chunk_size = 7  # many chunks
     kept = {name: g.clone() for name, g in _grads(hybrid, "haf", tokenizer, harmless_pairs[:2]).items()}
-    monkeypatch.setattr(hafrm.model, "KEPT_LOGITS_BYTES", 0)  # every chunk is recomputed in backward
+    monkeypatch.setattr(hafrm.model.hybrid, "KEPT_LOGITS_BYTES", 0)  # every chunk is recomputed in backward
     recomputed = _grads(hybrid, "haf", tokenizer, harmless_pairs[:2])
     assert kept["policy.lm_head.weight"].abs().sum() > 0
     for name, grad in kept.items():
@@ -262,7 +262,7 @@ def test_flex_attention_takes_the_block_mask(tokenizer, harmless_pairs, tiny_cau
 
 
 def test_auto_attention_is_flex_on_a_cuda_gpu_and_the_default_on_a_cpu(monkeypatch):
-    from hafrm.pretrained import attention_request
+    from hafrm.io.pretrained import attention_request
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert attention_request("auto") is None and attention_request(None) is None
@@ -277,12 +277,12 @@ def test_load_causal_lm_takes_the_named_kernel_and_auto_falls_back_where_flex_ca
 ):
     from transformers import LlamaForCausalLM
 
-    from hafrm.pretrained import load_causal_lm
+    from hafrm.io.pretrained import load_causal_lm
 
     assert load_causal_lm(str(tiny_model_dir), torch.float32, "eager").config._attn_implementation == "eager"
-    monkeypatch.setattr("hafrm.pretrained.attention_request", lambda attention: "flex_attention")  # as on a GPU
+    monkeypatch.setattr("hafrm.io.pretrained.attention_request", lambda attention: "flex_attention")  # as on a GPU
     monkeypatch.setattr(LlamaForCausalLM, "_supports_flex_attn", False)  # a family without flex attention
-    with caplog.at_level("INFO", logger="hafrm.pretrained"):
+    with caplog.at_level("INFO", logger="hafrm.io.pretrained"):
         model = load_causal_lm(str(tiny_model_dir), torch.float32, "auto")
     assert model.config._attn_implementation == "sdpa" and "cannot run flex_attention" in caplog.text
     with pytest.raises(ValueError, match="flex_attention"):  # asked for by name: no silent substitute
@@ -292,7 +292,7 @@ def test_load_causal_lm_takes_the_named_kernel_and_auto_falls_back_where_flex_ca
 @pytest.mark.parametrize("tie", [True, False])
 def test_freeze_trunk_freezes_a_tied_lm_head_with_the_embeddings(tiny_causal_lm, tokenizer, tie, caplog):
     model = HybridRewardModel.from_causal_lm(tiny_causal_lm(len(tokenizer), tie=tie))
-    with caplog.at_level("INFO", logger="hafrm.model"):
+    with caplog.at_level("INFO", logger="hafrm.model.hybrid"):
         model.freeze_trunk(1)
     assert not model.backbone.get_input_embeddings().weight.requires_grad
     assert model.causal_lm.get_output_embeddings().weight.requires_grad is not tie

@@ -5,13 +5,13 @@ import pytest
 import torch
 from helpers import batch_for
 
-from hafrm.config import TrainConfig
-from hafrm.curves import VALIDATION, CurveSettings, training_and_evaluation_sets
 from hafrm.data import PairEncoder
 from hafrm.data.splits import prompt_key
-from hafrm.losses import HafObjective, bradley_terry_loss
-from hafrm.model import PADDED_LAST_COLUMN, HybridRewardModel
-from hafrm.training import PAPER_EVAL_PAIRS, pair_collator, training_arguments
+from hafrm.experiments.curves import VALIDATION, CurveSettings, training_and_evaluation_sets
+from hafrm.model.hybrid import PADDED_LAST_COLUMN, HybridRewardModel
+from hafrm.model.losses import HafObjective, bradley_terry_loss
+from hafrm.training.config import TrainConfig
+from hafrm.training.pipeline import PAPER_EVAL_PAIRS, pair_collator, training_arguments
 
 
 def test_the_paper_exact_configs_load(tmp_path):
@@ -94,7 +94,7 @@ def test_the_readout_ablation_cannot_be_chosen_by_accident(tmp_path, tiny_causal
     model = HybridRewardModel(
         tiny_causal_lm(len(tokenizer)), torch.nn.Linear(32, 1), reward_readout=config.reward_readout
     )
-    with caplog.at_level("WARNING", logger="hafrm.model"):
+    with caplog.at_level("WARNING", logger="hafrm.model.hybrid"):
         collator = pair_collator(config, model, tokenizer)
     assert (collator.pad_token_id, collator.padding_side, collator.share_prompt) == (
         tokenizer.eos_token_id,
@@ -139,7 +139,7 @@ def test_a_prompt_template_becomes_the_chat_template_every_reader_uses(tokenizer
 
 
 def test_checkpoint_selection_on_validation_and_on_test():
-    from hafrm.selection import RunCheckpoints, comparison_table, primary_head
+    from hafrm.experiments.selection import RunCheckpoints, comparison_table, primary_head
 
     test = {32: np.array([1, 1, 0, 0], bool), 64: np.array([1, 0, 0, 0], bool)}
     validation = {32: np.array([0, 0, 1], bool), 64: np.array([1, 1, 0], bool)}

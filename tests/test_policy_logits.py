@@ -10,9 +10,9 @@ from helpers import batch_for, padding_mask
 from transformers import TrainingArguments
 
 from hafrm.data.encoding import RESPONSE
-from hafrm.losses import HafObjective
-from hafrm.model import HybridRewardModel, check_policy_logits
-from hafrm.trainer import HafTrainer
+from hafrm.model.hybrid import HybridRewardModel, check_policy_logits
+from hafrm.model.losses import HafObjective
+from hafrm.training.trainer import HafTrainer
 
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 # each family's post-head step set large enough to change every log-prob of a random model's small logits

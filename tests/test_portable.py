@@ -12,7 +12,7 @@ import shutil
 import pytest
 import torch
 
-from hafrm.portable import make_portable
+from hafrm.io.portable import make_portable
 
 MESSAGES = [
     {"role": "user", "content": "How do I detail a car?"},

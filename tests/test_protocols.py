@@ -6,12 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hafrm.cli import main
+from hafrm.cli.main import main
 from hafrm.data.catalog import group_members, load_named
-from hafrm.metrics import mcnemar_p
-from hafrm.protocols import RunResult, experiments
-from hafrm.report import accuracy_table, mean_spread
-from hafrm.rewardbench import section_scores, subset_accuracies
+from hafrm.eval.metrics import mcnemar_p
+from hafrm.eval.rewardbench import section_scores, subset_accuracies
+from hafrm.experiments.protocols import experiments
+from hafrm.experiments.report import accuracy_table, mean_spread
+from hafrm.experiments.runs import RunResult
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # real data sets; tests skip without them
 

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from hafrm.atomic import write_atomically
-from hafrm.cli import main
+from hafrm.cli.main import main
 from hafrm.data import DataError, load_pairs
-from hafrm.defaults import DEFAULT_EVAL_DATA
+from hafrm.io.atomic import write_atomically
+from hafrm.io.defaults import DEFAULT_EVAL_DATA
 
 text = st.one_of(st.text(max_size=40), st.just(""), st.just("x" * 20_000))
 value = st.one_of(
@@ -130,9 +130,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_model_dir, tmp_path)
 def test_incomplete_checkpoint_is_set_aside(tmp_path):
     from safetensors.torch import save_file
 
-    from hafrm.config import TrainConfig
-    from hafrm.trainer import STATE_FILE
-    from hafrm.training import resume_point
+    from hafrm.training.config import TrainConfig
+    from hafrm.training.pipeline import resume_point
+    from hafrm.training.trainer import STATE_FILE
 
     complete, cut_off = tmp_path / "checkpoint-2", tmp_path / "checkpoint-3"
     for folder in (complete, cut_off):

@@ -15,10 +15,10 @@ from helpers import batch_for
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerFast
 
 from hafrm.data import PairCollator, PairEncoder
-from hafrm.model import HybridRewardModel
-from hafrm.pretrained import PAD_FALLBACK_TOKEN, fit_embeddings, load_tokenizer
-from hafrm.rlhf import reward_function
-from hafrm.scoring import RewardScorer
+from hafrm.eval.scoring import RewardScorer
+from hafrm.io.pretrained import PAD_FALLBACK_TOKEN, fit_embeddings, load_tokenizer
+from hafrm.model.hybrid import HybridRewardModel
+from hafrm.serve.rlhf import reward_function
 
 PROMPT = [{"role": "user", "content": "How do I keep bread fresh?"}]
 RESPONSES = ["Keep it in a paper bag.", "\n\nWrap it   tightly.", "  Freeze slices.", "No idea"]

@@ -5,9 +5,9 @@ import math
 import pytest
 from datasets import Dataset
 
-from hafrm.model import HybridRewardModel
-from hafrm.rlhf import reward_function
-from hafrm.scoring import RewardScorer
+from hafrm.eval.scoring import RewardScorer
+from hafrm.model.hybrid import HybridRewardModel
+from hafrm.serve.rlhf import reward_function
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_online_rl_trainer_runs_with_hafrm_reward(reward_dir, tiny_model_dir, tm
     import trl
     from transformers import AutoModelForCausalLM
 
-    from hafrm.pretrained import load_tokenizer
+    from hafrm.io.pretrained import load_tokenizer
 
     Config, Trainer = getattr(trl, f"{trainer_name}Config"), getattr(trl, f"{trainer_name}Trainer")
 

@@ -11,15 +11,9 @@ import httpx
 import pytest
 import uvicorn
 
-from hafrm.cli import main
-from hafrm.scoring import RewardScorer
-from hafrm.serving import (
-    DynamicBatcher,
-    ServeLimits,
-    create_app,
-    public_name,
-    server_config,
-)
+from hafrm.cli.main import main
+from hafrm.eval.scoring import RewardScorer
+from hafrm.serve.server import DynamicBatcher, ServeLimits, create_app, public_name, server_config
 
 TOKEN = "s3cret"
 LIMITS = ServeLimits(
@@ -37,7 +31,7 @@ LIMITS = ServeLimits(
 def served_model(tiny_model_dir, tokenizer, tmp_path_factory, tiny_causal_lm):
     """Export the tiny model as a hafrm output folder."""
 
-    from hafrm.model import HybridRewardModel
+    from hafrm.model.hybrid import HybridRewardModel
 
     folder = tmp_path_factory.mktemp("served")
     HybridRewardModel.from_causal_lm(tiny_causal_lm(len(tokenizer))).export(folder, tokenizer, {})
@@ -415,14 +409,14 @@ def test_serve_rejects_bad_numbers_with_one_error_line(argv, capsys):
     ],
 )
 def test_serve_starts_with_a_key_on_loopback_or_with_no_auth(argv, env, api_key, monkeypatch):
-    import hafrm.serving
+    import hafrm.serve.server
 
     started = {}
     monkeypatch.delenv("HAFRM_API_KEY", raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(
-        hafrm.serving,
+        hafrm.serve.server,
         "serve",
         lambda model_dir, host, port, key, limits, max_length: started.update(key=key, limits=limits),
     )

@@ -9,14 +9,15 @@ import yaml
 from helpers import train_command
 from transformers import TrainingArguments
 
-from hafrm.cli import main
-from hafrm.config import TrainConfig
-from hafrm.defaults import DEFAULT_EVAL_DATA, DEFAULT_TRAIN_DATA
-from hafrm.evaluation import load_trained, score_pairs, score_responses
-from hafrm.pretrained import load_tokenizer
-from hafrm.scoring import RewardScorer
-from hafrm.trainer import HafTrainer
-from hafrm.training import build_model, train
+from hafrm.cli.main import main
+from hafrm.eval.evaluation import score_pairs, score_responses
+from hafrm.eval.scoring import RewardScorer
+from hafrm.io.defaults import DEFAULT_EVAL_DATA, DEFAULT_TRAIN_DATA
+from hafrm.io.pretrained import load_tokenizer
+from hafrm.training.config import TrainConfig
+from hafrm.training.loading import load_trained
+from hafrm.training.pipeline import build_model, train
+from hafrm.training.trainer import HafTrainer
 
 
 def tiny_args(model_dir, output_dir, *extra):
@@ -180,7 +181,7 @@ def test_best_of_n_cli_selector_equal_to_judge_always_agrees(trained_haf, tmp_pa
 
 
 def test_scorer_spec_errors_are_clear(tmp_path):
-    from hafrm.bestofn import spec_model_head
+    from hafrm.experiments.bestofn import spec_model_head
 
     with pytest.raises(ValueError, match="head must be one of"):
         spec_model_head(f"{tmp_path}@best")
@@ -358,8 +359,8 @@ def test_subset_during_training_full_eval_and_comparison_with_the_untrained_mode
 
 
 def test_named_eval_sets_evaluated_at_given_steps_with_per_pair_scores_kept(tiny_model_dir, tmp_path):
-    from hafrm.evaluation import PairScores
-    from hafrm.training import train
+    from hafrm.eval.evaluation import PairScores
+    from hafrm.training.pipeline import train
 
     rows = [
         {"prompt": f"Question {i}?", "chosen": f"A careful answer number {i}.", "rejected": f"No {i}."}
@@ -407,7 +408,7 @@ def test_kept_per_pair_scores_follow_the_eval_set_order(tiny_model_dir, tmp_path
     """group_by_length hands the Trainer's evaluation a seed-dependent, length-grouped order; the kept per-pair
     scores must still line up with the eval set's pairs (pairing across seeds and the length split rely on it)."""
     from hafrm.data import load_pairs
-    from hafrm.evaluation import PairScores
+    from hafrm.eval.evaluation import PairScores
 
     rows = [
         {"prompt": f"Question {i}?", "chosen": "A careful answer. " * (1 + i % 5), "rejected": "No. " * (1 + 3 * i % 7)}

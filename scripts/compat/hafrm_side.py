@@ -19,10 +19,10 @@ from pathlib import Path
 def export(output_dir: Path, family: str | None = None) -> None:
     import torch
 
-    from hafrm.defaults import default_model_path
-    from hafrm.model import HybridRewardModel
-    from hafrm.portable import make_portable
-    from hafrm.pretrained import load_causal_lm, load_tokenizer
+    from hafrm.io.defaults import default_model_path
+    from hafrm.io.portable import make_portable
+    from hafrm.io.pretrained import load_causal_lm, load_tokenizer
+    from hafrm.model.hybrid import HybridRewardModel
 
     path = str(default_model_path())
     tokenizer = load_tokenizer(path)

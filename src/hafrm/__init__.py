@@ -18,19 +18,19 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "TrainConfig": "hafrm.config",
-    "ALIASES": "hafrm.config",
-    "train": "hafrm.training",
-    "TrainResult": "hafrm.training",
-    "HafTrainer": "hafrm.trainer",
-    "HafObjective": "hafrm.losses",
-    "PolicyLoss": "hafrm.losses",
-    "HybridRewardModel": "hafrm.model",
-    "LoadedModel": "hafrm.evaluation",
-    "PairScores": "hafrm.evaluation",
+    "TrainConfig": "hafrm.training.config",
+    "ALIASES": "hafrm.training.config",
+    "train": "hafrm.training.pipeline",
+    "TrainResult": "hafrm.training.pipeline",
+    "HafTrainer": "hafrm.training.trainer",
+    "HafObjective": "hafrm.model.losses",
+    "PolicyLoss": "hafrm.model.losses",
+    "HybridRewardModel": "hafrm.model.hybrid",
+    "LoadedModel": "hafrm.training.loading",
+    "PairScores": "hafrm.eval.evaluation",
     "load_pairs": "hafrm.data",
-    "load_tokenizer": "hafrm.pretrained",
-    "RewardScorer": "hafrm.scoring",
+    "load_tokenizer": "hafrm.io.pretrained",
+    "RewardScorer": "hafrm.eval.scoring",
 }
 
 __all__ = ["__version__", "load", *_LAZY]
@@ -41,7 +41,7 @@ def load(model_dir, reference: str | None = None, dtype: str = "fp32", device: s
     head="reward" | "implicit" | "combined")` and `.score_pairs(pairs)`. The implicit reward needs the reference
     policy: the base model recorded at training, or `reference` (a model folder or hub name). device: default the
     GPU where there is one."""
-    from hafrm.evaluation import load_trained
+    from hafrm.training.loading import load_trained
 
     return load_trained(model_dir, reference=reference, dtype=dtype, device=device)
 

@@ -29,7 +29,7 @@ EVAL_POSITION = "eval_position"  # an eval pair's index in its set, carried thro
 HH_ROLES = {"user": "Human", "assistant": "Assistant", "system": "System"}
 HH_ASSISTANT_PREFIX = "\n\nAssistant:"
 
-# What each token of a batch row is (see model.py's sequence layout): padding, prompt, a response (the chosen one
+# What each token of a batch row is (see model/hybrid.py's sequence layout): padding, prompt, a response (the chosen one
 # of a pair, or the only one), or the rejected response of a pair sharing its prompt.
 PAD, PROMPT, RESPONSE, REJECTED = 0, 1, 2, 3
 

@@ -18,15 +18,18 @@ from transformers import EarlyStoppingCallback, TrainerCallback, TrainingArgumen
 from transformers.trainer_utils import get_last_checkpoint
 
 from hafrm import __version__
-from hafrm.atomic import write_atomically
-from hafrm.config import TrainConfig, world_size
 from hafrm.data import PairCollator, PairEncoder, SkipReport, load_pairs, train_test_split
 from hafrm.data.encoding import chat_template_for, encode_pairs
-from hafrm.defaults import DEFAULT_EVAL_DATA, DEFAULT_TRAIN_DATA
-from hafrm.filechecks import check_model_folder, check_writable_dir
-from hafrm.metrics import accuracy_interval, correctness_from_predictions, paired_difference, pairwise_metrics
-from hafrm.model import PADDED_LAST_COLUMN, HybridRewardModel, LoraSettings
-from hafrm.pretrained import (
+from hafrm.eval.metrics import (
+    accuracy_interval,
+    correctness_from_predictions,
+    paired_difference,
+    primary_metrics,
+)
+from hafrm.io.atomic import write_atomically
+from hafrm.io.defaults import DEFAULT_EVAL_DATA, DEFAULT_TRAIN_DATA
+from hafrm.io.filechecks import check_model_folder, check_writable_dir
+from hafrm.io.pretrained import (
     check_attention_trains,
     fit_embeddings,
     load_causal_lm,
@@ -34,9 +37,10 @@ from hafrm.pretrained import (
     resolve_dtype,
     resolve_model_path,
 )
-from hafrm.reference import add_reference_logps
-from hafrm.trainer import EVAL_SCORES_DIR, HafTrainer, checkpoint_problem
-from hafrm.trunk import cached_trunk_states
+from hafrm.model.hybrid import PADDED_LAST_COLUMN, HybridRewardModel, LoraSettings
+from hafrm.training.config import TrainConfig, world_size
+from hafrm.training.precompute import add_reference_logps, cached_trunk_states
+from hafrm.training.trainer import EVAL_SCORES_DIR, HafTrainer, checkpoint_problem
 
 logger = logging.getLogger(__name__)
 CLOCK_FILE = "hafrm-run-clock.json"  # in each checkpoint: {"wall_s": seconds the run had spent when it was written}
@@ -232,17 +236,6 @@ def training_arguments(config: TrainConfig, has_eval: bool, train_pairs: int | N
         return TrainingArguments(**arguments)
     except TypeError as error:  # an unknown key in training_args
         raise ValueError(f"training_args: {error}") from None
-
-
-def primary_metrics(method: str):
-    """compute_metrics that also names the accuracy used to pick the best checkpoint."""
-
-    def compute(prediction):
-        metrics = pairwise_metrics(prediction)
-        metrics["accuracy"] = metrics["implicit_accuracy"] if method == "dpo" else metrics["reward_accuracy"]
-        return metrics
-
-    return compute
 
 
 def resume_point(config: TrainConfig) -> str | None:

@@ -22,10 +22,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hafrm.config import TrainConfig
 from hafrm.data.catalog import load_named
 from hafrm.data.splits import split_by_prompt, without_prompts_of
-from hafrm.evaluation import PairScores
+from hafrm.experiments.runs import DONE_FILE, SCORES_IN_ORDER, chosen_longer, run_folders
+from hafrm.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +33,6 @@ CLAIM_SETS = ("beaver-safe", "hh-harmless", "hh-helpful")
 CURVE_STEPS = (16, 32, 64, 128, 256)
 VALIDATION = "validation"
 SPLIT_SEED = 0  # one split for every method and seed: their test pairs are the same
-DONE_FILE = "done.json"
-# Per-pair eval scores kept before this marker was written into done.json are in the order the Trainer's
-# length-grouped, seed-dependent sampler took the pairs, not the test set's: scripts/reorder_eval_scores.py puts
-# them back and writes it.
-SCORES_IN_ORDER = {"eval_scores_order": "test set"}
 
 
 def claim_split(name: str, data_root: str, test_pairs: int = 1000) -> tuple[list[dict], list[dict]]:
@@ -99,7 +94,7 @@ def training_and_evaluation_sets(train_set: str, settings: CurveSettings, split)
 
 def run_curves(runs: list[CurveRun], settings: CurveSettings, output_dir: str | Path) -> list[Path]:
     """Train and evaluate every run not finished yet; returns the run folders (finished ones included)."""
-    from hafrm.training import RunClock, train
+    from hafrm.training.pipeline import RunClock, train
 
     folders = []
     split = functools.cache(lambda name: claim_split(name, settings.data_root, settings.test_pairs))  # each set once
@@ -149,25 +144,6 @@ def run_curves(runs: list[CurveRun], settings: CurveSettings, output_dir: str | 
     return folders
 
 
-def chosen_longer(tests: dict[str, list[dict]], folder: Path) -> None:
-    """For the length split: per test pair, whether the chosen response is longer (in characters) than the rejected."""
-    import numpy as np
-
-    np.savez(
-        folder / "lengths.npz",
-        **{name: np.array([len(p["chosen"]) > len(p["rejected"]) for p in pairs]) for name, pairs in tests.items()},
-    )
-
-
-def step_scores(folder: Path) -> dict[tuple[int, str], PairScores]:
-    """(step, test set) -> per-pair scores of one run."""
-    scores = {}
-    for path in sorted((folder / "model" / "eval-scores").glob("step-*.npz")):
-        step, _, test_set = path.stem.removeprefix("step-").partition("-")
-        scores[(int(step), test_set)] = PairScores.load(path)
-    return scores
-
-
 # ---------------------------------------------------------------------------------------- the protocol as a command
 
 PROTOCOLS = ("learning-curve", "alpha-sweep")
@@ -185,23 +161,6 @@ def planned_runs(
     raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
 
 
-def run_folders(report_dirs: list[str | Path]) -> list[Path]:
-    """Finished runs of earlier reports (for --merge): every runs/<name> with a done.json."""
-    return sorted(p.parent for d in report_dirs for p in Path(d).glob(f"runs/*/{DONE_FILE}"))
-
-
-def run_record(folder: Path) -> dict:
-    """A finished run's done.json; refused when its per-pair scores may not be in their test sets' order."""
-    record = json.loads((folder / DONE_FILE).read_text())
-    if record.get("config", {}).get("group_by_length", True) and not SCORES_IN_ORDER.items() <= record.items():
-        raise ValueError(
-            f"{folder}: its per-pair scores were kept before hafrm put them back in their test set's order; they "
-            "follow a seed-dependent, length-grouped sampler's order, so they cannot be paired with other seeds' "
-            f"runs or with the test pairs: run `python scripts/reorder_eval_scores.py --data-root DATA {folder}` first"
-        )
-    return record
-
-
 def claim_report(
     protocol: str,
     datasets: list[str],
@@ -214,7 +173,7 @@ def claim_report(
     merge: list[str | Path] | None = None,
 ) -> Path:
     """Run (or, with merge, only collect) the runs of a claim protocol and write its report; returns report.md."""
-    from hafrm.report import CurveResult, write_curve_report
+    from hafrm.experiments.report import CurveResult, write_curve_report
 
     if merge:
         folders = run_folders(merge)

@@ -89,3 +89,14 @@ def discordant_counts(ours, theirs) -> tuple[int, int]:
     """Pairs we get right that they get wrong, and the other way round."""
     ours, theirs = np.asarray(ours, dtype=bool), np.asarray(theirs, dtype=bool)
     return int((ours & ~theirs).sum()), int((~ours & theirs).sum())
+
+
+def primary_metrics(method: str):
+    """compute_metrics that also names the accuracy used to pick the best checkpoint."""
+
+    def compute(prediction):
+        metrics = pairwise_metrics(prediction)
+        metrics["accuracy"] = metrics["implicit_accuracy"] if method == "dpo" else metrics["reward_accuracy"]
+        return metrics
+
+    return compute

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hafrm.evaluation import PairScores, scores_file
-from hafrm.losses import METHODS, HafObjective
-from hafrm.metrics import accuracy_interval, discordant_counts, mcnemar_p, paired_bootstrap_interval
-from hafrm.protocols import RunResult, dataset_title
+from hafrm.eval.evaluation import PairScores, scores_file
+from hafrm.eval.metrics import accuracy_interval, discordant_counts, mcnemar_p, paired_bootstrap_interval
+from hafrm.experiments.runs import RunResult, dataset_title
+from hafrm.model.losses import METHODS, HafObjective
 
 HEADS = (("reward_accuracy", "reward head"), ("implicit_accuracy", "implicit (DPO)"), ("combined_accuracy", "combined"))
 
@@ -262,7 +262,7 @@ class CurveResult:
 
     @classmethod
     def load(cls, folder: Path) -> CurveResult:
-        from hafrm.curves import run_record, step_scores
+        from hafrm.experiments.runs import run_record, step_scores
 
         record = run_record(folder)
         run = record["run"]

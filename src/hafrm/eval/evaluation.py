@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from hafrm.config import TrainConfig
 from hafrm.data import PairCollator, PairEncoder, SkipReport
 from hafrm.data.encoding import batches_by_length, encode_pairs, length_sorted_batches, pad_sequences
 from hafrm.data.formats import as_messages
-from hafrm.export import POLICY_DIR
-from hafrm.metrics import accuracy_from_scores, pair_correctness
-from hafrm.model import METADATA_FILE, HybridRewardModel
-from hafrm.pretrained import (
-    fit_embeddings,
-    inference_device,
-    load_causal_lm,
-    load_tokenizer,
-    resolve_dtype,
-    resolve_model_path,
-)
-from hafrm.scores import batch_scores, check_head, head_scores
+from hafrm.eval.metrics import accuracy_from_scores, pair_correctness
+from hafrm.eval.scores import batch_scores, check_head, head_scores
+from hafrm.model.hybrid import HybridRewardModel
+from hafrm.model.losses import HafObjective
 
 
 @dataclass
@@ -73,52 +64,19 @@ def scores_file(folder: str | Path, test_set: str) -> Path:
     return Path(folder) / f"scores-{test_set}.npz"
 
 
-@dataclass
-class LoadedModel:
+class TrainedModel(Protocol):
+    """What scoring needs of a finished run (`hafrm.training.loading.LoadedModel`)."""
+
     model: HybridRewardModel
     tokenizer: object
-    config: TrainConfig
+    config: object  # its TrainConfig: max_length and truncation are read
 
     @property
-    def objective(self):
-        return self.config.objective()
-
-    def score(self, prompts: list, responses: list[str], head: str = "reward", batch_size: int = 8) -> np.ndarray:
-        """One score per (prompt, response): head reward, implicit (tau * log-ratio) or combined (their sum)."""
-        return score_responses(self, prompts, responses, [head], batch_size=batch_size)[head]
-
-    def score_pairs(self, pairs: list[dict], batch_size: int = 8) -> PairScores:
-        """Both heads' scores of canonical pairs ({prompt, chosen, rejected}); `.metrics()` gives the accuracies."""
-        return score_pairs(self, pairs, batch_size=batch_size, progress=False)[0]
-
-
-def load_trained(
-    model_dir: str | Path, reference: str | None = None, dtype: str = "fp32", device: str | None = None
-) -> LoadedModel:
-    """A hafrm output folder, with its reference policy (the base model it was trained from) when it has a policy
-    head, on `device` (default: the GPU where there is one, as RewardScorer; the attention kernel is chosen for it)."""
-    model_dir = Path(model_dir)
-    metadata_path = model_dir / METADATA_FILE
-    if not metadata_path.exists():
-        raise FileNotFoundError(
-            f"{model_dir} is not a hafrm output folder (no {METADATA_FILE}); `hafrm score` reads any reward model"
-        )
-    metadata = json.loads(metadata_path.read_text())
-    config = TrainConfig(**metadata["config"])
-    torch_dtype = resolve_dtype(dtype)
-    model = HybridRewardModel.from_pretrained(model_dir, torch_dtype, config.attn_implementation).eval()
-    tokenizer = load_tokenizer(str(model_dir / POLICY_DIR))
-    objective = config.objective()
-    if objective.uses_policy_head and objective.policy_loss.needs_reference:
-        base = reference or resolve_model_path(None if metadata["base_model"] == "default" else metadata["base_model"])
-        reference_model = load_causal_lm(base, torch_dtype, config.attn_implementation)
-        fit_embeddings(reference_model, tokenizer)  # the pad row training added, if it added one
-        model.reference_model = reference_model.eval().requires_grad_(False)
-    return LoadedModel(model.to(inference_device(device)), tokenizer, config)
+    def objective(self) -> HafObjective: ...
 
 
 def score_pairs(
-    loaded: LoadedModel, pairs: list[dict], max_length: int | None = None, batch_size: int = 8, progress: bool = True
+    loaded: TrainedModel, pairs: list[dict], max_length: int | None = None, batch_size: int = 8, progress: bool = True
 ) -> tuple[PairScores, SkipReport]:
     """Rewards and implicit rewards of every pair, each pair's prompt computed once for both responses."""
     tokenizer = loaded.tokenizer
@@ -137,7 +95,7 @@ def score_pairs(
 
 
 def score_responses(
-    loaded: LoadedModel,
+    loaded: TrainedModel,
     prompts: list,
     responses: list[str],
     heads: Sequence[str] = ("reward",),

@@ -13,12 +13,12 @@ import typing
 from pathlib import Path
 
 from hafrm import __version__
-from hafrm.atomic import write_atomically
-from hafrm.config import TrainConfig
-from hafrm.curves import PROTOCOLS as CURVE_PROTOCOLS
 from hafrm.data.encoding import MIN_MAX_LENGTH
 from hafrm.data.errors import DataError
-from hafrm.filechecks import check_writable_dir, check_writable_file
+from hafrm.experiments.curves import PROTOCOLS as CURVE_PROTOCOLS
+from hafrm.io.atomic import write_atomically
+from hafrm.io.filechecks import check_writable_dir, check_writable_file
+from hafrm.training.config import TrainConfig
 
 logger = logging.getLogger("hafrm")
 
@@ -72,7 +72,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     one per alias (TRL, transformers and LLaMA-Factory names). Only flags given on the command line override the
     YAML file. Choices are shown, not enforced by argparse: TrainConfig checks them, so that a bad value is one
     error line naming the field, as in a YAML file."""
-    from hafrm.config import ALIASES, alias_help
+    from hafrm.training.config import ALIASES, alias_help
 
     hints = typing.get_type_hints(TrainConfig)
     defaults = TrainConfig()
@@ -109,7 +109,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def given_options(args: argparse.Namespace) -> dict:
     """The training options given on the command line, in our names or the ecosystem's."""
-    from hafrm.config import ALIASES
+    from hafrm.training.config import ALIASES
 
     return {name: getattr(args, name) for name in [*TrainConfig.field_names(), *ALIASES] if hasattr(args, name)}
 
@@ -120,8 +120,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def command_train(args: argparse.Namespace) -> int:
-    from hafrm.defaults import DEMO_TRAINING
-    from hafrm.training import train
+    from hafrm.io.defaults import DEMO_TRAINING
+    from hafrm.training.pipeline import train
 
     demo = not args.config and not given_options(args)
     if demo:
@@ -164,8 +164,9 @@ def comparison_summary(comparison: dict) -> str:
 
 def command_eval(args: argparse.Namespace) -> int:
     from hafrm.data import load_pairs
-    from hafrm.evaluation import load_trained, score_pairs
-    from hafrm.rewardbench import rewardbench_metrics
+    from hafrm.eval.evaluation import score_pairs
+    from hafrm.eval.rewardbench import rewardbench_metrics
+    from hafrm.training.loading import load_trained
 
     if args.output:
         check_writable_file(args.output)
@@ -192,7 +193,7 @@ def command_eval(args: argparse.Namespace) -> int:
 
 
 def command_score(args: argparse.Namespace) -> int:
-    from hafrm.scoring import RewardScorer, read_scoring_rows, score_rows
+    from hafrm.eval.scoring import RewardScorer, read_scoring_rows, score_rows
 
     if args.output:
         check_writable_file(args.output)
@@ -218,7 +219,7 @@ def command_report(args: argparse.Namespace) -> int:
         [int(s) for s in args.seeds.split(",")],
     )
     if args.protocol in CURVE_PROTOCOLS:
-        from hafrm.curves import CurveSettings, claim_report
+        from hafrm.experiments.curves import CurveSettings, claim_report
 
         settings = CurveSettings(
             data_root=args.data_root or "",
@@ -234,7 +235,7 @@ def command_report(args: argparse.Namespace) -> int:
             )
         )
     else:
-        from hafrm.protocols import ProtocolSettings, paper_report
+        from hafrm.experiments.protocols import ProtocolSettings, paper_report
 
         settings = ProtocolSettings(
             data_root=args.data_root,
@@ -251,7 +252,8 @@ SAMPLING_DEFAULTS = {"policy": None, "n": 4, "num_prompts": 50, "max_new_tokens"
 
 
 def command_best_of_n(args: argparse.Namespace) -> int:
-    from hafrm.bestofn import (
+    from hafrm.data import load_pairs
+    from hafrm.experiments.bestofn import (
         best_of_n_results,
         distinct_prompts,
         read_candidates,
@@ -259,7 +261,6 @@ def command_best_of_n(args: argparse.Namespace) -> int:
         samples_record,
         score_candidates,
     )
-    from hafrm.data import load_pairs
 
     if args.output:
         check_writable_file(args.output)
@@ -323,7 +324,7 @@ def add_scored_length(parser: argparse.ArgumentParser) -> None:
 def command_serve(args: argparse.Namespace) -> int:
     import os
 
-    from hafrm.serving import ServeLimits, resolve_api_key, serve
+    from hafrm.serve.server import ServeLimits, resolve_api_key, serve
 
     api_key = resolve_api_key(
         args.api_key if args.api_key is not None else os.environ.get("HAFRM_API_KEY"), args.no_auth, args.host
@@ -574,7 +575,3 @@ def main(argv: list[str] | None = None) -> int:
         # OSError covers missing files and transformers' "not a model folder or hub name".
         print(f"hafrm {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,13 +14,7 @@ import logging
 from contextlib import contextmanager
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
-
-from hafrm.atomic import write_atomically
-from hafrm.data.encoding import batches_by_length
-from hafrm.defaults import cache_dir
-from hafrm.reference import cache_key
 
 logger = logging.getLogger(__name__)
 
@@ -110,50 +104,3 @@ class TrunkStore:
             states = self.pair(index)
             out[row, : states.shape[0]] = states
         return out
-
-
-def compute_trunk_states(model, dataset, collator, batch_size: int, device: torch.device) -> TrunkStore:
-    """Trunk states of every pair of a data set, in its order, each pair's row without padding. Pairs are run in
-    batches of similar length (little padding) and put back in order."""
-    from hafrm.model import eval_mode
-
-    pieces: list[torch.Tensor | None] = [None] * len(dataset)
-    with eval_mode(model):
-        for indices, batch in batches_by_length(dataset, collator, batch_size, device, "frozen trunk"):
-            states = model.trunk.compute(
-                model.hidden_states, model.backbone, batch["input_ids"], batch["segment_ids"], batch.get("position_ids")
-            )
-            for index, row, row_segments in zip(indices, states.float().cpu(), batch["segment_ids"].cpu()):
-                pieces[index] = row[: int((row_segments != 0).sum())].clone()
-    lengths = [len(p) for p in pieces]
-    offsets = torch.zeros(len(lengths) + 1, dtype=torch.long)
-    offsets[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.long), 0)
-    return TrunkStore(torch.cat(pieces), offsets)
-
-
-def cached_trunk_states(model, datasets: list, collator, batch_size: int, device: torch.device) -> TrunkStore:
-    """Trunk states of the given data sets, one store with pair indices running through them in order, read from
-    the disk cache when the same frozen weights have seen the same pairs in the same layout."""
-    key = cache_key(
-        model.trunk.modules,
-        model.config.to_json_string(use_diff=False),
-        model.trunk.num_layers,
-        collator.share_prompt,
-        *datasets,
-    )
-    path = cache_dir() / "trunk" / f"{key}.safetensors"
-    if path.exists():
-        logger.info("Frozen-trunk states read from cache %s", path)
-        tensors = load_file(path)
-        return TrunkStore(tensors["states"], tensors["offsets"])
-    stores = [compute_trunk_states(model, d, collator, batch_size, device) for d in datasets]
-    offsets = torch.cat(
-        [stores[0].offsets]
-        + [s.offsets[1:] + sum(len(t.states) for t in stores[:i]) for i, s in enumerate(stores) if i > 0]
-    )
-    store = TrunkStore(torch.cat([s.states for s in stores]), offsets)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(
-        path, lambda temporary: save_file({"states": store.states.contiguous(), "offsets": store.offsets}, temporary)
-    )
-    return store

@@ -7,8 +7,8 @@ import logging
 
 import torch
 
-from hafrm.defaults import default_model_path
-from hafrm.filechecks import check_model_folder, first_line
+from hafrm.io.defaults import default_model_path
+from hafrm.io.filechecks import check_model_folder, first_line
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hafrm.metrics import accuracy_interval, discordant_counts, mcnemar_p, paired_bootstrap_interval
+from hafrm.eval.metrics import accuracy_interval, discordant_counts, mcnemar_p, paired_bootstrap_interval
 
 logger = logging.getLogger(__name__)
 Scorer = Callable[[list, list[str]], dict[str, list[float]]]  # (prompts, responses) -> each head's scores
@@ -122,8 +122,8 @@ def compare_selectors(
 def spec_model_head(spec: str) -> tuple[str, str]:
     """MODEL[@HEAD] as (model, head), checked before any model is loaded. HEAD (reward | implicit | combined, default
     reward) other than reward needs a hafrm output folder."""
-    from hafrm.model import METADATA_FILE
-    from hafrm.scores import check_head
+    from hafrm.eval.scores import check_head
+    from hafrm.model.hybrid import METADATA_FILE
 
     model, _, head = spec.rpartition("@") if "@" in spec else (spec, "", "reward")
     check_head(head)
@@ -137,9 +137,10 @@ def spec_model_head(spec: str) -> tuple[str, str]:
 def model_scorer(model: str, heads: Sequence[str], max_length: int = 512, batch_size: int = 8) -> Scorer:
     """One model, loaded once, as a Scorer of the given heads, all from one pass per batch: a hafrm output folder,
     or any sequence-classification reward model (its 'reward' only)."""
-    from hafrm.evaluation import load_trained, score_responses
-    from hafrm.model import METADATA_FILE
-    from hafrm.scoring import RewardScorer
+    from hafrm.eval.evaluation import score_responses
+    from hafrm.eval.scoring import RewardScorer
+    from hafrm.model.hybrid import METADATA_FILE
+    from hafrm.training.loading import load_trained
 
     if (Path(model) / METADATA_FILE).exists():
         loaded = load_trained(model)
@@ -161,8 +162,8 @@ def sample_candidates(
 ) -> tuple[list[list[str]], dict]:
     """n responses per prompt from `policy` (a causal LM, or a hafrm output folder's own policy head; None: the
     embedded model), and the settings they were sampled with, recorded beside them."""
-    from hafrm.export import POLICY_DIR
-    from hafrm.pretrained import inference_device, load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
+    from hafrm.io.export import POLICY_DIR
+    from hafrm.io.pretrained import inference_device, load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 
     policy_path = resolve_model_path(policy)
     if (Path(policy_path) / POLICY_DIR).is_dir():

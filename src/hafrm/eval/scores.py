@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from hafrm.losses import HafObjective
-from hafrm.model import HybridOutput, HybridRewardModel
+from hafrm.model.hybrid import HybridOutput, HybridRewardModel
+from hafrm.model.losses import HafObjective
 
 HEADS = ("reward", "implicit", "combined")
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hafrm.curves import VALIDATION, run_record, step_scores
-from hafrm.metrics import discordant_counts, mcnemar_p, paired_bootstrap_interval
+from hafrm.eval.metrics import discordant_counts, mcnemar_p, paired_bootstrap_interval
+from hafrm.experiments.curves import VALIDATION
+from hafrm.experiments.runs import run_record, step_scores
 
 SELECTIONS = ("final", "validation", "test")
 

@@ -17,14 +17,14 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import EvalLoopOutput
 
-from hafrm.atomic import write_atomically
 from hafrm.data import PairCollator, PairEncoder, load_pairs
 from hafrm.data.encoding import EVAL_POSITION, encode_pairs
-from hafrm.filechecks import first_line, safetensors_problem, torch_file_problem
-from hafrm.losses import HafObjective
-from hafrm.model import HybridRewardModel
-from hafrm.pretrained import check_attention_trains, fit_embeddings
-from hafrm.scores import forward_batch, implicit_rewards
+from hafrm.eval.scores import forward_batch, implicit_rewards
+from hafrm.io.atomic import write_atomically
+from hafrm.io.filechecks import first_line, safetensors_problem, torch_file_problem
+from hafrm.io.pretrained import check_attention_trains, fit_embeddings
+from hafrm.model.hybrid import HybridRewardModel
+from hafrm.model.losses import HafObjective
 
 STATE_FILE = "hafrm_trainable.safetensors"
 EVAL_SCORES_DIR = "eval-scores"  # per-pair scores of every evaluation: step-<N>-<eval set>.npz (PairScores)
@@ -74,7 +74,7 @@ class _TrainableStateCheckpoints:
 class HafTrainer(_TrainableStateCheckpoints, Trainer):
     """A transformers.Trainer for the hybrid objective, constructed like TRL's trainers::
 
-        tokenizer = hafrm.pretrained.load_tokenizer("path/to/causal-lm")
+        tokenizer = hafrm.io.pretrained.load_tokenizer("path/to/causal-lm")
         trainer = HafTrainer(model=AutoModelForCausalLM.from_pretrained("path/to/causal-lm"),
                              args=TrainingArguments("out"), train_dataset=rows, processing_class=tokenizer)
         trainer.train()
@@ -84,7 +84,7 @@ class HafTrainer(_TrainableStateCheckpoints, Trainer):
     args: transformers.TrainingArguments; remove_unused_columns is turned off (the collator reads every column).
     train_dataset, eval_dataset: preference rows in any schema hafrm reads (a datasets.Dataset or a list of dicts),
         tokenized here with processing_class up to max_length; or sets already encoded by hafrm.data.PairEncoder.
-    processing_class: the tokenizer; load it with hafrm.pretrained.load_tokenizer, which picks a pad token that no
+    processing_class: the tokenizer; load it with hafrm.io.pretrained.load_tokenizer, which picks a pad token that no
         text contains (the reward is read at the last non-pad token).
     objective: the loss (default HafObjective(): haf, alpha 0.2, tau 0.1, sigmoid DPO loss).
     When the policy loss needs a reference and the data carries no precomputed reference log-probs, the reference
@@ -124,7 +124,7 @@ class HafTrainer(_TrainableStateCheckpoints, Trainer):
         eval_dataset = self._eval_sets(eval_dataset, processing_class, max_length)
         build_collator = data_collator is None and processing_class is not None and model is not None
         if compute_metrics is None:
-            from hafrm.training import primary_metrics
+            from hafrm.eval.metrics import primary_metrics
 
             compute_metrics = primary_metrics(objective.method)
         precomputed = train_dataset is not None and "reference_chosen_logps" in train_dataset.column_names
@@ -252,7 +252,7 @@ class HafTrainer(_TrainableStateCheckpoints, Trainer):
         if output.predictions is not None:
             output = in_eval_set_order(output)
         if self.eval_scores_dir is not None and self.is_world_process_zero() and output.predictions is not None:
-            from hafrm.evaluation import PairScores
+            from hafrm.eval.evaluation import PairScores
 
             name = metric_key_prefix.removeprefix("eval_") if metric_key_prefix != "eval" else "eval"
             self.eval_scores_dir.mkdir(parents=True, exist_ok=True)

@@ -28,9 +28,9 @@ from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from hafrm.data.encoding import PAD, PROMPT, REJECTED, RESPONSE, PairCollator
-from hafrm.export import ADAPTER_DIR, POLICY_DIR, REWARD_MODEL_DIR, save_causal_lm, save_sequence_classifier
-from hafrm.filechecks import first_line
-from hafrm.trunk import FrozenTrunk
+from hafrm.io.export import ADAPTER_DIR, POLICY_DIR, REWARD_MODEL_DIR, save_causal_lm, save_sequence_classifier
+from hafrm.io.filechecks import first_line
+from hafrm.model.trunk import FrozenTrunk
 
 logger = logging.getLogger(__name__)
 
@@ -441,7 +441,7 @@ class HybridRewardModel(nn.Module):
         cls, output_dir: str | Path, dtype: torch.dtype = torch.float32, attention: str = "auto"
     ) -> HybridRewardModel:
         """Load a directory written by `export` (its policy/ and reward head); attention as `load_causal_lm`."""
-        from hafrm.pretrained import load_causal_lm
+        from hafrm.io.pretrained import load_causal_lm
 
         output_dir = Path(output_dir)
         causal_lm = load_causal_lm(str(output_dir / POLICY_DIR), dtype, attention)

@@ -17,8 +17,8 @@ import yaml
 
 from hafrm.data.encoding import MIN_MAX_LENGTH, TRUNCATIONS
 from hafrm.data.formats import ADAPTERS
-from hafrm.losses import METHODS, POLICY_LOSSES, HafObjective, PolicyLoss
-from hafrm.model import PADDED_LAST_COLUMN, REWARD_HEAD_INITS, REWARD_READOUTS, LoraSettings
+from hafrm.model.hybrid import PADDED_LAST_COLUMN, REWARD_HEAD_INITS, REWARD_READOUTS, LoraSettings
+from hafrm.model.losses import METHODS, POLICY_LOSSES, HafObjective, PolicyLoss
 
 
 @dataclass
@@ -365,7 +365,7 @@ class TrainConfig:
 
     def objective(self):
         """The training objective these settings describe (losses.HafObjective)."""
-        from hafrm.losses import HafObjective, PolicyLoss
+        from hafrm.model.losses import HafObjective, PolicyLoss
 
         policy = PolicyLoss(
             kind=self.policy_loss, tau=self.tau, label_smoothing=self.label_smoothing, simpo_gamma=self.simpo_gamma

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hafrm.scoring import RewardScorer
+from hafrm.eval.scoring import RewardScorer
 
 
 def _text(value) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hafrm.portable import make_portable
+from hafrm.io.portable import make_portable
 
 # The folders of a hafrm output (one place names them): the reward model and the policy as Hugging Face models,
 # and the LoRA adapter of LoRA runs.
@@ -114,7 +114,7 @@ text = tokenizer.apply_chat_template([{{"role": "user", "content": "Hi"}}, \
 reward = model(**tokenizer(text, return_tensors="pt", add_special_tokens=False)).logits[0, 0].item()
 ```
 
-`hafrm score`, `hafrm serve` and `hafrm.rlhf.reward_function` read it the same way.
+`hafrm score`, `hafrm serve` and `hafrm.serve.rlhf.reward_function` read it the same way.
 
 ## Training configuration
 

@@ -13,12 +13,14 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hafrm.config import TrainConfig
-from hafrm.data.catalog import CATALOG, PAPER_DATASETS, group_members, load_named, mixed
+from hafrm.data.catalog import PAPER_DATASETS, group_members, load_named, mixed
 from hafrm.data.errors import DataError
-from hafrm.evaluation import LoadedModel, load_trained, score_pairs, scores_file
-from hafrm.rewardbench import rewardbench_metrics
-from hafrm.training import train
+from hafrm.eval.evaluation import score_pairs, scores_file
+from hafrm.eval.rewardbench import rewardbench_metrics
+from hafrm.experiments.runs import RunResult, dataset_title
+from hafrm.training.config import TrainConfig
+from hafrm.training.loading import LoadedModel, load_trained
+from hafrm.training.pipeline import train
 
 logger = logging.getLogger(__name__)
 
@@ -50,16 +52,6 @@ class ProtocolSettings:
     test_pairs: int | None = None
     overrides: dict = field(default_factory=dict)  # TrainConfig fields shared by every run
     skip_unavailable: bool = False  # leave out test sets that cannot be loaded, instead of stopping
-
-
-@dataclass
-class RunResult:
-    method: str
-    seed: int
-    train_set: str
-    test_metrics: dict[str, dict]  # test set -> metrics
-    log_history: list[dict]
-    output_dir: str
 
 
 def training_pairs(experiment: Experiment, settings: ProtocolSettings, seed: int) -> list[dict]:
@@ -158,10 +150,6 @@ def untested_sets(protocol: str, datasets: list[str], results: list[RunResult]) 
     return [dataset_title(name) for name in wanted if name not in tested]
 
 
-def dataset_title(name: str) -> str:
-    return CATALOG[name].title if name in CATALOG else name
-
-
 def paper_report(
     protocol: str,
     datasets: list[str],
@@ -173,7 +161,7 @@ def paper_report(
     merge: list[str | Path] | None = None,
 ) -> Path:
     """Run a paper protocol (or, with merge, only collect the runs of earlier reports) and write its report."""
-    from hafrm.report import load_results, write_report
+    from hafrm.experiments.report import load_results, write_report
 
     if merge:
         sources = ", ".join(f"`{d}` (its command is in `{d}/report.md`)" for d in merge)

@@ -36,7 +36,7 @@ from fastapi import FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field, ValidationError
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from hafrm.scoring import RewardScorer
+from hafrm.eval.scoring import RewardScorer
 
 logger = logging.getLogger("hafrm.serve")
 

@@ -11,9 +11,9 @@ from hafrm.data.encoding import PAD, PairEncoder, length_sorted_batches, pad_seq
 from hafrm.data.errors import DataError
 from hafrm.data.formats import SkipRow, as_messages, as_response, require
 from hafrm.data.reading import read_rows
-from hafrm.export import REWARD_MODEL_DIR
-from hafrm.model import response_ends
-from hafrm.pretrained import inference_device, load_pretrained, load_tokenizer, resolve_dtype
+from hafrm.io.export import REWARD_MODEL_DIR
+from hafrm.io.pretrained import inference_device, load_pretrained, load_tokenizer, resolve_dtype
+from hafrm.model.hybrid import response_ends
 
 
 class RewardScorer:
