@@ -85,3 +85,51 @@ def test_two_processes_match_one_process(tiny_model_dir, tmp_path):
                 key,
                 single_entry["step"],
             )
+
+
+def run_torchrun(script_args: list[str], processes: int = 2) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    return subprocess.run(command + script_args, env=env, capture_output=True, text=True)
+
+
+FSDP2_STEP = os.path.join(os.path.dirname(__file__), "fsdp2_step.py")
+
+
+@pytest.mark.parametrize(
+    "mode,method", [("full", "haf"), ("full", "baseline"), ("full", "dpo"), ("frozen", "haf"), ("lora", "haf")]
+)
+def test_an_fsdp2_sharded_step_equals_one_process(mode, method, tmp_path):
+    """torch's FSDP2 (fully_shard on every decoder layer, then the root with the reward head) on 2 CPU processes:
+    the shared-prompt forward, the frozen trunk and LoRA give the step of one process over all the pairs."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run(
+        [sys.executable, FSDP2_STEP, mode, method, str(tmp_path / "one.safetensors")], env=env, capture_output=True
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    sharded = run_torchrun([FSDP2_STEP, mode, method, str(tmp_path / "two.safetensors")])
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    one, two = load_file(tmp_path / "one.safetensors"), load_file(tmp_path / "two.safetensors")
+    assert one.keys() == two.keys()
+    from hafrm.testing import tiny_llama
+
+    vocab_size = next(len(v) for k, v in one.items() if k.endswith("embed_tokens.weight"))
+    initial = {f"policy.{k}": v for k, v in tiny_llama(vocab_size).state_dict().items()}
+    moved = 0
+    for name in one:
+        scale = one[name].abs().max().item()
+        torch.testing.assert_close(two[name], one[name], rtol=0, atol=1e-5 * scale, msg=name)
+        if name in initial:
+            moved = max(moved, (one[name] - initial[name]).abs().max().item() / scale)
+    lora_b = [v for k, v in one.items() if "lora_B" in k]
+    assert moved > 1e-3 if mode != "lora" else all(v.abs().max() > 1e-3 for v in lora_b)  # far above the tolerance
+
+
+def test_fsdp_asked_for_on_cpus_is_refused_not_dropped(tiny_model_dir, tmp_path):
+    """accelerate 1.16 turns FSDP on for GPUs only; on CPUs the Trainer would silently run plain DDP."""
+    fsdp = {"fsdp": "full_shard auto_wrap", "fsdp_config": {"fsdp_version": 2}}
+    command = train_command(tiny_model_dir, tmp_path / "out")
+    command[command.index("--training-args") + 1] = json.dumps(fsdp)
+    launched = run_torchrun(command)
+    assert launched.returncode != 0
+    assert "FSDP was asked for, but accelerate runs this job as MULTI_CPU" in launched.stderr

@@ -146,6 +146,7 @@ class HafTrainer(_TrainableStateCheckpoints, Trainer):
             compute_metrics=compute_metrics,
             **kwargs,
         )
+        check_sharding_is_on(self)
         if objective.uses_policy_head and model is not None:
             self.model.check_policy_logits()  # on the device the Trainer moved it to
         if build_collator:
@@ -271,6 +272,21 @@ class HafTrainer(_TrainableStateCheckpoints, Trainer):
         chosen_i, rejected_i = implicit.chunk(2)
         scores = torch.stack([chosen_r, rejected_r, chosen_i, rejected_i], dim=1)
         return loss.detach(), scores, inputs[EVAL_POSITION]  # the "labels": where each pair's scores belong
+
+
+def check_sharding_is_on(trainer: Trainer) -> None:
+    """Refuse FSDP that was asked for but is not running. accelerate 1.16 turns FSDP on only for GPU-like devices:
+    under torchrun on CPUs (its MULTI_CPU), the Trainer's `fsdp` arguments and an accelerate FSDP config are dropped
+    without a word and training runs as plain data parallelism, every process holding the whole model."""
+    import os
+
+    asked = bool(trainer.args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if asked and not trainer.is_fsdp_enabled:
+        raise ValueError(
+            f"FSDP was asked for, but accelerate runs this job as {trainer.accelerator.distributed_type.value} "
+            "without it (accelerate enables FSDP on GPUs and other accelerators only, not on CPUs): drop the FSDP "
+            "settings to train data-parallel, or run on GPUs"
+        )
 
 
 def in_eval_set_order(output: EvalLoopOutput) -> EvalLoopOutput:
