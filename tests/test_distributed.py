@@ -133,3 +133,29 @@ def test_fsdp_asked_for_on_cpus_is_refused_not_dropped(tiny_model_dir, tmp_path)
     launched = run_torchrun(command)
     assert launched.returncode != 0
     assert "FSDP was asked for, but accelerate runs this job as MULTI_CPU" in launched.stderr
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_on_two_cpu_processes_matches_one_process(stage, tiny_model_dir, tmp_path):
+    """DeepSpeed's CPU accelerator with gloo, through the Trainer's `deepspeed` argument under torchrun: ZeRO-2
+    (optimizer states and gradients sharded) and ZeRO-3 (parameters too, gathered for the export) give the
+    exports of one process."""
+    pytest.importorskip("deepspeed")
+    root = os.path.dirname(os.path.dirname(__file__))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run(
+        [sys.executable] + train_command(tiny_model_dir, tmp_path / "one"), env=env, capture_output=True, text=True
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    command = train_command(tiny_model_dir, tmp_path / "zero")
+    deepspeed = {"train_sampling_strategy": "sequential", "deepspeed": f"{root}/configs/deepspeed/zero{stage}.json"}
+    command[command.index("--training-args") + 1] = json.dumps(deepspeed)
+    launched = run_torchrun(command)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert (tmp_path / "zero" / "checkpoint-3" / "global_step3").is_dir()  # DeepSpeed's engine wrote its shards
+    for folder in ("reward_model", "policy"):
+        one = load_file(tmp_path / "one" / folder / "model.safetensors")
+        zero = load_file(tmp_path / "zero" / folder / "model.safetensors")
+        assert one.keys() == zero.keys()
+        for name in one:
+            torch.testing.assert_close(zero[name], one[name], rtol=1e-4, atol=1e-5, msg=f"{folder}: {name}")

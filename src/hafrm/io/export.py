@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -20,6 +21,20 @@ from hafrm.io.portable import make_portable
 REWARD_MODEL_DIR = "reward_model"
 POLICY_DIR = "policy"
 ADAPTER_DIR = "adapter"
+
+
+@contextmanager
+def unpartitioned_construction():
+    """Models built within are ordinary ones even while a DeepSpeed ZeRO-3 run is configured: transformers would
+    build them under `deepspeed.zero.Init`, partitioned by a collective that only the exporting process joins."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    configured = hf_deepspeed._hf_deepspeed_config_weak_ref  # no public getter; restored as it was
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = configured
 
 
 def save_sequence_classifier(
@@ -37,7 +52,7 @@ def save_sequence_classifier(
     config.problem_type = "regression"  # a raw reward: pipelines must not squash it with a sigmoid
     config.pad_token_id = tokenizer.pad_token_id
     config.architectures = None
-    with torch.device("meta"):
+    with torch.device("meta"), unpartitioned_construction():
         classifier = AutoModelForSequenceClassification.from_config(config, dtype=causal_lm.dtype)
     body = getattr(causal_lm, causal_lm.base_model_prefix)
     getattr(classifier, classifier.base_model_prefix).load_state_dict(body.state_dict(), assign=True)

@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -429,23 +430,44 @@ def train(
     else:
         metrics = final_eval_metrics(trainer, eval_set, evaluated_in_full=during is eval_set)
     output_dir = Path(config.output_dir)
-    if trainer.is_world_process_zero():
-        metadata = {
-            "hafrm_version": __version__,
-            "base_model": config.model or "default",
-            "base_model_path": model_path,
-            "config": config.to_dict(),
-            **(
-                {"in_memory_data": [n for n, r in (("train", train_rows), ("eval", eval_rows)) if r is not None]}
-                if train_rows is not None or eval_rows is not None
-                else {}
-            ),
-            "eval_metrics": metrics,
-            "data": report.as_dict(),
-        }
-        model.export(output_dir, tokenizer, metadata)
-        (output_dir / "eval_metrics.json").write_text(json.dumps(metrics, indent=2))
+    with whole_parameters(trainer):  # every process gathers; the main one exports
+        if trainer.is_world_process_zero():
+            export_run(model, config, model_path, tokenizer, metrics, report, train_rows, eval_rows)
     return TrainResult(output_dir, metrics, report.as_dict(), trainer.state.log_history)
+
+
+@contextmanager
+def whole_parameters(trainer: HafTrainer):
+    """Within the block every parameter is whole on every process: DeepSpeed ZeRO-3 partitions them, and writing an
+    export from the main process alone would leave the others out of the gather it needs (a crash under gloo, a
+    hang under NCCL). Nothing to do for other engines, whose parameters are whole, or for a single process."""
+    if trainer.is_deepspeed_enabled and trainer.accelerator.deepspeed_config["zero_optimization"].get("stage") == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(trainer.model.parameters()), modifier_rank=None):
+            yield
+    else:
+        yield
+
+
+def export_run(model, config, model_path, tokenizer, metrics, report, train_rows, eval_rows) -> None:
+    """The run's Hugging Face folders and its record (hafrm.json: config, data report, metrics)."""
+    metadata = {
+        "hafrm_version": __version__,
+        "base_model": config.model or "default",
+        "base_model_path": model_path,
+        "config": config.to_dict(),
+        **(
+            {"in_memory_data": [n for n, r in (("train", train_rows), ("eval", eval_rows)) if r is not None]}
+            if train_rows is not None or eval_rows is not None
+            else {}
+        ),
+        "eval_metrics": metrics,
+        "data": report.as_dict(),
+    }
+    output_dir = Path(config.output_dir)
+    model.export(output_dir, tokenizer, metadata)
+    (output_dir / "eval_metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
 class EvaluateAtSteps(TrainerCallback):
