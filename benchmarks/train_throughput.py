@@ -39,7 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# the preference data beside the checkout; HAFRM_DATA_ROOT elsewhere (scripts/gpu_check.sh: .whl/data)
+SHARED_DATA = Path(os.environ.get("HAFRM_DATA_ROOT") or Path(__file__).resolve().parents[2] / "shared" / "data")
 RUNS = ["trl-reward", "hafrm-baseline", "trl-dpo", "hafrm-dpo", "hafrm-haf"]
 FROZEN_RUNS = ["hafrm-baseline-frozen", "hafrm-dpo-frozen", "hafrm-haf-frozen"]
 EXTRA_RUNS = ["hafrm-haf-separate", *FROZEN_RUNS, "trl-reward-lora", "hafrm-haf-lora"]
@@ -142,6 +143,7 @@ def run_hafrm(method: str, variant: str, args, pairs, model_path: str, output: s
     config = TrainConfig(
         model=model_path,
         method=method,
+        dtype="bf16" if args.device == "cuda" else "fp32",
         eval_fraction=0.0,
         max_length=args.max_length,
         batch_size=args.batch_size,
@@ -175,7 +177,6 @@ def trl_dataset(pairs):
 
 
 def run_trl(kind: str, lora: bool, args, pairs, model_path: str, output: str, timer) -> None:
-    import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -192,9 +193,9 @@ def run_trl(kind: str, lora: bool, args, pairs, model_path: str, output: str, ti
         save_strategy="no",
         logging_steps=10_000,
         report_to="none",
-        use_cpu=True,
+        use_cpu=args.device == "cpu",
         seed=0,
-        bf16=False,
+        bf16=args.device == "cuda",
         fp16=False,
         gradient_checkpointing=args.gradient_checkpointing,
         **sampling(args),
@@ -213,7 +214,7 @@ def run_trl(kind: str, lora: bool, args, pairs, model_path: str, output: str, ti
     if kind == "reward":
         from trl import RewardConfig, RewardTrainer
 
-        model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1, dtype=torch.float32)
+        model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1, dtype=weights_dtype(args))
         model.config.pad_token_id = tokenizer.pad_token_id
         trainer = RewardTrainer(
             model=model,
@@ -226,7 +227,7 @@ def run_trl(kind: str, lora: bool, args, pairs, model_path: str, output: str, ti
     else:
         from trl import DPOConfig, DPOTrainer
 
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=weights_dtype(args))
         config = DPOConfig(beta=0.1, precompute_ref_log_probs=True, precompute_ref_batch_size=args.batch_size, **common)
         trainer = DPOTrainer(
             model=model,
@@ -237,6 +238,13 @@ def run_trl(kind: str, lora: bool, args, pairs, model_path: str, output: str, ti
             callbacks=[timer],
         )
     trainer.train()
+
+
+def weights_dtype(args):
+    """fp32 on a CPU (bf16 is about 25x slower there), bf16 on a GPU, for TRL's models as for hafrm's."""
+    import torch
+
+    return torch.bfloat16 if args.device == "cuda" else torch.float32
 
 
 def parameter_counts(model_path: str) -> dict[str, int]:
@@ -298,6 +306,7 @@ def child(args) -> None:
                 "pairs_per_s": measured_steps * args.batch_size / (timer.last_step_end - timer.first_step_end),
                 "setup_s": timer.train_begin - start,
                 "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else 0.0,
                 "steps": timer.steps,
             }
         )
@@ -307,17 +316,22 @@ def child(args) -> None:
 # ---------------------------------------------------------------------------------------------- the parent
 
 
-def matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 10) -> float:
-    """GFLOP/s of a large fp32 sgemm on `threads` threads: the ceiling the trainers are compared against."""
+def matmul_peak_gflops(threads: int, device: str = "cpu", repeats: int = 10) -> float:
+    """GFLOP/s of a large matmul, the ceiling the trainers are compared against: fp32 2048^2 on `threads` CPU
+    threads, or bf16 8192^2 on the GPU."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    size, dtype = (8192, torch.bfloat16) if device == "cuda" else (2048, torch.float32)
+    a, b = torch.randn(size, size, dtype=dtype, device=device), torch.randn(size, size, dtype=dtype, device=device)
     for _ in range(3):
         a @ b
+    synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    synchronize()
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    synchronize()
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
@@ -346,11 +360,15 @@ def run_child(run: str, args) -> dict:
         str(args.pool),
         "--gradient-checkpointing",
         "on" if checkpointing(run, args) else "off",
+        "--device",
+        args.device,
     ]
     env = {**os.environ, "HAFRM_CACHE": tempfile.mkdtemp(prefix="hafrm-bench-")}  # cold reference and trunk caches
     if args.live_memory:
         env["MALLOC_MMAP_THRESHOLD_"] = "131072"
-    (Path(env["HAFRM_CACHE"]) / "models").symlink_to(Path.home() / ".cache" / "hafrm" / "models")
+    from hafrm.io.defaults import cache_dir
+
+    (Path(env["HAFRM_CACHE"]) / "models").symlink_to(cache_dir() / "models")  # the converted default model
     completed = subprocess.run(command, capture_output=True, text=True, env=env)
     line = [entry for entry in completed.stdout.splitlines() if entry.startswith("{")]
     if completed.returncode or not line:
@@ -372,7 +390,7 @@ def parent(args) -> None:
     pairs, looked = benchmark_pairs(args, tokenizer)
     batches = batches_text(args, pairs, tokenizer, looked)
     tokens, params = token_counts(pairs, tokenizer, args.max_length), parameter_counts(model_path)
-    peak = matmul_peak_gflops(args.threads)
+    peak = matmul_peak_gflops(args.threads, args.device)
     print(
         f"{len(pairs)} pairs ({looked} looked at), tokens per pair {tokens}, matmul peak {peak:.1f} GFLOP/s", flush=True
     )
@@ -420,7 +438,10 @@ def summarize(
     batches: str,
 ) -> str:
     median = {
-        run: {k: statistics.median(r[k] for r in rows) for k in ("pairs_per_s", "setup_s", "peak_rss_gib")}
+        run: {
+            k: statistics.median(r.get(k, 0.0) for r in rows)
+            for k in ("pairs_per_s", "setup_s", "peak_rss_gib", "peak_gpu_gib")
+        }
         for run, rows in results.items()
     }
 
@@ -447,15 +468,17 @@ def summarize(
         f"mean tokens per pair: prompt {tokens['prompt']:.0f}, both responses {tokens['responses']:.0f} "
         f"(shared-prompt row {tokens['shared']:.0f}, two rows {tokens['separate']:.0f}).",
         f"Settings: {args.rounds} interleaved rounds, {args.steps} steps of {args.batch_size} pairs "
-        f"(first step not timed), {args.threads} torch threads, fp32 CPU, "
+        f"(first step not timed), {args.threads} torch threads, "
+        f"{'bf16 on the GPU' if args.device == 'cuda' else 'fp32 CPU'}, "
         f"SmolLM2-135M-Instruct, full fine-tuning unless -lora (r 64, alpha 16, all linear layers) "
         f"or -frozen (bottom {args.freeze_layers} of {params['layers']} layers frozen, trunk cached); "
         f"gradient checkpointing: {args.checkpointing or 'off for all'}; "
         f"allocator: {'MALLOC_MMAP_THRESHOLD_=131072 (live memory)' if args.live_memory else 'glibc default'}. "
         f"Matmul peak {peak:.1f} GFLOP/s. Medians over rounds.",
         "",
-        "| run | pairs/s (median) | all rounds | spread | setup s | peak RSS GiB | GFLOP/s | % of peak |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | pairs/s (median) | all rounds | spread | setup s | peak RSS GiB | peak GPU GiB | GFLOP/s "
+        "| % of peak |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for run, rows in results.items():
         gflops = flops_per_pair(run, args, tokens, params) * median[run]["pairs_per_s"] / 1e9
@@ -463,7 +486,8 @@ def summarize(
         lines.append(
             f"| {run} | {median[run]['pairs_per_s']:.3f} | {all_rounds} | {spread(rows)} | "
             f"{median[run]['setup_s']:.1f} | "
-            f"{median[run]['peak_rss_gib']:.2f} | {gflops:.1f} | {100 * gflops / peak:.0f}% |"
+            f"{median[run]['peak_rss_gib']:.2f} | {median[run]['peak_gpu_gib']:.2f} | {gflops:.1f} | "
+            f"{100 * gflops / peak:.0f}% |"
         )
     lines += [
         "",
@@ -506,6 +530,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: bf16 on the GPU for every run")
     add_batch_options(parser)
     parser.add_argument(
         "--freeze-layers", type=int, default=22, help="for the -frozen run: bottom layers frozen (SmolLM2 has 30)"
