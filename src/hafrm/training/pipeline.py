@@ -430,24 +430,33 @@ def train(
     else:
         metrics = final_eval_metrics(trainer, eval_set, evaluated_in_full=during is eval_set)
     output_dir = Path(config.output_dir)
-    with whole_parameters(trainer):  # every process gathers; the main one exports
+    with whole_parameters(model, zero_stage(trainer)):  # every process gathers; the main one exports
         if trainer.is_world_process_zero():
             export_run(model, config, model_path, tokenizer, metrics, report, train_rows, eval_rows)
     return TrainResult(output_dir, metrics, report.as_dict(), trainer.state.log_history)
 
 
 @contextmanager
-def whole_parameters(trainer: HafTrainer):
-    """Within the block every parameter is whole on every process: DeepSpeed ZeRO-3 partitions them, and writing an
-    export from the main process alone would leave the others out of the gather it needs (a crash under gloo, a
-    hang under NCCL). Nothing to do for other engines, whose parameters are whole, or for a single process."""
-    if trainer.is_deepspeed_enabled and trainer.accelerator.deepspeed_config["zero_optimization"].get("stage") == 3:
+def whole_parameters(model: torch.nn.Module, zero_stage: int | None = None):
+    """Within the block every parameter of `model` is whole on every process, for an export the main process
+    writes: DeepSpeed ZeRO-3 (zero_stage 3) keeps only shards, and the main process gathering alone would wait on a
+    collective the others never join (a crash under gloo, a hang under NCCL). Every process must enter the block.
+    DDP, ZeRO-1/2 and a single process have whole parameters already. FSDP's exports are not handled yet (see
+    docs/many-gpus.md)."""
+    if zero_stage == 3:
         import deepspeed
 
-        with deepspeed.zero.GatheredParameters(list(trainer.model.parameters()), modifier_rank=None):
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
             yield
     else:
         yield
+
+
+def zero_stage(trainer: HafTrainer) -> int | None:
+    """The DeepSpeed ZeRO stage a Trainer runs, None without DeepSpeed."""
+    if not trainer.is_deepspeed_enabled:
+        return None
+    return trainer.accelerator.deepspeed_config["zero_optimization"].get("stage")
 
 
 def export_run(model, config, model_path, tokenizer, metrics, report, train_rows, eval_rows) -> None:
