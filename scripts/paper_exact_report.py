@@ -2,7 +2,10 @@
 step on the test pairs and the validation set, the checkpoint each selection picks, and the paired differences
 (bootstrap 95% interval, exact McNemar) under each selection. Arms that have not run yet are left out.
 
-  python scripts/paper_exact_report.py OUTPUT_DIR > report.md
+  python scripts/paper_exact_report.py OUTPUT_DIR [CLAIM_RUNS] > report.md
+
+CLAIM_RUNS (e.g. docs/report/claim-beaver-safe): arm (a) from the claim runs' seed 0 instead, at the same steps and
+on the same first test pairs (they trained on all 4,133 training pairs, with no validation set held out).
 """
 
 from __future__ import annotations
@@ -25,18 +28,24 @@ RUN_NAMES = {
 }
 
 
-def finished_runs(output_dir: Path) -> dict[tuple[str, str], RunCheckpoints]:
+def finished_runs(output_dir: Path, claim_runs: Path | None) -> dict[tuple[str, str], RunCheckpoints]:
     runs = {}
     for arm in ARMS:
         for method, name in RUN_NAMES.items():
             folder = output_dir / arm / "runs" / name
             if (folder / "done.json").exists():
                 runs[(arm, method)] = RunCheckpoints.load(folder, TEST_SET)
+    if claim_runs is not None and runs:
+        reference = next(iter(runs.values()))
+        steps, pairs = set(reference.test), len(next(iter(reference.test.values())))
+        for method, name in RUN_NAMES.items():
+            if (claim_runs / "runs" / name / "done.json").exists():
+                runs[("a-defaults", method)] = RunCheckpoints.load(claim_runs / "runs" / name, TEST_SET, steps, pairs)
     return runs
 
 
-def main(output_dir: Path) -> None:
-    runs = finished_runs(output_dir)
+def main(output_dir: Path, claim_runs: Path | None = None) -> None:
+    runs = finished_runs(output_dir, claim_runs)
     labelled = {f"{ARMS[arm]} {method}": run for (arm, method), run in runs.items()}
     comparisons = []
     for arm, title in ARMS.items():
@@ -57,4 +66,4 @@ def main(output_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None)

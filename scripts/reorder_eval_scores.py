@@ -5,8 +5,8 @@ run's seed, and hafrm used to keep the predictions in the order that sampler too
 were right, and so were comparisons between runs of one seed (they share the order), but pairing runs of different
 seeds, or scores with the test pairs (the length split), matched unrelated pairs. The sampler's order is a pure
 function of the pairs' token lengths, the eval batch size and the seed, so it can be rebuilt here without a model and
-undone. A run is rewritten in place, then marked in its done.json (`hafrm.experiments.runs.SCORES_IN_ORDER`) so that reports
-read it and a second pass leaves it alone.
+undone. A run is rewritten in place, then marked in its done.json (`hafrm.experiments.runs.SCORES_IN_ORDER`) so
+that reports read it and a second pass leaves it alone.
 
     python scripts/reorder_eval_scores.py --data-root ../shared/data docs/report/claim-*/runs/*
 

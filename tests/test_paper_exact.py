@@ -153,3 +153,15 @@ def test_checkpoint_selection_on_validation_and_on_test():
     assert len(rows) == 2 + 3
     # final: run [1,0,0,0] vs tied [1,1,0,0]: -25 points, 0 pairs for us, 1 against; McNemar p = 1
     assert rows[2].startswith("| r - t (final) | -25.0 [") and rows[2].endswith("| 0 / 1 | 1 |")
+
+
+def test_a_run_without_a_validation_set_is_chosen_on_its_test_pairs_only():
+    from hafrm.experiments.selection import RunCheckpoints, accuracy_table, comparison_table
+
+    test = {32: np.array([1, 0], bool), 64: np.array([1, 1], bool)}
+    earlier = RunCheckpoints("claim", "baseline", test, {})
+    with pytest.raises(ValueError, match="no validation set"):
+        earlier.step("validation")
+    assert "no validation set" in accuracy_table({"claim": earlier})[2]
+    rows = comparison_table([("x", earlier, earlier)])
+    assert [r.split("(")[1].split(")")[0] for r in rows[2:]] == ["final", "test"]  # no validation row

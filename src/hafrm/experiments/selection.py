@@ -38,19 +38,25 @@ class RunCheckpoints:
     validation: dict[int, np.ndarray]
 
     @classmethod
-    def load(cls, folder: Path, test_set: str) -> RunCheckpoints:
+    def load(
+        cls, folder: Path, test_set: str, steps: set[int] | None = None, first_pairs: int | None = None
+    ) -> RunCheckpoints:
+        """A run's checkpoints (those at `steps` only, if given), each set cut to its `first_pairs` (to pair an
+        earlier run tested on more pairs of the same set with runs tested on its first ones)."""
         method = run_record(folder)["run"]["method"]
         head = primary_head(method)
         by_set: dict[str, dict[int, np.ndarray]] = {test_set: {}, VALIDATION: {}}
         for (step, name), scores in step_scores(folder).items():
-            if name in by_set:
-                by_set[name][step] = scores.correctness()[head]
+            if name in by_set and (steps is None or step in steps):
+                by_set[name][step] = scores.correctness()[head][:first_pairs]
         return cls(folder.name, method, by_set[test_set], by_set[VALIDATION])
 
     def step(self, selection: str) -> int:
         """The step a selection picks; ties go to the earliest step."""
         if selection == "final":
             return max(self.test)
+        if selection == "validation" and not self.validation:
+            raise ValueError(f"{self.name} has no validation set to choose a checkpoint on")
         accuracies = self.validation if selection == "validation" else self.test
         return max(sorted(accuracies), key=lambda step: accuracies[step].mean())
 
@@ -81,6 +87,9 @@ def accuracy_table(runs: dict[str, RunCheckpoints]) -> list[str]:
         cells = [f"{100 * run.test[s].mean():.1f}" if s in run.test else "" for s in steps]
         cells += [f"{100 * run.validation[s].mean():.1f}" if s in run.validation else "" for s in steps]
         for selection in ("validation", "test"):
+            if selection == "validation" and not run.validation:
+                cells.append("no validation set")
+                continue
             cells.append(f"{100 * run.correct(selection).mean():.1f} (step {run.step(selection)})")
         lines.append(f"| {label} | {primary_head(run.method)} | " + " | ".join(cells) + " |")
     return lines
@@ -95,5 +104,7 @@ def comparison_table(comparisons: list[tuple[str, RunCheckpoints, RunCheckpoints
     ]
     for label, ours, theirs in comparisons:
         for selection in SELECTIONS:
+            if selection == "validation" and not (ours.validation and theirs.validation):
+                continue
             lines.append(difference_row(f"{label} ({selection})", ours.correct(selection), theirs.correct(selection)))
     return lines
