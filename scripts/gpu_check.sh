@@ -7,7 +7,7 @@
 #   scripts/gpu_check.sh --dry-run      here, on a CPU: checks that every step's inputs exist, runs nothing heavy
 #   scripts/gpu_check.sh                there, with .whl carried: the checks
 #
-# Steps (seconds):  install 30 | unit tests on CUDA 120 | bf16 against fp32 60 | flex against SDPA 60 |
+# Steps (seconds):  install 30 | unit tests on the GPU machine (the paths that pick a device take CUDA there) 120 | bf16 against fp32 60 | flex against SDPA 60 |
 #   throughput against TRL, HH-Harmless and PKU-SafeRLHF, batch 16, length 512 and 2048, 180 | with what is left of
 #   570 s, a learning curve of baseline and haf (full fine-tuning, Beaver Safe, towards the paper's 3,200 steps).
 # The model: GPU_CHECK_MODEL (a folder on the machine), else a random model of SmolLM2-135M's architecture built from
@@ -30,7 +30,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log the outcome
   fi
   log "start $name (limit ${limit}s)"
   PYTHONUNBUFFERED=1 timeout "$limit" "$@" > "$out/$name.log" 2>&1
-  log "end $name: exit $? ($(tail -1 "$out/$name.log" | cut -c1-300))"
+  local status=$?
+  log "end $name: exit $status ($(tail -1 "$out/$name.log" | cut -c1-300))"
 }
 
 # ---------------------------------------------------------------- inputs
@@ -56,9 +57,9 @@ if ! $dry_run; then
 fi
 export HF_HUB_OFFLINE=1 HAFRM_CACHE=/tmp/hafrm-cache HAFRM_DATA_ROOT="$PWD/.whl/data"
 model=/tmp/hafrm-cache/models/SmolLM2-135M-Instruct-fp32  # where hafrm (and the benchmarks) find the default model
-mkdir -p "$(dirname "$model")"
+$dry_run || mkdir -p "$(dirname "$model")"
 if [[ -n "${GPU_CHECK_MODEL:-}" ]]; then
-  ln -sfn "$GPU_CHECK_MODEL" "$model"
+  $dry_run || ln -sfn "$GPU_CHECK_MODEL" "$model"
   log "model: $GPU_CHECK_MODEL"
 else
   $dry_run || python3 - "$model" <<'EOF'

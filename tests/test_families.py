@@ -232,3 +232,15 @@ def test_auto_attention_on_a_cpu_is_a_kernel_that_takes_the_block_mask(family, t
     family_model(family, tokenizer, "eager").save_pretrained(tmp_path)
     picked = load_causal_lm(str(tmp_path), torch.float32, "auto").config._attn_implementation
     assert picked == ("eager" if family in EAGER_ONLY else "sdpa") and picked in SHARED_PROMPT_ATTENTION
+
+
+def test_a_window_wider_than_every_position_is_the_whole_past():
+    """Phi-3.5-mini sets sliding_window 262,144 with max_position_embeddings 131,072: no row can reach it, and the
+    start-up check must not build a 393k-token pair for it."""
+    from transformers import Phi3Config
+
+    config = Phi3Config(sliding_window=262144, max_position_embeddings=131072)
+    assert attention_windows(config) == {"full_attention": None}
+    assert attention_windows(Phi3Config(sliding_window=2047, max_position_embeddings=4096)) == {
+        "sliding_attention": 2047
+    }

@@ -94,14 +94,17 @@ def test_the_readout_ablation_cannot_be_chosen_by_accident(tmp_path, tiny_causal
     model = HybridRewardModel(
         tiny_causal_lm(len(tokenizer)), torch.nn.Linear(32, 1), reward_readout=config.reward_readout
     )
-    with caplog.at_level("WARNING", logger="hafrm.model.hybrid"):
-        collator = pair_collator(config, model, tokenizer)
+    collator = pair_collator(config, model, tokenizer)
     assert (collator.pad_token_id, collator.padding_side, collator.share_prompt) == (
         tokenizer.eos_token_id,
         "right",
         False,
     )
+    with caplog.at_level("WARNING", logger="hafrm.model.hybrid"):
+        assert not model.check_prompt_sharing()
     assert "reads separate right-padded rows" in caplog.text
+    with pytest.raises(ValueError, match="reward_readout must be one of"):
+        HybridRewardModel(model.policy, model.score, reward_readout="last")
     arguments = training_arguments(config, has_eval=True)
     assert arguments.per_device_eval_batch_size == PAPER_EVAL_PAIRS and arguments.per_device_train_batch_size == 1
     assert TrainConfig(adam_epsilon=1e-5, output_dir=str(tmp_path)).adam_epsilon == 1e-5

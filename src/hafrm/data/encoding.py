@@ -289,7 +289,7 @@ class PairCollator:
     pad_token_id: int
     padding_side: str = "right"
     share_prompt: bool = True
-    trunk: object | None = None  # a trunk.TrunkStore: cached frozen-trunk states of shared rows, by pair_index
+    trunk: object | None = None  # a model.trunk.TrunkStore: cached frozen-trunk states of shared rows, by pair_index
 
     def __call__(self, features: list[dict]) -> dict:
         if self.share_prompt:

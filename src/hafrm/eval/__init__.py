@@ -1,2 +1,3 @@
-"""Scoring pairs and responses with a trained model and the statistics of the scores: per-pair scores, accuracies
-and paired tests (metrics), RewardBench's weighting, Best-of-N recall and the batch scorer serving uses."""
+"""Scoring pairs and responses with a trained model and the statistics of the scores: per-pair scores (scores,
+evaluation), accuracies, intervals and paired tests (metrics), RewardBench's weighting (rewardbench) and the batch
+scorer of any sequence-classification reward model that serving uses (scoring)."""

@@ -58,7 +58,8 @@ class RunCheckpoints:
         if selection == "validation" and not self.validation:
             raise ValueError(f"{self.name} has no validation set to choose a checkpoint on")
         accuracies = self.validation if selection == "validation" else self.test
-        return max(sorted(accuracies), key=lambda step: accuracies[step].mean())
+        steps = sorted(set(accuracies) & set(self.test))  # a step is chosen only where its test scores exist
+        return max(steps, key=lambda step: accuracies[step].mean())
 
     def correct(self, selection: str) -> np.ndarray:
         return self.test[self.step(selection)]

@@ -130,6 +130,8 @@ def attention_windows(config) -> dict[str, int | None] | None:
     (chunked or linear attention): such a model does not share prompts."""
     text = config.get_text_config()
     window = getattr(text, "sliding_window", None)
+    if window and window >= getattr(text, "max_position_embeddings", float("inf")):
+        window = None  # wider than any position (Phi-3.5-mini: 262,144 of 131,072): the whole past
     kinds = set(getattr(text, "layer_types", None) or [SLIDING_ATTENTION if window else FULL_ATTENTION])
     if not kinds <= {FULL_ATTENTION, SLIDING_ATTENTION}:
         return None
@@ -225,14 +227,17 @@ def prompt_sharing_problem(model: HybridRewardModel) -> str | None:
                 hidden[share] = model.hidden_states(
                     model.backbone, batch["input_ids"], batch["segment_ids"], batch.get("position_ids")
                 ).float()
+    except torch.OutOfMemoryError:
+        raise  # a device too small for one synthetic pair is no verdict on the layout
     except Exception as error:  # e.g. a model that takes no {layer kind: mask} mapping
+        logger.debug("the shared layout failed", exc_info=True)
         return f"the shared layout fails: {first_line(error)}"
     start = pair["prompt_length"]
     shared = hidden[True][0, start:]  # chosen then rejected tokens
     separate = torch.cat([hidden[False][0, start:], hidden[False][1, start:]])
     error = ((shared - separate).norm(dim=-1) / separate.norm(dim=-1).clamp(min=1e-6)).max().item()
     tolerance = 1e-3 if model.score.weight.dtype == torch.float32 else 5e-2
-    if error > tolerance:
+    if not error <= tolerance:  # NaN included
         return f"response hidden states differ by up to {error:.2g} of their norm ({len(shared)} tokens)"
     return None
 
@@ -390,6 +395,8 @@ class HybridRewardModel(nn.Module):
         reward_readout: str = LAST_TOKEN,
     ):
         super().__init__()
+        if reward_readout not in REWARD_READOUTS:
+            raise ValueError(f"reward_readout must be one of {', '.join(REWARD_READOUTS)}, got {reward_readout!r}")
         self.policy = policy
         self.score = score
         self.reward_readout = reward_readout
@@ -414,6 +421,8 @@ class HybridRewardModel(nn.Module):
     ) -> HybridRewardModel:
         """Attach a fresh reward head (head_init normal: std 1/sqrt(hidden+1); zeros: the paper code's) and, if
         asked, LoRA adapters to a causal LM."""
+        if head_init not in REWARD_HEAD_INITS:
+            raise ValueError(f"head_init must be one of {', '.join(REWARD_HEAD_INITS)}, got {head_init!r}")
         if score is None:
             hidden = causal_lm.config.get_text_config().hidden_size
             score = nn.Linear(hidden, 1, bias=False, dtype=causal_lm.dtype)
@@ -472,8 +481,9 @@ class HybridRewardModel(nn.Module):
     @property
     def shares_prompts(self) -> bool:
         """Whether a pair can be one row [prompt | chosen | rejected]: the attention must honour a block mask, hafrm
-        must know every kind of its layers, and `check_prompt_sharing` must not have found a mismatch."""
-        return self._sharing_refusal() is None
+        must know every kind of its layers, and `check_prompt_sharing` (run now if it has not run) must find the
+        shared layout gives what separate rows give."""
+        return self.check_prompt_sharing()
 
     def _sharing_refusal(self) -> str | None:
         if self.reward_readout == PADDED_LAST_COLUMN:
@@ -481,7 +491,8 @@ class HybridRewardModel(nn.Module):
         if self.config._attn_implementation not in SHARED_PROMPT_ATTENTION:
             return f"attention {self.config._attn_implementation!r} cannot take a block mask"
         if attention_windows(self.config) is None:
-            return f"hafrm builds no block mask for layers of kind {sorted(self.config.get_text_config().layer_types)}"
+            kinds = sorted(set(self.config.get_text_config().layer_types))
+            return f"hafrm builds no block mask for layers of kind {kinds}"
         return self._sharing_problem
 
     def check_prompt_sharing(self) -> bool:
@@ -490,11 +501,11 @@ class HybridRewardModel(nn.Module):
         (slower, never wrong). Call it after the model is on its device, before batches are built."""
         if not self._sharing_checked:
             self._sharing_checked = True
-            if self.shares_prompts:
+            if self._sharing_refusal() is None:
                 self._sharing_problem = prompt_sharing_problem(self)
-            if not self.shares_prompts:
+            if self._sharing_refusal() is not None:
                 logger.warning("Chosen and rejected are computed as separate rows: %s", self._sharing_refusal())
-        return self.shares_prompts
+        return self._sharing_refusal() is None
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         self.causal_lm.gradient_checkpointing_enable(

@@ -179,7 +179,8 @@ class TrainConfig:
     max_length: int = field(
         default=512,
         metadata={
-            "help": "tokens per sequence; longer pairs lose prompt tokens from the left, the response end is kept"
+            "help": "tokens per sequence; longer pairs are cut as `truncation` says (default: prompt tokens from the "
+            "left, so the response end is kept)"
         },
     )
     prompt_template: str | None = field(

@@ -41,7 +41,7 @@ from hafrm.io.pretrained import (
 from hafrm.model.hybrid import PADDED_LAST_COLUMN, HybridRewardModel, LoraSettings
 from hafrm.training.config import TrainConfig, world_size
 from hafrm.training.precompute import add_reference_logps, cached_trunk_states
-from hafrm.training.trainer import EVAL_SCORES_DIR, HafTrainer, checkpoint_problem
+from hafrm.training.trainer import EVAL_SCORES_DIR, HafTrainer, checkpoint_problem, pair_collator_for
 
 logger = logging.getLogger(__name__)
 CLOCK_FILE = "hafrm-run-clock.json"  # in each checkpoint: {"wall_s": seconds the run had spent when it was written}
@@ -143,13 +143,9 @@ def replay_frozen_trunk(model: HybridRewardModel, collator: PairCollator, sets: 
 
 
 def pair_collator(config: TrainConfig, model: HybridRewardModel, tokenizer) -> PairCollator:
-    """Pairs share their prompt in one row where `check_prompt_sharing` finds the model gives the numbers of
-    separate rows there (it logs why not, e.g. FlashAttention, which ignores custom masks); otherwise chosen and
-    rejected are separate rows. The model must be on its device already: the check runs there."""
-    share = config.share_prompt and model.check_prompt_sharing()
-    if config.reward_readout == PADDED_LAST_COLUMN:  # the paper code's batches: pad = EOS, right padding
-        return PairCollator(tokenizer.eos_token_id, "right", share_prompt=False)
-    return PairCollator(tokenizer.pad_token_id, tokenizer.padding_side, share)
+    """The run's batches (`pair_collator_for`); the model must be on its device already: the sharing check runs
+    there."""
+    return pair_collator_for(model, tokenizer, config.share_prompt)
 
 
 PAPER_EVAL_PAIRS = 8  # pairs per evaluation forward in the paper's code (16 rows padded to the widest)

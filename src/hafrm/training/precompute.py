@@ -40,6 +40,11 @@ def data_fingerprint(dataset) -> str:
     return digest.hexdigest()
 
 
+# The rule the shared-prompt block mask follows, in every cache key of values computed under it: entries from before
+# sliding windows were counted in positions (2026-12-04) were wrong for windowed models and go unused.
+SHARED_MASK = "shared-prompt mask: sliding windows by position"
+
+
 def cache_key(*parts) -> str:
     """Cache file name from fingerprints: modules (their weights) and tokenized data sets, plus any plain values."""
     values = [
@@ -81,7 +86,7 @@ def add_reference_logps(model, dataset, collator, batch_size: int, device: torch
     # The policy alone: the reward head's seed does not change these. Before 8be1969 the step some families take
     # after the LM head was left out of their log-probs, so their keys name that step and old entries go unused.
     step = post_head_step(model.causal_lm)
-    key = cache_key(model.causal_lm, dataset, *([list(step)] if step else []))
+    key = cache_key(model.causal_lm, dataset, SHARED_MASK, *([list(step)] if step else []))
     path = cache_dir() / "reference_logps" / f"{key}.safetensors"
     if path.exists():
         logger.info("Reference log-probs for %s read from cache %s", name, path)
@@ -123,6 +128,7 @@ def cached_trunk_states(model, datasets: list, collator, batch_size: int, device
         model.config.to_json_string(use_diff=False),
         model.trunk.num_layers,
         collator.share_prompt,
+        SHARED_MASK,
         *datasets,
     )
     path = cache_dir() / "trunk" / f"{key}.safetensors"

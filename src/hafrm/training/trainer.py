@@ -23,7 +23,7 @@ from hafrm.eval.scores import forward_batch, implicit_rewards
 from hafrm.io.atomic import write_atomically
 from hafrm.io.filechecks import first_line, safetensors_problem, torch_file_problem
 from hafrm.io.pretrained import check_attention_trains, fit_embeddings
-from hafrm.model.hybrid import HybridRewardModel
+from hafrm.model.hybrid import PADDED_LAST_COLUMN, HybridRewardModel
 from hafrm.model.losses import HafObjective
 
 STATE_FILE = "hafrm_trainable.safetensors"
@@ -148,11 +148,9 @@ class HafTrainer(_TrainableStateCheckpoints, Trainer):
         )
         check_sharding_is_on(self)
         if objective.uses_policy_head and model is not None:
-            self.model.check_policy_logits()  # on the device the Trainer moved it to
+            self.model.check_policy_logits()  # where the Trainer put it (DeepSpeed and FSDP place it later)
         if build_collator:
-            self.data_collator = PairCollator(
-                processing_class.pad_token_id, processing_class.padding_side, self.model.check_prompt_sharing()
-            )
+            self.data_collator = pair_collator_for(self.model, processing_class)
         elif isinstance(self.data_collator, PairCollator) and self.data_collator.share_prompt:
             self._unshare_prompts_unless_checked(self.data_collator)
         self.objective = objective
@@ -272,6 +270,15 @@ class HafTrainer(_TrainableStateCheckpoints, Trainer):
         chosen_i, rejected_i = implicit.chunk(2)
         scores = torch.stack([chosen_r, rejected_r, chosen_i, rejected_i], dim=1)
         return loss.detach(), scores, inputs[EVAL_POSITION]  # the "labels": where each pair's scores belong
+
+
+def pair_collator_for(model: HybridRewardModel, tokenizer, share_prompt: bool = True) -> PairCollator:
+    """The batches a model trains on: pairs share their prompt where `check_prompt_sharing` finds it gives what
+    separate rows give (it logs why not); the paper code's readout ablation reads right-padded separate rows whose
+    padding is EOS."""
+    if model.reward_readout == PADDED_LAST_COLUMN:
+        return PairCollator(tokenizer.eos_token_id, "right", share_prompt=False)
+    return PairCollator(tokenizer.pad_token_id, tokenizer.padding_side, share_prompt and model.check_prompt_sharing())
 
 
 def check_sharding_is_on(trainer: Trainer) -> None:
