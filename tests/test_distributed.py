@@ -56,14 +56,7 @@ def test_two_processes_match_one_process(tiny_model_dir, tmp_path):
         [sys.executable] + train_command(tiny_model_dir, tmp_path / "one"), env=env, capture_output=True, text=True
     )
     assert single.returncode == 0, single.stderr[-3000:]
-    # torchrun, not `accelerate launch --cpu`: the latter starts a single process on a machine without GPUs
-    launched = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-        + train_command(tiny_model_dir, tmp_path / "two"),
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    launched = run_torchrun(train_command(tiny_model_dir, tmp_path / "two"))
     assert launched.returncode == 0, launched.stderr[-3000:]
     one = load_file(tmp_path / "one" / "reward_model" / "model.safetensors")
     two = load_file(tmp_path / "two" / "reward_model" / "model.safetensors")
@@ -88,6 +81,7 @@ def test_two_processes_match_one_process(tiny_model_dir, tmp_path):
 
 
 def run_torchrun(script_args: list[str], processes: int = 2) -> subprocess.CompletedProcess:
+    """torchrun, not `accelerate launch --cpu`: the latter starts a single process on a machine without GPUs."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     return subprocess.run(command + script_args, env=env, capture_output=True, text=True)

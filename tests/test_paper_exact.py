@@ -11,7 +11,8 @@ from hafrm.experiments.curves import VALIDATION, CurveSettings, training_and_eva
 from hafrm.model.hybrid import PADDED_LAST_COLUMN, HybridRewardModel
 from hafrm.model.losses import HafObjective, bradley_terry_loss
 from hafrm.training.config import TrainConfig
-from hafrm.training.pipeline import PAPER_EVAL_PAIRS, pair_collator, training_arguments
+from hafrm.training.pipeline import PAPER_EVAL_PAIRS, training_arguments
+from hafrm.training.trainer import pair_collator_for
 
 
 def test_the_paper_exact_configs_load(tmp_path):
@@ -94,7 +95,7 @@ def test_the_readout_ablation_cannot_be_chosen_by_accident(tmp_path, tiny_causal
     model = HybridRewardModel(
         tiny_causal_lm(len(tokenizer)), torch.nn.Linear(32, 1), reward_readout=config.reward_readout
     )
-    collator = pair_collator(config, model, tokenizer)
+    collator = pair_collator_for(model, tokenizer)
     assert (collator.pad_token_id, collator.padding_side, collator.share_prompt) == (
         tokenizer.eos_token_id,
         "right",
@@ -142,7 +143,8 @@ def test_a_prompt_template_becomes_the_chat_template_every_reader_uses(tokenizer
 
 
 def test_checkpoint_selection_on_validation_and_on_test():
-    from hafrm.experiments.selection import RunCheckpoints, comparison_table, primary_head
+    from hafrm.eval.metrics import primary_head
+    from hafrm.experiments.selection import RunCheckpoints, comparison_table
 
     test = {32: np.array([1, 1, 0, 0], bool), 64: np.array([1, 0, 0, 0], bool)}
     validation = {32: np.array([0, 0, 1], bool), 64: np.array([1, 1, 0], bool)}

@@ -91,12 +91,17 @@ def discordant_counts(ours, theirs) -> tuple[int, int]:
     return int((ours & ~theirs).sum()), int((~ours & theirs).sum())
 
 
+def primary_head(method: str) -> str:
+    """The head a method is judged by: dpo trains no reward head, so its implicit reward."""
+    return "implicit" if method == "dpo" else "reward"
+
+
 def primary_metrics(method: str):
     """compute_metrics that also names the accuracy used to pick the best checkpoint."""
 
     def compute(prediction):
         metrics = pairwise_metrics(prediction)
-        metrics["accuracy"] = metrics["implicit_accuracy"] if method == "dpo" else metrics["reward_accuracy"]
+        metrics["accuracy"] = metrics[f"{primary_head(method)}_accuracy"]
         return metrics
 
     return compute

@@ -16,16 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hafrm.eval.metrics import discordant_counts, mcnemar_p, paired_bootstrap_interval
+from hafrm.eval.metrics import discordant_counts, mcnemar_p, paired_bootstrap_interval, primary_head
 from hafrm.experiments.curves import VALIDATION
 from hafrm.experiments.runs import run_record, step_scores
 
 SELECTIONS = ("final", "validation", "test")
-
-
-def primary_head(method: str) -> str:
-    """The head a method is judged by: dpo trains no reward head, so its implicit reward."""
-    return "implicit" if method == "dpo" else "reward"
 
 
 @dataclass

@@ -169,9 +169,7 @@ def mask_for_kernel(allowed: torch.Tensor, attn_implementation: str, dtype: torc
     )[:, None]
 
 
-def attention_mask_for(
-    segment_ids: torch.Tensor, position_ids: torch.Tensor | None, config, attn_implementation: str, dtype: torch.dtype
-):
+def attention_mask_for(segment_ids: torch.Tensor, position_ids: torch.Tensor | None, config, dtype: torch.dtype):
     """The attention mask the backbone takes: the 2D padding mask when no row shares its prompt (the model adds
     causality and its window itself), else a 4D block mask per attention kind of its layers, one mask where all
     layers are of one kind, else {kind: mask} as transformers' models with mixed layers (Gemma 2/3) take it."""
@@ -180,7 +178,7 @@ def attention_mask_for(
     if position_ids is None:
         raise ValueError("shared-prompt rows need their position_ids (the rejected response restarts after the prompt)")
     masks = {
-        kind: mask_for_kernel(allowed_keys(segment_ids, position_ids, window), attn_implementation, dtype)
+        kind: mask_for_kernel(allowed_keys(segment_ids, position_ids, window), config._attn_implementation, dtype)
         for kind, window in attention_windows(config).items()
     }
     return next(iter(masks.values())) if len(masks) == 1 else masks
@@ -550,9 +548,7 @@ class HybridRewardModel(nn.Module):
         self, body: nn.Module, input_ids: torch.Tensor, segment_ids: torch.Tensor, position_ids: torch.Tensor | None
     ) -> torch.Tensor:
         """(B, T, H) last hidden states of a backbone for a batch in the layout of `segment_ids`."""
-        mask = attention_mask_for(
-            segment_ids, position_ids, self.config, self.config._attn_implementation, self.score.weight.dtype
-        )
+        mask = attention_mask_for(segment_ids, position_ids, self.config, self.score.weight.dtype)
         return body(
             input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state

@@ -142,12 +142,6 @@ def replay_frozen_trunk(model: HybridRewardModel, collator: PairCollator, sets: 
     return numbered
 
 
-def pair_collator(config: TrainConfig, model: HybridRewardModel, tokenizer) -> PairCollator:
-    """The run's batches (`pair_collator_for`); the model must be on its device already: the sharing check runs
-    there."""
-    return pair_collator_for(model, tokenizer, config.share_prompt)
-
-
 PAPER_EVAL_PAIRS = 8  # pairs per evaluation forward in the paper's code (16 rows padded to the widest)
 
 
@@ -385,7 +379,7 @@ def train(
     if config.eval_at_steps:
         callbacks.append(EvaluateAtSteps(config.eval_at_steps))
     model.to(args.device)  # the Trainer would move it later; the checks and precomputations need it there now
-    collator = pair_collator(config, model, tokenizer)
+    collator = pair_collator_for(model, tokenizer, config.share_prompt)  # after the move: its check runs there
     if objective.uses_policy_head:  # before the precomputations, which would be wasted on a refused model
         model.check_policy_logits()
     if config.freeze_layers and config.trunk_cache and collator.share_prompt:
