@@ -282,7 +282,9 @@ def test_a_yaml_in_trl_names_runs_unchanged_and_equals_ours(tiny_model_dir, tmp_
 
 
 def test_early_stopping_from_the_command_line(tiny_model_dir, tmp_path, capsys):
-    """With no learning the eval accuracy never improves: training stops after `patience` evaluations past the first."""
+    """With no learning the validation accuracy never improves: training stops after `patience` evaluations past the
+    first, and the export is the checkpoint chosen on the validation pairs (step 1), named as such. No eval set is
+    needed: the validation pairs come from the training data."""
     output = tmp_path / "out"
     assert (
         main(
@@ -292,9 +294,11 @@ def test_early_stopping_from_the_command_line(tiny_model_dir, tmp_path, capsys):
                 str(tiny_model_dir),
                 "--train-data",
                 str(DEFAULT_TRAIN_DATA),
+                "--eval-fraction",
+                "0",
                 "--max-train-pairs",
                 "16",
-                "--max-eval-pairs",
+                "--validation-pairs",
                 "4",
                 "--max-length",
                 "48",
@@ -321,26 +325,8 @@ def test_early_stopping_from_the_command_line(tiny_model_dir, tmp_path, capsys):
     log = json.loads((output / "checkpoint-3" / "trainer_state.json").read_text())
     assert log["global_step"] == 3  # best at step 1, no improvement at steps 2 and 3: patience 2 runs out
     assert not list(output.glob("checkpoint-4"))
-
-
-def test_early_stopping_without_an_eval_set_is_refused(capsys, tmp_path):
-    assert (
-        main(
-            [
-                "train",
-                "--train-data",
-                str(DEFAULT_TRAIN_DATA),
-                "--eval-fraction",
-                "0",
-                "--early-stopping-patience",
-                "2",
-                "--output-dir",
-                str(tmp_path / "out"),
-            ]
-        )
-        == 2
-    )
-    assert "early_stopping_patience needs an eval set" in capsys.readouterr().err
+    exported = json.loads((output / "hafrm.json").read_text())["exported_checkpoint"]
+    assert exported["step"] == 1 and exported["chosen_by"] == "best validation accuracy"
 
 
 # ---------------------------------------------------------------------------------------- Python API

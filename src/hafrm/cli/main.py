@@ -213,6 +213,7 @@ def command_report(args: argparse.Namespace) -> int:
     command = "hafrm " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "hafrm report"
     check_writable_dir(args.output, "report folder")
     overrides = config_from_args(args).to_dict()
+    validation_pairs = overrides.pop("validation_pairs") or 0  # the reports evaluate it at every step instead
     datasets, methods, seeds = (
         args.datasets.split(","),
         args.methods.split(","),
@@ -227,7 +228,7 @@ def command_report(args: argparse.Namespace) -> int:
             test_pairs=args.test_pairs or 1000,
             overrides=overrides,
             ood=args.ood,
-            validation_pairs=args.validation_pairs or 0,
+            validation_pairs=validation_pairs,
         )
         print(
             claim_report(
@@ -539,12 +540,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--test-pairs",
         type=number_in_range(int, 1),
         help="test pairs per set (default: all for the paper tables; 1000 or more for the learning curves)",
-    )
-    report.add_argument(
-        "--validation-pairs",
-        type=number_in_range(int, 1),
-        help="learning-curve / alpha-sweep: hold this many training pairs (whole prompts) out as a validation set, "
-        "evaluated at every step with the test sets, to choose a checkpoint without the test pairs",
     )
     report.add_argument(
         "--skip-unavailable",

@@ -71,6 +71,19 @@ def save_causal_lm(causal_lm: nn.Module, tokenizer, directory: Path) -> None:
     make_portable(directory)
 
 
+def exported_text(exported: dict) -> str:
+    """The model card's line on which step the export holds and how it was chosen."""
+    if not exported:
+        return "not recorded"
+    text = f"step {exported['step']} of {exported['of_steps']}, chosen by {exported['chosen_by']}"
+    if exported.get("validation_accuracy") is not None:
+        text += (
+            f" ({exported['validation_accuracy']:.4f} on {exported['validation_pairs']} validation pairs carved from "
+            "the training data by prompt; the accuracies below are on other pairs)"
+        )
+    return text
+
+
 def model_card(metadata: dict) -> str:
     """README.md of reward_model/: what it is, how it was trained, how well it did, how to load it."""
     config = metadata.get("config", {})
@@ -88,6 +101,7 @@ def model_card(metadata: dict) -> str:
         or "| (no evaluation) | |"
     )
     data = metadata.get("data", {})
+    exported = metadata.get("exported_checkpoint") or {}
     return f"""---
 library_name: transformers
 pipeline_tag: text-classification
@@ -107,6 +121,7 @@ evaluation data: `{config.get("eval_data") or "held out / shipped sample"}`
 - Pairs used: {data.get("rows_used", "?")} of {data.get("rows_read", "?")} read; \
 max length {config.get("max_length")}, learning rate {config.get("learning_rate")}, \
 batch {config.get("batch_size")}, seed {config.get("seed")}
+- Exported: {exported_text(exported)}
 
 ## Evaluation (pairwise accuracy on held-out pairs)
 

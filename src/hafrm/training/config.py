@@ -273,11 +273,31 @@ class TrainConfig:
         metadata={"help": "checkpoint every this many steps; unset: with each evaluation, or once per epoch"},
     )
     save_total_limit: int | None = field(
-        default=2, metadata={"help": "keep at most this many checkpoints (the best one is always kept)"}
+        default=2,
+        metadata={"help": "keep at most this many checkpoints (with load_best_model_at_end the best one is kept too)"},
+    )
+    load_best_model_at_end: bool = field(
+        default=False,
+        metadata={
+            "help": "export the checkpoint with the best accuracy on validation pairs carved from the training data "
+            "(whole prompts, see validation_pairs) instead of the last step; evaluations during training then run "
+            "on those pairs, and the eval set is scored once, on the exported model. Off: the last step is exported"
+        },
+    )
+    validation_pairs: int | None = field(
+        default=None,
+        metadata={
+            "help": "with load_best_model_at_end or early_stopping_patience: training pairs held out (whole prompt "
+            "groups, seeded) to choose the checkpoint on; unset: 10% of the training pairs. In learning-curve and "
+            "alpha-sweep reports: held out the same way and evaluated at every step beside the test sets"
+        },
     )
     early_stopping_patience: int | None = field(
         default=None,
-        metadata={"help": "stop after this many evaluations without a better eval accuracy; unset: never stop early"},
+        metadata={
+            "help": "stop after this many evaluations without a better validation accuracy (implies "
+            "load_best_model_at_end); unset: never stop early"
+        },
     )
     logging_steps: int = field(default=5, metadata={"help": "log the loss and reward statistics every this many steps"})
     report_to: str | list[str] = field(
@@ -308,6 +328,17 @@ class TrainConfig:
             raise ValueError(
                 f"reward_readout {PADDED_LAST_COLUMN} reproduces the paper code's 1 pair per forward pass: set "
                 f"micro_batch_size 1 (got {self.micro_batch_size})"
+            )
+        if self.eval_at_steps and self.selects_checkpoint:
+            raise ValueError(
+                "eval_at_steps evaluates the eval sets at those steps and exports the last step; it does not combine "
+                "with load_best_model_at_end or early_stopping_patience, which choose a checkpoint on validation pairs"
+            )
+        chooses = sorted({"load_best_model_at_end", "metric_for_best_model"} & set(self.training_args))
+        if chooses:
+            raise ValueError(
+                f"training_args {', '.join(chooses)}: the checkpoint is chosen by hafrm's own load_best_model_at_end, "
+                "on validation pairs carved from the training data, never on the pairs whose accuracy is reported"
             )
         if self.batch_size % self.micro_batch_size:
             raise ValueError(
@@ -363,6 +394,11 @@ class TrainConfig:
         if value is not None and rule and not rule.check(value):
             raise ValueError(f"{name} must be {rule.text}, got {value!r}")
         return value
+
+    @property
+    def selects_checkpoint(self) -> bool:
+        """Whether the export is a checkpoint chosen on validation pairs rather than the last step."""
+        return self.load_best_model_at_end or bool(self.early_stopping_patience)
 
     def objective(self):
         """The training objective these settings describe (losses.HafObjective)."""
@@ -459,6 +495,7 @@ _RULES = {
     "save_steps": _at_least(1),
     "save_total_limit": _at_least(1),
     "early_stopping_patience": _at_least(1),
+    "validation_pairs": _at_least(1),
     "logging_steps": _at_least(1),
     "eval_at_steps": _Rule(lambda v: len(v) > 0 and all(step >= 1 for step in v), "optimiser steps of at least 1"),
 }

@@ -21,6 +21,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from hafrm import __version__
 from hafrm.data import PairCollator, PairEncoder, SkipReport, load_pairs, train_test_split
 from hafrm.data.encoding import chat_template_for, encode_pairs
+from hafrm.data.splits import split_by_prompt
 from hafrm.eval.metrics import (
     accuracy_interval,
     correctness_from_predictions,
@@ -56,14 +57,26 @@ class TrainResult:
 
 
 Rows = datasets.Dataset | list[dict]  # preference data in memory, in any schema a file may have
+VALIDATION = "validation"  # the name of the set a checkpoint is chosen on: metrics eval_validation_*
 
 
-def load_splits(
-    config: TrainConfig, encoder: PairEncoder, train_rows: Rows | None = None, eval_rows=None
-) -> tuple[datasets.Dataset, dict, SkipReport]:
-    """The train set and the named eval sets: given files or rows in memory (eval_rows may also be a mapping of
-    test-set names to rows), the shipped default, or a seeded split of the train data. One unnamed eval set is
-    called "eval"; no eval set gives an empty mapping."""
+@dataclass
+class Splits:
+    """The encoded data of one run: what it trains on, the named eval sets whose accuracy it reports, and (when a
+    checkpoint is to be chosen) the validation pairs carved from the training data to choose it on."""
+
+    train: datasets.Dataset
+    evals: dict[str, datasets.Dataset]
+    validation: datasets.Dataset | None
+    report: SkipReport
+
+
+def load_splits(config: TrainConfig, encoder: PairEncoder, train_rows: Rows | None = None, eval_rows=None) -> Splits:
+    """The train set, the named eval sets and the validation set: given files or rows in memory (eval_rows may also
+    be a mapping of test-set names to rows), the shipped default, or a seeded split of the train data. One unnamed
+    eval set is called "eval"; no eval set gives an empty mapping. The validation pairs (only when the config
+    chooses a checkpoint) are whole prompt groups of the training pairs, so no validation question is trained on
+    and no reported pair is used to choose."""
     options = dict(data_format=config.data_format, column_map=config.column_map, on_error=config.on_bad_row)
     train_source = train_rows if train_rows is not None else config.train_data or str(DEFAULT_TRAIN_DATA)
     train_pairs, report = load_pairs(train_source, limit=config.max_train_pairs, name="train_data", **options)
@@ -88,10 +101,27 @@ def load_splits(
     if eval_source is None and config.eval_fraction > 0:
         train_pairs, held_out = train_test_split(train_pairs, config.eval_fraction, config.seed)
         eval_pairs["eval"] = held_out[: config.max_eval_pairs]
+    validation_pairs = None
+    if config.selects_checkpoint and VALIDATION in eval_pairs:
+        raise ValueError(f"an eval set is named {VALIDATION!r}, the name of the pairs a checkpoint is chosen on")
+    if config.selects_checkpoint:
+        wanted = config.validation_pairs or max(1, round(0.1 * len(train_pairs)))
+        train_pairs, validation_pairs = split_by_prompt(train_pairs, wanted, config.seed)
+        if not train_pairs:
+            raise ValueError(
+                f"validation_pairs {wanted} takes every training pair (all {len(validation_pairs)}, whole prompts): "
+                "ask for fewer"
+            )
+        logger.info(
+            "Checkpoint chosen on %d validation pairs carved from the training data by prompt (%d left to train on)",
+            len(validation_pairs),
+            len(train_pairs),
+        )
     train_set = encode_pairs(train_pairs, encoder, report)
     eval_sets = {name: encode_pairs(pairs, encoder, report) for name, pairs in eval_pairs.items() if pairs}
+    validation = encode_pairs(validation_pairs, encoder, report) if validation_pairs else None
     logger.info("Data: %s", report.summary())
-    return train_set, eval_sets, report
+    return Splits(train_set, eval_sets, validation, report)
 
 
 def weights_dtype(config: TrainConfig) -> torch.dtype:
@@ -166,16 +196,17 @@ def warmup_steps(config: TrainConfig, train_pairs: int | None) -> int:
 def training_arguments(config: TrainConfig, has_eval: bool, train_pairs: int | None = None) -> TrainingArguments:
     """Map the config onto TrainingArguments; config.training_args passes anything else through.
 
+    has_eval: whether the run has an eval set to report (validation pairs are implied by config.selects_checkpoint).
     train_pairs: size of the training set, for the warmup's step count (None: before the data is read, no warmup).
+    The last step is what the run exports unless the config chooses a checkpoint on its validation pairs.
     """
     per_step = config.micro_batch_size * world_size()
     if config.batch_size % per_step:
         raise ValueError(
             f"batch_size {config.batch_size} is not a multiple of micro_batch_size x processes = {per_step}"
         )
-    if config.early_stopping_patience and not has_eval:
-        raise ValueError("early_stopping_patience needs an eval set: give eval_data or an eval_fraction above 0")
-    # Checkpoints follow evaluations when there is an eval set, so the best one can be kept and reloaded.
+    has_eval = has_eval or config.selects_checkpoint
+    # Checkpoints follow evaluations when there is an eval set, so that a chosen one can be reloaded.
     save_steps = config.save_steps or (config.eval_steps if has_eval else None)
     eval_steps = (config.eval_steps or save_steps) if has_eval else None
     save_strategy = "steps" if save_steps else "epoch"
@@ -209,8 +240,8 @@ def training_arguments(config: TrainConfig, has_eval: bool, train_pairs: int | N
         save_strategy=save_strategy,
         save_steps=save_steps,
         save_total_limit=config.save_total_limit,
-        load_best_model_at_end=has_eval and not config.eval_at_steps,
-        metric_for_best_model="accuracy" if has_eval and not config.eval_at_steps else None,
+        load_best_model_at_end=config.selects_checkpoint,
+        metric_for_best_model=f"{VALIDATION}_accuracy" if config.selects_checkpoint else None,
         greater_is_better=True,
         report_to=config.report_to,
         run_name=config.run_name,
@@ -301,12 +332,13 @@ def preflight(config: TrainConfig, train_in_memory: bool = False, eval_in_memory
 
 
 def final_eval_metrics(trainer: HafTrainer, eval_set, evaluated_in_full: bool) -> dict:
-    """Metrics of the checkpoint training ends with (the best one) on the whole eval set, from the log when it was
-    evaluated there on all of it."""
-    target = trainer.state.best_global_step or trainer.state.global_step
+    """Metrics of the exported model on the whole eval set: from the log when training evaluated all of it at its
+    last step, else evaluated now (a chosen checkpoint is never evaluated on the eval set before this)."""
     logged = {}
     for entry in trainer.state.log_history if evaluated_in_full else []:
-        if entry.get("step") == target and any(k.startswith("eval_") and k.endswith("accuracy") for k in entry):
+        if entry.get("step") == trainer.state.global_step and any(
+            k.startswith("eval_") and k.endswith("accuracy") for k in entry
+        ):
             logged.update({k: v for k, v in entry.items() if k.startswith("eval_") or k == "epoch"})
     return logged or trainer.evaluate(eval_dataset=eval_set)
 
@@ -369,7 +401,9 @@ def train(
     if config.prompt_template:
         tokenizer.chat_template = chat_template_for(config.prompt_template)
     encoder = PairEncoder(tokenizer, config.max_length, config.truncation)
-    train_set, eval_sets, report = load_splits(config, encoder, train_rows, eval_rows)
+    splits = load_splits(config, encoder, train_rows, eval_rows)
+    train_set, report = splits.train, splits.report
+    eval_sets = {**splits.evals, **({VALIDATION: splits.validation} if splits.validation is not None else {})}
     model = build_model(config, model_path, tokenizer)
     objective = config.objective()
     args = training_arguments(config, bool(eval_sets), len(train_set))
@@ -396,8 +430,9 @@ def train(
                 name: add_reference_logps(model, s, collator, config.micro_batch_size, args.device, name)
                 for name, s in eval_sets.items()
             }
+    validation = eval_sets.pop(VALIDATION, None)
     eval_set = eval_sets.get("eval") if list(eval_sets) == ["eval"] else (eval_sets or None)
-    during = evaluation_sample(config, eval_set)
+    during = {VALIDATION: validation} if validation is not None else evaluation_sample(config, eval_set)
     trainer = HafTrainer(
         model=model,
         args=args,
@@ -420,9 +455,10 @@ def train(
     else:
         metrics = final_eval_metrics(trainer, eval_set, evaluated_in_full=during is eval_set)
     output_dir = Path(config.output_dir)
+    exported = exported_checkpoint(trainer, config, None if validation is None else len(validation))
     with whole_parameters(model, zero_stage(trainer)):  # every process gathers; the main one exports
         if trainer.is_world_process_zero():
-            export_run(model, config, model_path, tokenizer, metrics, report, train_rows, eval_rows)
+            export_run(model, config, model_path, tokenizer, metrics, report, train_rows, eval_rows, exported)
     return TrainResult(output_dir, metrics, report.as_dict(), trainer.state.log_history)
 
 
@@ -449,8 +485,23 @@ def zero_stage(trainer: HafTrainer) -> int | None:
     return trainer.accelerator.deepspeed_config["zero_optimization"].get("stage")
 
 
-def export_run(model, config, model_path, tokenizer, metrics, report, train_rows, eval_rows) -> None:
-    """The run's Hugging Face folders and its record (hafrm.json: config, data report, metrics)."""
+def exported_checkpoint(trainer: HafTrainer, config: TrainConfig, validation_pairs: int | None) -> dict:
+    """Which step the export holds and how it was chosen, for hafrm.json and the model card."""
+    state = trainer.state
+    if not config.selects_checkpoint:
+        return {"step": state.global_step, "of_steps": state.global_step, "chosen_by": "last step"}
+    chosen = state.best_global_step is not None
+    return {
+        "step": state.best_global_step if chosen else state.global_step,
+        "of_steps": state.global_step,
+        "chosen_by": "best validation accuracy" if chosen else "last step (no validation evaluation ran)",
+        "validation_pairs": validation_pairs,
+        "validation_accuracy": state.best_metric,
+    }
+
+
+def export_run(model, config, model_path, tokenizer, metrics, report, train_rows, eval_rows, exported) -> None:
+    """The run's Hugging Face folders and its record (hafrm.json: config, data report, metrics, exported step)."""
     metadata = {
         "hafrm_version": __version__,
         "base_model": config.model or "default",
@@ -461,6 +512,7 @@ def export_run(model, config, model_path, tokenizer, metrics, report, train_rows
             if train_rows is not None or eval_rows is not None
             else {}
         ),
+        "exported_checkpoint": exported,
         "eval_metrics": metrics,
         "data": report.as_dict(),
     }
