@@ -7,7 +7,7 @@
 set -euo pipefail
 DATA_ROOT=${1:?usage: rlhf_safety_runs.sh DATA_ROOT OUTPUT}
 OUT=${2:?usage: rlhf_safety_runs.sh DATA_ROOT OUTPUT}
-mkdir -p "$OUT"
+mkdir -p "$OUT/data"
 python -c "import json, sys; from hafrm.experiments.rlhf_safety import write_split; \
 print(json.dumps(write_split(sys.argv[1], sys.argv[2])))" "$DATA_ROOT" "$OUT/data" | tee "$OUT/data/sizes.json"
 
