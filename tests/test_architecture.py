@@ -8,7 +8,7 @@ import hafrm
 
 PACKAGE = Path(hafrm.__file__).parent
 # bottom to top; a module may import from its own layer and the layers below it
-LAYERS = ("io", "data", "model", "eval", "training", "serve", "experiments", "cli")
+LAYERS = ("io", "data", "model", "eval", "training", "serve", "rlhf", "experiments", "cli")
 LEAVES = {"hafrm.testing"}  # test helpers: import nothing of hafrm, imported by tests and benchmarks only
 
 

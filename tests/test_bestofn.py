@@ -164,6 +164,7 @@ def test_every_model_is_loaded_once_for_all_its_heads_and_the_order_is_kept(tmp_
 
     haf, other = tmp_path / "haf", tmp_path / "other"
     haf.mkdir()
+    other.mkdir()
     (haf / METADATA_FILE).write_text("{}")
     calls = []
 

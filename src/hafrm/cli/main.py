@@ -18,6 +18,7 @@ from hafrm.data.errors import DataError
 from hafrm.experiments.curves import PROTOCOLS as CURVE_PROTOCOLS
 from hafrm.io.atomic import write_atomically
 from hafrm.io.filechecks import check_writable_dir, check_writable_file
+from hafrm.rlhf.config import RlhfConfig
 from hafrm.training.config import TrainConfig
 
 logger = logging.getLogger("hafrm")
@@ -60,11 +61,27 @@ def _text_to_bool(text: str) -> bool:
 
 
 def _shown_default(value) -> str:
-    if value is None:
+    if value is None or value == "":
         return "unset"
     if isinstance(value, bool):
         return "on" if value else "off"
     return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
+def add_dataclass_flags(group, cls) -> None:
+    """One --flag per field of a config dataclass, documented from the field's metadata with its default and, where
+    cls.choices names them, its choices."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        name = field.name
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        text = f"{field.metadata['help']} (default: {_shown_default(default)})".replace("%", "%%")
+        choices = cls.choices(name)
+        metavar = "{" + ",".join(choices) + "}" if choices else name.upper()
+        if hints[name] is bool:
+            _add_option(group, name, action=argparse.BooleanOptionalAction, help=text)
+        else:
+            _add_option(group, name, type=_parse_value(hints[name]), metavar=metavar, help=text)
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -75,19 +92,12 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     from hafrm.training.config import ALIASES, alias_help
 
     hints = typing.get_type_hints(TrainConfig)
-    defaults = TrainConfig()
-    group = parser.add_argument_group(
-        "training options (override --config; each is also a YAML key, and takes --its_underscore_spelling)"
+    add_dataclass_flags(
+        parser.add_argument_group(
+            "training options (override --config; each is also a YAML key, and takes --its_underscore_spelling)"
+        ),
+        TrainConfig,
     )
-    for field in dataclasses.fields(TrainConfig):
-        name = field.name
-        text = f"{field.metadata['help']} (default: {_shown_default(getattr(defaults, name))})".replace("%", "%%")
-        choices = TrainConfig.choices(name)
-        metavar = "{" + ",".join(choices) + "}" if choices else name.upper()
-        if hints[name] is bool:
-            _add_option(group, name, action=argparse.BooleanOptionalAction, help=text)
-        else:
-            _add_option(group, name, type=_parse_value(hints[name]), metavar=metavar, help=text)
     aliases = parser.add_argument_group(
         "the ecosystem's names for the same options (YAML keys too); README: 'Other tools' names'"
     )
@@ -343,6 +353,15 @@ def command_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_rlhf(args: argparse.Namespace) -> int:
+    from hafrm.rlhf.pipeline import train_policy
+
+    given = {name: getattr(args, name) for name in RlhfConfig.field_names() if hasattr(args, name)}
+    config = RlhfConfig.from_yaml(args.config, **given) if args.config else RlhfConfig(**given)
+    print(json.dumps({"output_dir": str(train_policy(config))}))
+    return 0
+
+
 DATA_FORMATS = TrainConfig.choices("data_format")
 DATA_FORMAT_HELP = "auto: told from the columns; or name one of the formats (default: auto)"
 BAD_ROW_HELP = "a malformed row stops the command (error) or is counted and left out (skip)"
@@ -495,6 +514,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the results with every candidate and each model's scores as JSON (see --candidates)",
     )
     best.set_defaults(handler=command_best_of_n)
+
+    rlhf = commands.add_parser(
+        "rlhf",
+        help="train a policy against a reward model (TRL's GRPO, with a KL penalty to the start policy)",
+        description="Policy optimisation against a hafrm reward model or any one-label sequence classifier, on TRL's "
+        "GRPOTrainer (TRL 1.16 has no PPO; docs/rlhf.md says how GRPO differs from the paper's PPO). Writes "
+        "checkpoint-N/ (loadable policies), policy/ (the last step), rollouts.jsonl (every completion and its reward) "
+        "and rlhf.json (the run record, written last).",
+    )
+    rlhf.add_argument("--config", help="YAML file of these options (the command line wins)")
+    add_dataclass_flags(
+        rlhf.add_argument_group("rlhf options (TRL's names where TRL has one; each is also a YAML key)"), RlhfConfig
+    )
+    rlhf.set_defaults(handler=command_rlhf)
 
     report = commands.add_parser(
         "report", help="run a paper protocol for several methods and seeds; write a Markdown report with plots"

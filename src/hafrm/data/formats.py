@@ -211,6 +211,9 @@ _SIGNATURES: list[tuple[tuple[str, ...], str]] = [
     (("chosen", "rejected"), "implicit-prompt"),
 ]
 
+# Every column of a preference schema besides the prompt: a row with a prompt and none of these is a prompt-only row.
+PREFERENCE_COLUMNS = frozenset(c for columns, _ in _SIGNATURES for c in columns if c != "prompt")
+
 
 def detect_format(row: dict, where: str) -> str:
     """The first schema whose columns are all present; else the closest one (so its adapter names what is missing)."""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import random
 from collections.abc import Iterator
 
 from hafrm.data.errors import DataError, SkipReport
-from hafrm.data.formats import ADAPTERS, SkipRow, detect_format, rename_columns
+from hafrm.data.formats import ADAPTERS, PREFERENCE_COLUMNS, SkipRow, as_messages, detect_format, rename_columns
 from hafrm.data.reading import read_sources
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,36 @@ def load_pairs(
     if not pairs:
         raise DataError(f"{source}: no usable preference pairs ({report.summary()})")
     return pairs, report
+
+
+def load_prompts(
+    source, data_format: str = "auto", split: str = "train", on_error: str = "error", limit: int | None = None
+) -> tuple[list[list[dict]], SkipReport]:
+    """The distinct prompts of `source`, as chat messages in first-seen order (at most `limit`): of prompt-only rows
+    (a `prompt` column of text or messages and no response, as TRL's prompt-only data sets), or of preference pairs
+    in any format `load_pairs` reads."""
+    report = SkipReport()
+    prompts: dict[str, list[dict]] = {}
+    for rows in read_sources(str(source), split=split, on_error=on_error, report=report):
+        rows = list(rows)
+        if data_format == "auto" and rows and is_prompt_only(rows[0][1]):
+            found = [as_messages(row["prompt"], where) for where, row in rows]
+            report.rows_read += len(rows)
+        else:
+            adapter = None if data_format == "auto" else ADAPTERS[data_format]
+            found = [pair["prompt"] for pair in _pairs_of_rows(iter(rows), adapter, None, report, on_error)]
+        for messages in found:
+            prompts.setdefault(json.dumps(messages, sort_keys=True), messages)
+    chosen = list(prompts.values())[:limit]
+    report.rows_used = len(chosen)
+    if not chosen:
+        raise DataError(f"{source}: no prompts ({report.summary()})")
+    return chosen, report
+
+
+def is_prompt_only(row: dict) -> bool:
+    """A row with a prompt and none of the other columns of a preference schema."""
+    return "prompt" in row and not any(column in row for column in PREFERENCE_COLUMNS)
 
 
 def _pairs_of_rows(

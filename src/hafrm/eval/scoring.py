@@ -20,10 +20,18 @@ class RewardScorer:
     """Loads `reward_model/` of a hafrm output (or any sequence-classification reward model) and scores texts.
 
     Decoder reward models (a `score` head on a causal backbone, as hafrm exports) are read with the same rule as
-    training, `model.response_ends`; other classifiers (e.g. encoders) by their own logits.
+    training, `model.response_ends`; other classifiers (e.g. encoders) by their own logits. A classifier with several
+    labels is read at `label_index`, which it must be given: no logit of it is a reward by default.
     """
 
-    def __init__(self, model_dir: str | Path, max_length: int = 512, dtype: str = "fp32", device: str | None = None):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        max_length: int = 512,
+        dtype: str = "fp32",
+        device: str | None = None,
+        label_index: int | None = None,
+    ):
         from transformers import AutoModelForSequenceClassification
 
         model_dir = Path(model_dir)
@@ -38,6 +46,7 @@ class RewardScorer:
         )
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.encoder = PairEncoder(self.tokenizer, max_length)
+        self.label_index = checked_label_index(self.model.config.num_labels, label_index, model_dir)
 
     def encode(self, prompt, response: str) -> list[int]:
         """Token ids of one formatted (prompt, response), truncated so the response end is kept."""
@@ -83,13 +92,27 @@ class RewardScorer:
     def _rewards(self, input_ids: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
         attention_mask = (segment_ids != PAD).long()
         score = getattr(self.model, "score", None)
-        if isinstance(score, torch.nn.Linear) and score.out_features == 1:
+        if isinstance(score, torch.nn.Linear):
             hidden = self.model.base_model(
                 input_ids=input_ids, attention_mask=attention_mask, use_cache=False
             ).last_hidden_state
             rows, ends = response_ends(segment_ids)
-            return score(hidden[rows, ends].to(score.weight.dtype)).squeeze(-1)
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
+            return score(hidden[rows, ends].to(score.weight.dtype))[:, self.label_index]
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, self.label_index]
+
+
+def checked_label_index(num_labels: int, label_index: int | None, model_dir) -> int:
+    """The logit read as the reward: the only one, or the one asked for among several."""
+    if label_index is None:
+        if num_labels != 1:
+            raise ValueError(
+                f"{model_dir} is a classifier with {num_labels} labels, not a one-label reward model: choose the "
+                "logit that is the reward with a label index (--label-index)"
+            )
+        return 0
+    if not 0 <= label_index < num_labels:
+        raise ValueError(f"label index {label_index} is out of range for {model_dir}'s {num_labels} labels")
+    return label_index
 
 
 def read_scoring_rows(

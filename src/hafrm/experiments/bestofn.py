@@ -16,16 +16,16 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from hafrm.eval.metrics import accuracy_interval, discordant_counts, mcnemar_p, paired_bootstrap_interval
+from hafrm.serve.rlhf import Scorer, model_scorer, spec_model_head
 
 logger = logging.getLogger(__name__)
-Scorer = Callable[[list, list[str]], dict[str, list[float]]]  # (prompts, responses) -> each head's scores
 RECALL_KS = (1, 2)  # top-k recalls reported (the paper's Table 4: top-1 and top-2)
 SAMPLING_SETTINGS = ("policy", "n", "max_new_tokens", "temperature", "seed")  # recorded beside the candidates
 
@@ -119,39 +119,6 @@ def compare_selectors(
     return summary
 
 
-def spec_model_head(spec: str) -> tuple[str, str]:
-    """MODEL[@HEAD] as (model, head), checked before any model is loaded. HEAD (reward | implicit | combined, default
-    reward) other than reward needs a hafrm output folder."""
-    from hafrm.eval.scores import check_head
-    from hafrm.model.hybrid import METADATA_FILE
-
-    model, _, head = spec.rpartition("@") if "@" in spec else (spec, "", "reward")
-    check_head(head)
-    if head != "reward" and not (Path(model) / METADATA_FILE).exists():
-        raise ValueError(
-            f"{spec}: only a hafrm output folder has a {head} score; other reward models have only 'reward'"
-        )
-    return model, head
-
-
-def model_scorer(model: str, heads: Sequence[str], max_length: int = 512, batch_size: int = 8) -> Scorer:
-    """One model, loaded once, as a Scorer of the given heads, all from one pass per batch: a hafrm output folder,
-    or any sequence-classification reward model (its 'reward' only)."""
-    from hafrm.eval.evaluation import score_responses
-    from hafrm.eval.scoring import RewardScorer
-    from hafrm.model.hybrid import METADATA_FILE
-    from hafrm.training.loading import load_trained
-
-    if (Path(model) / METADATA_FILE).exists():
-        loaded = load_trained(model)
-        return lambda prompts, responses: {
-            head: scores.tolist()
-            for head, scores in score_responses(loaded, prompts, responses, heads, max_length, batch_size).items()
-        }
-    scorer = RewardScorer(model, max_length=max_length)
-    return lambda prompts, responses: {"reward": scorer.score(prompts, responses, batch_size)}
-
-
 def distinct_prompts(pairs: list[dict], limit: int) -> list:
     """The first `limit` distinct prompts of preference pairs (several pairs often share one)."""
     return list({json.dumps(p["prompt"]): p["prompt"] for p in pairs}.values())[:limit]
@@ -162,12 +129,9 @@ def sample_candidates(
 ) -> tuple[list[list[str]], dict]:
     """n responses per prompt from `policy` (a causal LM, or a hafrm output folder's own policy head; None: the
     embedded model), and the settings they were sampled with, recorded beside them."""
-    from hafrm.io.export import POLICY_DIR
-    from hafrm.io.pretrained import inference_device, load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
+    from hafrm.io.pretrained import inference_device, load_causal_lm, load_tokenizer, resolve_dtype, resolve_policy_path
 
-    policy_path = resolve_model_path(policy)
-    if (Path(policy_path) / POLICY_DIR).is_dir():
-        policy_path = str(Path(policy_path) / POLICY_DIR)
+    policy_path = resolve_policy_path(policy)
     sampler = load_causal_lm(policy_path, resolve_dtype("auto")).to(inference_device()).eval()
     candidates = sample_responses(sampler, load_tokenizer(policy_path), prompts, n, max_new_tokens, temperature, seed)
     return candidates, dict(zip(SAMPLING_SETTINGS, (policy_path, n, max_new_tokens, temperature, seed)))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from pathlib import Path
 
 import torch
 
 from hafrm.io.defaults import default_model_path
+from hafrm.io.export import POLICY_DIR
 from hafrm.io.filechecks import check_model_folder, first_line
 
 logger = logging.getLogger(__name__)
@@ -16,6 +18,13 @@ logger = logging.getLogger(__name__)
 def resolve_model_path(model: str | None) -> str:
     """None means the embedded default model (converted to fp32 on first use)."""
     return str(default_model_path()) if model in (None, "", "default") else model
+
+
+def resolve_policy_path(policy: str | None) -> str:
+    """A causal LM to sample from: a model folder or hub name, a hafrm output folder's policy/, or (None) the
+    embedded model."""
+    path = resolve_model_path(policy)
+    return str(Path(path) / POLICY_DIR) if (Path(path) / POLICY_DIR).is_dir() else path
 
 
 def resolve_dtype(dtype: str) -> torch.dtype:
@@ -149,7 +158,6 @@ def load_pretrained(auto_class, path: str, dtype: torch.dtype, attention: str | 
     refuses (objects other than tensors) is one clear error, as are a missing folder and truncated weights.
     """
     import pickle
-    from pathlib import Path
 
     check_model_folder(str(path))
     use_safetensors = True if any(Path(path).expanduser().glob("*.safetensors")) else None

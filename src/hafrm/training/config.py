@@ -386,8 +386,8 @@ class TrainConfig:
         """The value of field `name` if it has the field's type and range (ints become floats where a float is
         expected); else a ValueError naming the field. YAML files and protocol runs bypass argparse's types."""
         kind = _field_types()[name]
-        if not _has_type(value, kind):
-            raise ValueError(f"{name} must be {_describe(kind)}, got {value!r}")
+        if not has_type(value, kind):
+            raise ValueError(f"{name} must be {describe_type(kind)}, got {value!r}")
         if kind is float or float in typing.get_args(kind):
             value = float(value) if isinstance(value, int) else value
         rule = _RULES.get(name)
@@ -506,11 +506,11 @@ def _field_types() -> dict:
     return typing.get_type_hints(TrainConfig)
 
 
-def _has_type(value, kind) -> bool:
+def has_type(value, kind) -> bool:
     """isinstance for the annotations TrainConfig uses; bool is not accepted as a number, nor int as a bool."""
     origin = typing.get_origin(kind)
     if origin in (typing.Union, types.UnionType):
-        return any(_has_type(value, option) for option in typing.get_args(kind))
+        return any(has_type(value, option) for option in typing.get_args(kind))
     if kind is type(None):
         return value is None
     if kind is float:
@@ -518,16 +518,16 @@ def _has_type(value, kind) -> bool:
     if kind is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if origin is list:
-        return isinstance(value, list) and all(_has_type(item, typing.get_args(kind)[0]) for item in value)
+        return isinstance(value, list) and all(has_type(item, typing.get_args(kind)[0]) for item in value)
     if origin is dict:
         key, item = typing.get_args(kind)
-        return isinstance(value, dict) and all(_has_type(k, key) and _has_type(v, item) for k, v in value.items())
+        return isinstance(value, dict) and all(has_type(k, key) and has_type(v, item) for k, v in value.items())
     return isinstance(value, kind)
 
 
-def _describe(kind) -> str:
+def describe_type(kind) -> str:
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
-        return " or ".join(_describe(option) for option in typing.get_args(kind))
+        return " or ".join(describe_type(option) for option in typing.get_args(kind))
     names = {
         type(None): "null",
         bool: "true or false",
@@ -537,7 +537,7 @@ def _describe(kind) -> str:
         dict: "a mapping",
     }
     if typing.get_origin(kind) is list:
-        return f"a list of {_describe(typing.get_args(kind)[0]).removeprefix('a ').removeprefix('an ')}s"
+        return f"a list of {describe_type(typing.get_args(kind)[0]).removeprefix('a ').removeprefix('an ')}s"
     if typing.get_origin(kind) is dict:
         return "a mapping of strings"
     return names.get(kind, kind.__name__)

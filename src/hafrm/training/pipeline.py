@@ -39,7 +39,7 @@ from hafrm.io.pretrained import (
     resolve_dtype,
     resolve_model_path,
 )
-from hafrm.model.hybrid import PADDED_LAST_COLUMN, HybridRewardModel, LoraSettings
+from hafrm.model.hybrid import METADATA_FILE, PADDED_LAST_COLUMN, HybridRewardModel, LoraSettings
 from hafrm.training.config import TrainConfig, world_size
 from hafrm.training.precompute import add_reference_logps, cached_trunk_states
 from hafrm.training.trainer import EVAL_SCORES_DIR, HafTrainer, checkpoint_problem, pair_collator_for
@@ -282,32 +282,32 @@ def resume_point(config: TrainConfig) -> str | None:
     return last
 
 
-def previous_run(output_dir: str | Path) -> list[Path]:
-    """What shows that output_dir already holds a run: its exported hafrm.json and its checkpoints."""
+def previous_run(output_dir: str | Path, record: str = METADATA_FILE) -> list[Path]:
+    """What shows that output_dir already holds a run: its exported record and its checkpoints."""
     folder = Path(output_dir)
     if not folder.is_dir():
         return []
-    return sorted(p for p in [folder / "hafrm.json", *folder.glob("checkpoint-*")] if p.exists())
+    return sorted(p for p in [folder / record, *folder.glob("checkpoint-*")] if p.exists())
 
 
-def claim_output_dir(config: TrainConfig) -> None:
+def claim_output_dir(output_dir: str, resume: str | None, overwrite: bool, record: str = METADATA_FILE) -> None:
     """Refuse to train over another run unless told to resume it or overwrite it.
 
     Overwriting removes the old run's checkpoints: the Trainer would otherwise keep them (their step numbers
     are higher) and delete the new ones, and a later 'auto' resume would pick them up.
     """
-    check_writable_dir(config.output_dir)
-    existing = previous_run(config.output_dir)
-    if not existing or config.resume_from_checkpoint:
+    check_writable_dir(output_dir)
+    existing = previous_run(output_dir, record)
+    if not existing or resume:
         return
-    if not config.overwrite_output_dir:
+    if not overwrite:
         raise ValueError(
-            f"output folder {config.output_dir} already holds a run ({', '.join(p.name for p in existing[:3])}); "
+            f"output folder {output_dir} already holds a run ({', '.join(p.name for p in existing[:3])}); "
             "pass --resume-from-checkpoint auto to continue it, --overwrite-output-dir to replace it, "
             "or another --output-dir"
         )
     for checkpoint in [p for p in existing if p.is_dir()]:
-        logger.warning("Overwriting the run in %s: removing %s", config.output_dir, checkpoint.name)
+        logger.warning("Overwriting the run in %s: removing %s", output_dir, checkpoint.name)
         shutil.rmtree(checkpoint, ignore_errors=True)  # ignore_errors: other processes of a distributed run do the same
 
 
@@ -322,7 +322,7 @@ def preflight(config: TrainConfig, train_in_memory: bool = False, eval_in_memory
     seconds instead of a model load and a reference precompute: the output folder, the model folder, the
     loss settings, the TrainingArguments, the attention kernel on the run's device, and the checkpoint to resume
     from."""
-    claim_output_dir(config)
+    claim_output_dir(config.output_dir, config.resume_from_checkpoint, config.overwrite_output_dir)
     if config.model not in (None, "", "default"):
         check_model_folder(config.model)
     config.objective()
