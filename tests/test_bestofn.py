@@ -161,6 +161,7 @@ def test_every_model_is_loaded_once_for_all_its_heads_and_the_order_is_kept(tmp_
     """A haf folder's three heads cost one model load and one scoring pass; the scores come back in the asked order."""
     from hafrm.experiments import bestofn
     from hafrm.model.hybrid import METADATA_FILE
+    from hafrm.serve import rlhf
 
     haf, other = tmp_path / "haf", tmp_path / "other"
     haf.mkdir()
@@ -173,7 +174,7 @@ def test_every_model_is_loaded_once_for_all_its_heads_and_the_order_is_kept(tmp_
         offset = {"reward": 0.0, "implicit": 10.0, "combined": 20.0}
         return lambda prompts, responses: {h: [offset[h] + len(r) for r in responses] for h in heads}
 
-    monkeypatch.setattr(bestofn, "model_scorer", fake_model_scorer)
+    monkeypatch.setattr(rlhf, "model_scorer", fake_model_scorer)
     specs = [f"{haf}@reward", str(other), f"{haf}@implicit", f"{haf}@combined"]
     saved = {"judge": np.array([[1.0, 2.0]])}
     scores = bestofn.score_candidates(["p"], [["a", "bb"]], specs, saved=saved)

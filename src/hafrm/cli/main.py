@@ -362,6 +362,38 @@ def command_rlhf(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_policy_eval(args: argparse.Namespace) -> int:
+    from hafrm.io.pretrained import load_tokenizer, resolve_policy_path
+    from hafrm.rlhf.evaluation import add_scores, evaluate_policy, read_rows, summary, write_rows
+    from hafrm.rlhf.pipeline import capped_prompts
+    from hafrm.serve.rlhf import spec_model_head
+
+    check_writable_file(args.output)
+    for spec in args.reward_model:
+        spec_model_head(spec)  # every name checked before anything is sampled
+    if args.completions:
+        if args.policy:
+            raise ValueError(f"--policy: the completions come from {args.completions}; nothing is sampled again")
+        prompts, rows = read_rows(args.completions)
+    else:
+        if not args.policy:
+            raise ValueError("--prompts needs at least one --policy LABEL=PATH to sample from")
+        start = resolve_policy_path(args.start_policy)
+        prompts, _ = capped_prompts(
+            args.prompts, load_tokenizer(start), args.max_prompt_length, args.data_format, args.split, args.max_prompts
+        )
+        rows = []
+        for spec in args.policy:
+            label, _, path = spec.partition("=") if "=" in spec else (spec, "", spec)
+            rows += evaluate_policy(
+                label, path, start, prompts, args.samples, args.max_new_tokens, args.seed, args.batch_size
+            )
+    add_scores(rows, prompts, args.reward_model, args.batch_size)
+    write_rows(args.output, prompts, rows)
+    print(json.dumps(summary(rows), indent=2))
+    return 0
+
+
 DATA_FORMATS = TrainConfig.choices("data_format")
 DATA_FORMAT_HELP = "auto: told from the columns; or name one of the formats (default: auto)"
 BAD_ROW_HELP = "a malformed row stops the command (error) or is counted and left out (skip)"
@@ -528,6 +560,54 @@ def build_parser() -> argparse.ArgumentParser:
         rlhf.add_argument_group("rlhf options (TRL's names where TRL has one; each is also a YAML key)"), RlhfConfig
     )
     rlhf.set_defaults(handler=command_rlhf)
+
+    policy_eval = commands.add_parser(
+        "policy-eval",
+        help="sample saved policies on held-out prompts, score the completions with reward models, estimate the KL",
+        description="Decoding is fixed: --samples completions per prompt sampled at temperature 1 (no top-k or top-p "
+        "cut), seeded. KL to the start policy: the k1 estimator, the mean over completions of "
+        "log pi(y|x) - log pi_start(y|x), each from a forward pass. Writes one JSON line per completion; given back as "
+        "--completions, the file is scored by new reward models only.",
+    )
+    source = policy_eval.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompts", help="prompt-only rows or preference pairs (their distinct prompts)")
+    source.add_argument("--completions", metavar="FILE", help="an earlier --output: add reward-model scores to it")
+    policy_eval.add_argument(
+        "--policy",
+        nargs="+",
+        default=[],
+        metavar="[LABEL=]PATH",
+        help="causal LM folders, rlhf checkpoints or hafrm output folders (their policy/) to sample from",
+    )
+    policy_eval.add_argument(
+        "--start-policy", help="the policy the KL is measured to (default: the embedded SmolLM2-135M-Instruct)"
+    )
+    policy_eval.add_argument(
+        "--reward-model",
+        nargs="*",
+        default=[],
+        metavar="MODEL[@HEAD]",
+        help="reward models that score every completion",
+    )
+    policy_eval.add_argument("--samples", type=number_in_range(int, 1), default=2, help="completions per prompt (2)")
+    policy_eval.add_argument(
+        "--max-new-tokens", type=number_in_range(int, 1), default=64, help="tokens per completion (64)"
+    )
+    policy_eval.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every policy (0)")
+    policy_eval.add_argument("--max-prompts", type=number_in_range(int, 1), help="the first N distinct prompts")
+    policy_eval.add_argument(
+        "--max-prompt-length",
+        type=number_in_range(int, 1),
+        default=256,
+        help="prompts longer than this many tokens are left out (256)",
+    )
+    policy_eval.add_argument("--data-format", default="auto", choices=DATA_FORMATS, help=DATA_FORMAT_HELP)
+    policy_eval.add_argument("--split", default="test", help="split of a hub data set or folder (default: test)")
+    policy_eval.add_argument(
+        "--batch-size", type=number_in_range(int, 1), default=8, help="prompts or sequences per pass (8)"
+    )
+    policy_eval.add_argument("--output", required=True, help="JSON lines: the prompts, then one line per completion")
+    policy_eval.set_defaults(handler=command_policy_eval)
 
     report = commands.add_parser(
         "report", help="run a paper protocol for several methods and seeds; write a Markdown report with plots"

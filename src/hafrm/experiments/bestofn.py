@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from hafrm.eval.metrics import accuracy_interval, discordant_counts, mcnemar_p, paired_bootstrap_interval
-from hafrm.serve.rlhf import Scorer, model_scorer, spec_model_head
+from hafrm.serve.rlhf import Scorer, score_with_models
 
 logger = logging.getLogger(__name__)
 RECALL_KS = (1, 2)  # top-k recalls reported (the paper's Table 4: top-1 and top-2)
@@ -145,24 +145,21 @@ def score_candidates(
     max_length: int = 512,
     batch_size: int = 8,
 ) -> dict[str, np.ndarray]:
-    """(prompts, N) scores of every candidate by each MODEL[@HEAD], each model loaded once and all its heads scored
-    in one pass (`model_scorer`). Specs already in `saved`
-    (an earlier run's scores of the same candidates) are taken from it and not loaded, so a comparison can be built
-    over several days from models that no longer exist together; the result holds `saved` and the new scores."""
+    """(prompts, N) scores of every candidate by each MODEL[@HEAD] (`score_with_models`: each model loaded once).
+    Specs already in `saved` (an earlier run's scores of the same candidates) are taken from it and not loaded, so a
+    comparison can be built over several days from models that no longer exist together; the result holds `saved`
+    and the new scores."""
     saved = saved or {}
-    wanted: dict[str, dict[str, list[str]]] = {}  # model -> head -> the specs naming it
     for spec in dict.fromkeys(specs):
         if spec in saved:
             logger.info("%s: scores reused from the candidates file", spec)
-            continue
-        model, head = spec_model_head(spec)
-        wanted.setdefault(model, {}).setdefault(head, []).append(spec)
-    new: dict[str, np.ndarray] = {}
-    for model, heads in wanted.items():
-        by_head = candidate_scores(model_scorer(model, list(heads), max_length, batch_size), prompts, candidates)
-        for head, named in heads.items():
-            new.update(dict.fromkeys(named, by_head[head]))
-    return {**saved, **{spec: new[spec] for spec in specs if spec in new}}  # new ones in the asked order
+    new_specs = [spec for spec in dict.fromkeys(specs) if spec not in saved]
+    new = (
+        candidate_scores(lambda p, r: score_with_models(new_specs, p, r, max_length, batch_size), prompts, candidates)
+        if new_specs
+        else {}
+    )
+    return {**saved, **new}  # new ones in the asked order
 
 
 def best_of_n_results(

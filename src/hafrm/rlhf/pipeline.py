@@ -45,24 +45,24 @@ RECORD_FILE = "rlhf.json"
 ROLLOUTS_FILE = "rollouts.jsonl"
 
 
-def rlhf_prompts(config: RlhfConfig, tokenizer) -> tuple[list[list[dict]], dict]:
-    """The distinct prompts to train on, as chat messages, without those longer than max_prompt_length tokens once
-    formatted; and their counts."""
-    prompts, report = load_prompts(config.prompts, config.data_format, config.split, limit=config.max_prompts)
+def capped_prompts(
+    source: str, tokenizer, max_prompt_length: int, data_format: str = "auto", split: str = "train", limit=None
+) -> tuple[list[list[dict]], dict]:
+    """The distinct prompts of `source` as chat messages, without those longer than max_prompt_length tokens once
+    formatted for `tokenizer`; and their counts."""
+    prompts, report = load_prompts(source, data_format, split, limit=limit)
     encoder = PairEncoder(tokenizer)
-    kept = [p for p in prompts if len(encoder.tokenize(encoder.prompt_text(p))) <= config.max_prompt_length]
+    kept = [p for p in prompts if len(encoder.tokenize(encoder.prompt_text(p))) <= max_prompt_length]
     counts = {"rows_read": report.rows_read, "distinct": len(prompts), "used": len(kept)}
     if len(kept) < len(prompts):
         logger.info(
             "%d of %d prompts are over %d tokens and left out",
             len(prompts) - len(kept),
             len(prompts),
-            config.max_prompt_length,
+            max_prompt_length,
         )
     if not kept:
-        raise ValueError(
-            f"{config.prompts}: no prompt of at most {config.max_prompt_length} tokens (max_prompt_length)"
-        )
+        raise ValueError(f"{source}: no prompt of at most {max_prompt_length} tokens (max_prompt_length)")
     return kept, counts
 
 
@@ -213,7 +213,9 @@ def train_policy(config: RlhfConfig, callbacks: list | None = None) -> Path:
     policy_path = preflight(config)
     output_dir = Path(config.output_dir)
     tokenizer = load_tokenizer(policy_path)
-    prompts, prompt_counts = rlhf_prompts(config, tokenizer)
+    prompts, prompt_counts = capped_prompts(
+        config.prompts, tokenizer, config.max_prompt_length, config.data_format, config.split, config.max_prompts
+    )
     reward = reward_function(
         config.reward_model, config.reward_max_length, config.reward_batch_size, label_index=config.label_index
     )

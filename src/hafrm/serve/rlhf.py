@@ -52,6 +52,23 @@ def model_scorer(
     return lambda prompts, responses: {"reward": scorer.score(prompts, responses, batch_size)}
 
 
+def score_with_models(
+    specs: Sequence[str], prompts: list, responses: list[str], max_length: int = 512, batch_size: int = 8
+) -> dict[str, list[float]]:
+    """Each MODEL[@HEAD]'s score of every (prompt, response), in the order of `specs`: every spec is checked before
+    any model is loaded, and each model is loaded once with all its heads scored in one pass (`model_scorer`)."""
+    wanted: dict[str, dict[str, list[str]]] = {}  # model -> head -> the specs naming it
+    for spec in dict.fromkeys(specs):
+        model, head = spec_model_head(spec)
+        wanted.setdefault(model, {}).setdefault(head, []).append(spec)
+    scores: dict[str, list[float]] = {}
+    for model, heads in wanted.items():
+        by_head = model_scorer(model, list(heads), max_length, batch_size)(prompts, responses)
+        for head, named in heads.items():
+            scores.update(dict.fromkeys(named, by_head[head]))
+    return {spec: scores[spec] for spec in dict.fromkeys(specs)}
+
+
 def _text(value) -> str:
     """A completion given as text or as TRL conversational messages (the last message's content)."""
     if isinstance(value, list):
