@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The RLHF Safety experiment's long runs (docs/report/rlhf-safety/README.md), in order, each resumed where it stopped:
-# the split, the two reward models (baseline, haf) and the judge. A finished model (its hafrm.json and
-# eval_metrics.json written) is not run again; a cut-off one resumes from its last checkpoint (every 32 steps).
+# the split, the two reward models (baseline, haf), the judge, the two policies and their evaluations. A finished
+# piece (a model's hafrm.json and eval_metrics.json, a policy's rlhf.json, an evaluation's file) is not run again; a
+# cut-off model or policy resumes from its last checkpoint.
 #
 #   nohup bash scripts/rlhf_safety_runs.sh ../shared/data outputs/rlhf-safety > outputs/rlhf-safety.log 2>&1 &
 set -euo pipefail
@@ -32,3 +33,45 @@ train_model() {  # NAME METHOD SEED TRAIN_PART
 train_model rm-baseline baseline 0 rm
 train_model rm-haf haf 0 rm
 train_model judge baseline 1 judge
+
+# The policies: the same start (the embedded SmolLM2-135M-Instruct), prompts (the rm part's distinct prompts of at
+# most 128 tokens), seed and schedule, one against each reward model; GRPO with 4 completions of up to 64 tokens for
+# each of 4 prompts a step, beta 0.04, lr 1e-5 (constant), 100 steps, a checkpoint every 25.
+train_policy() {  # NAME REWARD_MODEL_FOLDER
+  local folder="$OUT/$1"
+  if [[ -f "$folder/rlhf.json" ]]; then
+    echo "$(date -u +%FT%TZ) $1 finished earlier; kept"
+    return
+  fi
+  mkdir -p "$folder"
+  echo "$(date -u +%FT%TZ) $1: training"
+  hafrm rlhf --reward-model "$OUT/$2" --prompts "$OUT/data/rm_pairs.jsonl.gz" --max-prompt-length 128 \
+    --num-generations 4 --per-device-train-batch-size 16 --max-completion-length 64 --beta 0.04 \
+    --learning-rate 1e-5 --max-steps 100 --save-steps 25 --seed 0 --output-dir "$folder" \
+    --resume-from-checkpoint auto >> "$folder/run.log" 2>&1
+  echo "$(date -u +%FT%TZ) $1: done"
+}
+
+train_policy policy-baseline rm-baseline
+train_policy policy-haf rm-haf
+
+# Evaluation on the held-out prompts: 2 completions per prompt (temperature 1, seed 0, up to 64 tokens) from the
+# start policy (step 0, shared) and from each policy's checkpoints, scored by both reward models and the judge.
+mkdir -p "$OUT/eval"
+JUDGES=("$OUT/rm-baseline" "$OUT/rm-haf" "$OUT/judge")
+evaluate() {  # STEP POLICY_SPEC...
+  local file="$OUT/eval/step-$1.jsonl"
+  if [[ -f "$file" ]]; then
+    echo "$(date -u +%FT%TZ) evaluation at step $1 finished earlier; kept"
+    return
+  fi
+  echo "$(date -u +%FT%TZ) evaluation at step $1"
+  hafrm policy-eval --prompts "$OUT/data/heldout_pairs.jsonl.gz" --max-prompt-length 128 --samples 2 \
+    --max-new-tokens 64 --seed 0 --policy "${@:2}" --reward-model "${JUDGES[@]}" --batch-size 16 \
+    --output "$file" >> "$OUT/eval/run.log" 2>&1
+}
+evaluate 0 start=default
+for step in 25 50 75 100; do
+  evaluate "$step" "haf=$OUT/policy-haf/checkpoint-$step" "baseline=$OUT/policy-baseline/checkpoint-$step"
+done
+echo "$(date -u +%FT%TZ) all done"
