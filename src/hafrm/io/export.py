@@ -20,7 +20,8 @@ from hafrm.io.portable import make_portable
 # and the LoRA adapter of LoRA runs.
 REWARD_MODEL_DIR = "reward_model"
 POLICY_DIR = "policy"
-ADAPTER_DIR = "adapter"
+ADAPTER_DIR = "adapter"  # the policy's LoRA adapter (CAUSAL_LM)
+REWARD_ADAPTER_DIR = "reward_adapter"  # the reward model's LoRA adapter (SEQ_CLS, the head in modules_to_save)
 
 
 @contextmanager
@@ -61,6 +62,40 @@ def save_sequence_classifier(
     tokenizer.save_pretrained(directory)
     make_portable(directory)
     (directory / "README.md").write_text(model_card(metadata))
+
+
+def save_reward_adapter(peft_model, score: nn.Linear, tokenizer, directory: Path) -> None:
+    """The LoRA reward model as PEFT writes a sequence-classification adapter (TRL's reward models are such): task
+    SEQ_CLS, the LoRA weights of the backbone, the reward head `score` in modules_to_save, and the input embeddings
+    too where training grew them by a pad row. `AutoPeftModelForSequenceClassification` loads it whole (it resizes
+    the base model's embeddings to the tokenizer saved beside it); `PeftModel.from_pretrained` on an
+    `AutoModelForSequenceClassification` does after `resize_token_embeddings(len(tokenizer))` where the vocabulary
+    grew. Either way set `config.pad_token_id = tokenizer.pad_token_id`, as the exported reward model has it."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+    from transformers import AutoConfig
+
+    config = copy.deepcopy(peft_model.peft_config["default"])
+    causal_lm = peft_model.get_base_model()
+    embeddings = causal_lm.get_input_embeddings()
+    # its path in the causal LM is its path in the sequence classifier too: both hold the backbone at the same name
+    embedding_path = next(name for name, module in causal_lm.named_modules() if module is embeddings)
+    base = config.base_model_name_or_path  # None for a model built in memory: nothing to have grown from
+    base_vocab = AutoConfig.from_pretrained(base).get_text_config().vocab_size if base else embeddings.weight.shape[0]
+    grown = embeddings.weight.shape[0] != base_vocab
+    config.task_type = "SEQ_CLS"
+    config.modules_to_save = ["score", *([embedding_path.rsplit(".", 1)[-1]] if grown else [])]
+    # the LoRA weights only: PEFT would add a grown embedding and, where it is tied to it, the LM head, which a
+    # sequence classifier does not have
+    lora = get_peft_model_state_dict(peft_model, save_embedding_layers=False)
+    state = {name: value.contiguous() for name, value in lora.items()}
+    state["base_model.model.score.weight"] = score.weight.detach().contiguous()
+    if grown:
+        state[f"base_model.model.{embedding_path}.weight"] = embeddings.weight.detach().contiguous()
+    directory.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(directory)
+    save_file(state, directory / "adapter_model.safetensors", metadata={"format": "pt"})
+    tokenizer.save_pretrained(directory)
 
 
 def save_causal_lm(causal_lm: nn.Module, tokenizer, directory: Path) -> None:

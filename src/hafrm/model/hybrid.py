@@ -28,7 +28,15 @@ from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from hafrm.data.encoding import PAD, PROMPT, REJECTED, RESPONSE, PairCollator
-from hafrm.io.export import ADAPTER_DIR, POLICY_DIR, REWARD_MODEL_DIR, save_causal_lm, save_sequence_classifier
+from hafrm.io.export import (
+    ADAPTER_DIR,
+    POLICY_DIR,
+    REWARD_ADAPTER_DIR,
+    REWARD_MODEL_DIR,
+    save_causal_lm,
+    save_reward_adapter,
+    save_sequence_classifier,
+)
 from hafrm.io.filechecks import first_line
 from hafrm.model.trunk import FrozenTrunk
 
@@ -618,6 +626,7 @@ class HybridRewardModel(nn.Module):
         save_file({"weight": self.score.weight.detach().contiguous()}, output_dir / REWARD_HEAD_FILE)
         if self.is_peft:
             self.policy.save_pretrained(output_dir / ADAPTER_DIR)
+            save_reward_adapter(self.policy, self.score, tokenizer, output_dir / REWARD_ADAPTER_DIR)
             self.policy = self.policy.merge_and_unload()
         save_sequence_classifier(self.causal_lm, self.score, tokenizer, output_dir / REWARD_MODEL_DIR, metadata)
         if save_policy:
