@@ -517,12 +517,14 @@ def test_logged_statistics_are_averaged_over_processes(tiny_model_dir, tmp_path,
 
 
 def test_private_trainer_methods_we_override_still_have_their_signatures():
-    """HafTrainer overrides three private transformers.Trainer methods (there is no public hook): fail loudly if
-    transformers renames them or changes their arguments."""
+    """HafTrainer overrides four private transformers.Trainer methods and calls one (there is no public hook): fail
+    loudly if transformers renames them or changes their arguments."""
     from transformers import Trainer
 
     expected = {
         "_save": ["self", "output_dir", "state_dict"],
+        "_save_checkpoint": ["self", "model", "trial"],
+        "_get_output_dir": ["self", "trial"],
         "_load_from_checkpoint": ["self", "resume_from_checkpoint", "model"],
         "_load_best_model": ["self"],
     }

@@ -181,7 +181,7 @@ def test_best_of_n_cli_selector_equal_to_judge_always_agrees(trained_haf, tmp_pa
 
 
 def test_scorer_spec_errors_are_clear(tmp_path):
-    from hafrm.experiments.bestofn import spec_model_head
+    from hafrm.serve.rlhf import spec_model_head
 
     with pytest.raises(ValueError, match="head must be one of"):
         spec_model_head(f"{tmp_path}@best")

@@ -172,6 +172,13 @@ def comparison_summary(comparison: dict) -> str:
     )
 
 
+def command_export(args: argparse.Namespace) -> int:
+    from hafrm.training.pipeline import export_checkpoint
+
+    print(json.dumps({"output_dir": str(export_checkpoint(args.checkpoint, args.output_dir))}))
+    return 0
+
+
 def command_eval(args: argparse.Namespace) -> int:
     from hafrm.data import load_pairs
     from hafrm.eval.evaluation import score_pairs
@@ -411,6 +418,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML file of training options")
     add_config_flags(train)
     train.set_defaults(handler=command_train)
+
+    export = commands.add_parser(
+        "export",
+        help="write the folders a finished run writes (reward_model/, policy/, ...) from one of its checkpoints",
+        description="A run cut off at step 900 of 1,000 still has a model: its checkpoint's run record (config, base "
+        "model) and tokenizer rebuild the model, its trainable state is loaded, and the export names the step.",
+    )
+    export.add_argument("checkpoint", help="a checkpoint-N folder of a hafrm train run")
+    export.add_argument("output_dir", help="a new folder for the export")
+    export.set_defaults(handler=command_export)
 
     evaluate = commands.add_parser("eval", help="pairwise accuracy: reward head, implicit DPO reward, combined")
     evaluate.add_argument("model_dir", help="a hafrm output folder (the reward head, and the policy head if trained)")

@@ -12,8 +12,9 @@ from hafrm.data.errors import DataError
 from hafrm.data.formats import SkipRow, as_messages, as_response, require
 from hafrm.data.reading import read_rows
 from hafrm.io.export import REWARD_MODEL_DIR
+from hafrm.io.filechecks import refuse_checkpoint
 from hafrm.io.pretrained import inference_device, load_pretrained, load_tokenizer, resolve_dtype
-from hafrm.model.hybrid import response_ends
+from hafrm.model.hybrid import METADATA_FILE, response_ends
 
 
 class RewardScorer:
@@ -35,6 +36,7 @@ class RewardScorer:
         from transformers import AutoModelForSequenceClassification
 
         model_dir = Path(model_dir)
+        check_scorable(model_dir)
         if (model_dir / REWARD_MODEL_DIR).is_dir():
             model_dir = model_dir / REWARD_MODEL_DIR
         self.tokenizer = load_tokenizer(str(model_dir))
@@ -113,6 +115,17 @@ def checked_label_index(num_labels: int, label_index: int | None, model_dir) -> 
     if not 0 <= label_index < num_labels:
         raise ValueError(f"label index {label_index} is out of range for {model_dir}'s {num_labels} labels")
     return label_index
+
+
+def check_scorable(folder: Path) -> None:
+    """A training checkpoint, or a hafrm output folder whose export did not finish, is refused in one line; any
+    other folder passes (third-party reward models are read as they are)."""
+    refuse_checkpoint(folder)
+    if (folder / REWARD_MODEL_DIR).is_dir() and not (folder / METADATA_FILE).is_file():
+        raise ValueError(
+            f"{folder} is an unfinished hafrm export: it has {REWARD_MODEL_DIR}/ but no {METADATA_FILE}, which an "
+            "export writes last (it was cut off, or is being written now); train or export it again"
+        )
 
 
 def read_scoring_rows(

@@ -22,6 +22,10 @@ REWARD_MODEL_DIR = "reward_model"
 POLICY_DIR = "policy"
 ADAPTER_DIR = "adapter"  # the policy's LoRA adapter (CAUSAL_LM)
 REWARD_ADAPTER_DIR = "reward_adapter"  # the reward model's LoRA adapter (SEQ_CLS, the head in modules_to_save)
+# What a training checkpoint holds besides the Trainer's own files: the trainable state, and the run record that
+# rebuilds the model around it (`hafrm export CHECKPOINT OUTPUT`).
+TRAINABLE_STATE_FILE = "hafrm_trainable.safetensors"
+RUN_RECORD_FILE = "hafrm_run.json"
 
 
 @contextmanager

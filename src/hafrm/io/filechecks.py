@@ -74,6 +74,17 @@ def check_model_folder(model: str) -> None:
             raise ValueError(f"model weights {problem}")
 
 
+def refuse_checkpoint(folder: str | Path) -> None:
+    """A training checkpoint holds trainable state, not a model to score: say how to export it."""
+    from hafrm.io.export import TRAINABLE_STATE_FILE
+
+    if (Path(folder).expanduser() / TRAINABLE_STATE_FILE).is_file():
+        raise ValueError(
+            f"{folder} is a training checkpoint, not an exported model: export it with `hafrm export {folder} "
+            "OUTPUT_DIR` and use OUTPUT_DIR"
+        )
+
+
 def _nearest_existing(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent

@@ -28,6 +28,7 @@ from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from hafrm.data.encoding import PAD, PROMPT, REJECTED, RESPONSE, PairCollator
+from hafrm.io.atomic import staged_parts, write_atomically
 from hafrm.io.export import (
     ADAPTER_DIR,
     POLICY_DIR,
@@ -619,19 +620,31 @@ class HybridRewardModel(nn.Module):
 
     # ------------------------------------------------------------------ export
 
-    def export(self, output_dir: str | Path, tokenizer, metadata: dict, save_policy: bool = True) -> Path:
-        """Write reward_model/, policy/, adapter/ (LoRA) and hafrm.json. LoRA adapters are merged in place."""
+    def export(
+        self,
+        output_dir: str | Path,
+        tokenizer,
+        metadata: dict,
+        save_policy: bool = True,
+        extra_files: dict[str, str] | None = None,
+    ) -> Path:
+        """Write reward_model/, policy/, adapter/ and reward_adapter/ (LoRA), the reward head, `extra_files`
+        (name -> text) and hafrm.json, whole or not at all: every part is built in a staging folder and renamed into
+        place, and hafrm.json, the mark of a finished export, comes last. LoRA adapters are merged in place."""
         output_dir = Path(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_file({"weight": self.score.weight.detach().contiguous()}, output_dir / REWARD_HEAD_FILE)
-        if self.is_peft:
-            self.policy.save_pretrained(output_dir / ADAPTER_DIR)
-            save_reward_adapter(self.policy, self.score, tokenizer, output_dir / REWARD_ADAPTER_DIR)
-            self.policy = self.policy.merge_and_unload()
-        save_sequence_classifier(self.causal_lm, self.score, tokenizer, output_dir / REWARD_MODEL_DIR, metadata)
-        if save_policy:
-            save_causal_lm(self.causal_lm, tokenizer, output_dir / POLICY_DIR)
-        (output_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
+        with staged_parts(output_dir, METADATA_FILE) as staging:
+            save_file({"weight": self.score.weight.detach().contiguous()}, staging / REWARD_HEAD_FILE)
+            if self.is_peft:
+                self.policy.save_pretrained(staging / ADAPTER_DIR)
+                save_reward_adapter(self.policy, self.score, tokenizer, staging / REWARD_ADAPTER_DIR)
+                self.policy = self.policy.merge_and_unload()
+            save_sequence_classifier(self.causal_lm, self.score, tokenizer, staging / REWARD_MODEL_DIR, metadata)
+            if save_policy:
+                save_causal_lm(self.causal_lm, tokenizer, staging / POLICY_DIR)
+            for name, text in (extra_files or {}).items():
+                (staging / name).write_text(text)
+        text = json.dumps(metadata, indent=2, default=str)
+        write_atomically(output_dir / METADATA_FILE, lambda path: path.write_text(text))
         return output_dir
 
 

@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -32,9 +29,10 @@ from transformers.trainer_utils import get_last_checkpoint
 from hafrm import __version__
 from hafrm.data.encoding import PairEncoder
 from hafrm.data.loading import load_prompts
-from hafrm.io.atomic import write_atomically
+from hafrm.io.atomic import staged_parts, write_atomically
 from hafrm.io.export import ADAPTER_DIR, POLICY_DIR
 from hafrm.io.filechecks import safetensors_problem
+from hafrm.io.locking import output_lock
 from hafrm.io.pretrained import load_causal_lm, load_tokenizer, resolve_policy_path
 from hafrm.rlhf.config import RlhfConfig
 from hafrm.serve.rlhf import reward_function, spec_model_head
@@ -206,7 +204,12 @@ def preflight(config: RlhfConfig) -> str:
 
 
 def train_policy(config: RlhfConfig, callbacks: list | None = None) -> Path:
-    """Train the policy and write the folders above; returns output_dir."""
+    """Train the policy and write the folders above, holding output_dir's lock; returns output_dir."""
+    with output_lock(config.output_dir):
+        return _train_policy(config, callbacks)
+
+
+def _train_policy(config: RlhfConfig, callbacks: list | None) -> Path:
     import datasets
     from trl import GRPOTrainer
 
@@ -249,11 +252,9 @@ def train_policy(config: RlhfConfig, callbacks: list | None = None) -> Path:
 
 
 def export_policy(model, tokenizer, output_dir: Path) -> None:
-    """policy/ (and adapter/ for LoRA) built in a staging folder beside them and renamed into place, after the old
-    run record is removed: a reader never finds a record beside half a policy."""
-    (output_dir / RECORD_FILE).unlink(missing_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output_dir, prefix=".staging-"))
-    try:
+    """policy/ (and adapter/ for LoRA), built in a staging folder and renamed into place after the old run record is
+    removed (`staged_parts`): a reader never finds a record beside half a policy."""
+    with staged_parts(output_dir, RECORD_FILE) as staging:
         if hasattr(model, "peft_config"):
             model.save_pretrained(staging / ADAPTER_DIR)
             tokenizer.save_pretrained(staging / ADAPTER_DIR)
@@ -261,9 +262,3 @@ def export_policy(model, tokenizer, output_dir: Path) -> None:
         model.config.pad_token_id = tokenizer.pad_token_id
         model.save_pretrained(staging / POLICY_DIR)
         tokenizer.save_pretrained(staging / POLICY_DIR)
-        for part in (POLICY_DIR, ADAPTER_DIR):
-            if (staging / part).is_dir():
-                shutil.rmtree(output_dir / part, ignore_errors=True)
-                os.replace(staging / part, output_dir / part)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

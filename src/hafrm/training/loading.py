@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from hafrm.eval.evaluation import PairScores, score_pairs, score_responses
+from hafrm.eval.scoring import check_scorable
 from hafrm.io.export import POLICY_DIR
 from hafrm.io.pretrained import (
     fit_embeddings,
@@ -50,6 +51,7 @@ def load_trained(
     """A hafrm output folder, with its reference policy (the base model it was trained from) when it has a policy
     head, on `device` (default: the GPU where there is one, as RewardScorer; the attention kernel is chosen for it)."""
     model_dir = Path(model_dir)
+    check_scorable(model_dir)
     metadata_path = model_dir / METADATA_FILE
     if not metadata_path.exists():
         raise FileNotFoundError(

@@ -30,7 +30,9 @@ from hafrm.eval.metrics import (
 )
 from hafrm.io.atomic import write_atomically
 from hafrm.io.defaults import DEFAULT_EVAL_DATA, DEFAULT_TRAIN_DATA
+from hafrm.io.export import RUN_RECORD_FILE, TRAINABLE_STATE_FILE
 from hafrm.io.filechecks import check_model_folder, check_writable_dir
+from hafrm.io.locking import output_lock
 from hafrm.io.pretrained import (
     check_attention_trains,
     fit_embeddings,
@@ -390,6 +392,12 @@ def train(
     }
     if paths:
         config = dataclasses.replace(config, **paths)
+    with output_lock(config.output_dir):
+        return _train(config, callbacks, train_rows, eval_rows)
+
+
+def _train(config: TrainConfig, callbacks, train_rows, eval_rows) -> TrainResult:
+    """`train` once the output folder's lock is held."""
     preflight(config, train_rows is not None, eval_rows is not None)
     if isinstance(eval_rows, dict) and (config.compare_to_untrained or config.eval_during_training_pairs):
         raise ValueError(
@@ -444,6 +452,7 @@ def train(
         objective=objective,
         callbacks=callbacks,
         eval_scores_dir=Path(config.output_dir) / EVAL_SCORES_DIR if config.keep_eval_scores else None,
+        run_record=run_metadata(config, model_path, report.as_dict(), train_rows, eval_rows),
     )
     before = trainer.predict(eval_set).predictions if config.compare_to_untrained and eval_set is not None else None
     trainer.train(resume_from_checkpoint=resume_point(config))
@@ -458,7 +467,8 @@ def train(
     exported = exported_checkpoint(trainer, config, None if validation is None else len(validation))
     with whole_parameters(model, zero_stage(trainer)):  # every process gathers; the main one exports
         if trainer.is_world_process_zero():
-            export_run(model, config, model_path, tokenizer, metrics, report, train_rows, eval_rows, exported)
+            record = run_metadata(config, model_path, report.as_dict(), train_rows, eval_rows)
+            export_run(model, tokenizer, record, metrics, exported)
     return TrainResult(output_dir, metrics, report.as_dict(), trainer.state.log_history)
 
 
@@ -500,25 +510,62 @@ def exported_checkpoint(trainer: HafTrainer, config: TrainConfig, validation_pai
     }
 
 
-def export_run(model, config, model_path, tokenizer, metrics, report, train_rows, eval_rows, exported) -> None:
-    """The run's Hugging Face folders and its record (hafrm.json: config, data report, metrics, exported step)."""
-    metadata = {
+def run_metadata(config: TrainConfig, model_path: str, data_report: dict, train_rows=None, eval_rows=None) -> dict:
+    """What identifies a run: versions, the base model, the config and the data report; written into every
+    checkpoint (so `hafrm export` can rebuild the model) and, with the metrics and the exported step, as hafrm.json."""
+    in_memory = [name for name, rows in (("train", train_rows), ("eval", eval_rows)) if rows is not None]
+    return {
         "hafrm_version": __version__,
         "base_model": config.model or "default",
         "base_model_path": model_path,
         "config": config.to_dict(),
-        **(
-            {"in_memory_data": [n for n, r in (("train", train_rows), ("eval", eval_rows)) if r is not None]}
-            if train_rows is not None or eval_rows is not None
-            else {}
-        ),
-        "exported_checkpoint": exported,
-        "eval_metrics": metrics,
-        "data": report.as_dict(),
+        **({"in_memory_data": in_memory} if in_memory else {}),
+        "data": data_report,
     }
-    output_dir = Path(config.output_dir)
-    model.export(output_dir, tokenizer, metadata)
-    (output_dir / "eval_metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def export_run(model, tokenizer, record: dict, metrics: dict, exported: dict) -> None:
+    """The run's Hugging Face folders and its record (hafrm.json: the run metadata, metrics, exported step)."""
+    metadata = {**record, "exported_checkpoint": exported, "eval_metrics": metrics}
+    extra = {"eval_metrics.json": json.dumps(metrics, indent=2)}
+    model.export(record["config"]["output_dir"], tokenizer, metadata, extra_files=extra)
+
+
+def export_checkpoint(checkpoint: str | Path, output_dir: str | Path) -> Path:
+    """Write the folders a finished run writes from one of its checkpoints: the model rebuilt from the checkpoint's
+    run record (config, base model) and tokenizer, with its trainable state loaded; hafrm.json names the step."""
+    checkpoint = Path(checkpoint)
+    if problem := checkpoint_problem(checkpoint):
+        raise ValueError(f"{checkpoint} cannot be exported: {problem}")
+    record_path = checkpoint / RUN_RECORD_FILE
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    if "config" not in record:
+        raise ValueError(
+            f"{checkpoint} has no run record with its config ({RUN_RECORD_FILE}): it was written by a HafTrainer "
+            "built by hand, or by a hafrm that did not record runs in checkpoints yet; rebuild the model in Python "
+            f"and call load_trainable_state_dict on its {TRAINABLE_STATE_FILE}"
+        )
+    with output_lock(output_dir):
+        claim_output_dir(str(output_dir), None, False)
+        config = TrainConfig(**{**record["config"], "output_dir": str(output_dir)})
+        return _export_from(checkpoint, record, config)
+
+
+def _export_from(checkpoint: Path, record: dict, config: TrainConfig) -> Path:
+    """`export_checkpoint` once the target's lock is held."""
+    from safetensors.torch import load_file
+
+    tokenizer = load_tokenizer(str(checkpoint))
+    model = build_model(config, record["base_model_path"], tokenizer)
+    model.load_trainable_state_dict(load_file(checkpoint / TRAINABLE_STATE_FILE))
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    exported = {
+        "step": state["global_step"],
+        "of_steps": state.get("max_steps"),
+        "chosen_by": f"hafrm export of {checkpoint.name}",
+    }
+    export_run(model, tokenizer, {**record, "config": config.to_dict()}, {}, exported)
+    return Path(config.output_dir)
 
 
 class EvaluateAtSteps(TrainerCallback):

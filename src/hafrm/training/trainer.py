@@ -7,6 +7,7 @@ trainable state is written to and read from a checkpoint (atomically).
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,13 +21,14 @@ from transformers.trainer_utils import EvalLoopOutput
 from hafrm.data import PairCollator, PairEncoder, load_pairs
 from hafrm.data.encoding import EVAL_POSITION, encode_pairs
 from hafrm.eval.scores import forward_batch, implicit_rewards
-from hafrm.io.atomic import write_atomically
+from hafrm.io.atomic import write_atomically, write_errors_named
+from hafrm.io.export import RUN_RECORD_FILE, TRAINABLE_STATE_FILE
 from hafrm.io.filechecks import first_line, safetensors_problem, torch_file_problem
 from hafrm.io.pretrained import check_attention_trains, fit_embeddings
 from hafrm.model.hybrid import PADDED_LAST_COLUMN, HybridRewardModel
 from hafrm.model.losses import HafObjective
 
-STATE_FILE = "hafrm_trainable.safetensors"
+STATE_FILE = TRAINABLE_STATE_FILE
 EVAL_SCORES_DIR = "eval-scores"  # per-pair scores of every evaluation: step-<N>-<eval set>.npz (PairScores)
 TRAINER_STATE_FILE = "trainer_state.json"
 TORCH_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt")  # the Trainer loads these with weights_only=True
@@ -44,7 +46,8 @@ class _TrainableStateCheckpoints:
     fails when their signatures change): the Trainer has no public hook for how a model that is not a
     PreTrainedModel is written to and read from a checkpoint. `save_model` is public but would have to repeat the
     DeepSpeed/FSDP state gathering it does before calling `_save`; resuming (`_load_from_checkpoint`) and reloading the
-    best checkpoint (`_load_best_model`) have no public counterpart at all. They are kept here, together and small.
+    best checkpoint (`_load_best_model`) have no public counterpart at all, nor has a failed checkpoint write
+    (`_save_checkpoint`, which also calls `_get_output_dir`). They are kept here, together and small.
     """
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
@@ -59,6 +62,17 @@ class _TrainableStateCheckpoints:
             trainable = {name: state_dict[name].contiguous() for name in trainable}
         write_atomically(output_dir / STATE_FILE, lambda path: save_file(trainable, path))
         torch.save(self.args, output_dir / "training_args.bin")
+        if self.processing_class is not None:  # with the record, what `hafrm export` rebuilds the model from
+            self.processing_class.save_pretrained(output_dir)
+        record = json.dumps(self.run_record or {"base_model_path": model.causal_lm.name_or_path}, indent=2, default=str)
+        write_atomically(output_dir / RUN_RECORD_FILE, lambda path: path.write_text(record))
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, with a failed write (a full disk, say) raised as one OSError naming the file; the
+        checkpoint left behind has no trainer_state.json, so resuming never starts from it."""
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        with write_errors_named(folder, f"checkpoint-{self.state.global_step}"):
+            super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         state_path = Path(resume_from_checkpoint) / STATE_FILE
@@ -87,6 +101,9 @@ class HafTrainer(_TrainableStateCheckpoints, Trainer):
     processing_class: the tokenizer; load it with hafrm.io.pretrained.load_tokenizer, which picks a pad token that no
         text contains (the reward is read at the last non-pad token).
     objective: the loss (default HafObjective(): haf, alpha 0.2, tau 0.1, sigmoid DPO loss).
+    run_record: what `hafrm train` records of the run (config, base model path, data report), written with the
+        tokenizer into every checkpoint so `hafrm export CHECKPOINT` can rebuild the model; without it a checkpoint
+        records only the base model's path.
     When the policy loss needs a reference and the data carries no precomputed reference log-probs, the reference
     is the LoRA base with adapters off, else a frozen copy of the initial policy (as TRL's DPOTrainer keeps one).
 
@@ -108,6 +125,7 @@ class HafTrainer(_TrainableStateCheckpoints, Trainer):
         max_length: int = 512,
         compute_metrics=None,
         eval_scores_dir: str | Path | None = None,
+        run_record: dict | None = None,
         **kwargs,
     ):
         objective = objective or HafObjective()
@@ -156,6 +174,7 @@ class HafTrainer(_TrainableStateCheckpoints, Trainer):
         self.objective = objective
         self.max_length = max_length
         self.eval_scores_dir = Path(eval_scores_dir) if eval_scores_dir is not None else None
+        self.run_record = run_record
         self._train_stats: dict[str, list[float]] = defaultdict(list)
 
     def _unshare_prompts_unless_checked(self, collator: PairCollator) -> None:
