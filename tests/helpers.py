@@ -1,5 +1,10 @@
 """Helpers shared by several test files (imported as `helpers`: pytest puts tests/ on the path)."""
 
+import contextlib
+import socket
+import threading
+import time
+
 from hafrm.data import PairCollator, PairEncoder
 from hafrm.data.encoding import PAD
 from hafrm.io.defaults import DEFAULT_TRAIN_DATA
@@ -23,3 +28,27 @@ def batch_for(tokenizer, pairs, padding_side="right", max_length=96, share_promp
 
 def padding_mask(batch):
     return (batch["segment_ids"] != PAD).long()
+
+
+@contextlib.contextmanager
+def running(app, limits):
+    """The app under uvicorn, configured as `hafrm serve` configures it, on a free loopback port."""
+    import uvicorn
+
+    from hafrm.serve.server import server_config
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    instance = uvicorn.Server(server_config(app, "127.0.0.1", port, limits, log_level="warning"))
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not instance.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert instance.started
+    try:
+        yield port
+    finally:
+        instance.should_exit = True
+        thread.join(timeout=10)

@@ -9,11 +9,11 @@ import time
 
 import httpx
 import pytest
-import uvicorn
+from helpers import running
 
 from hafrm.cli.main import main
 from hafrm.eval.scoring import RewardScorer
-from hafrm.serve.server import DynamicBatcher, ServeLimits, create_app, public_name, server_config
+from hafrm.serve.server import DynamicBatcher, ServeLimits, create_app, public_name
 
 TOKEN = "s3cret"
 LIMITS = ServeLimits(
@@ -41,26 +41,6 @@ def served_model(tiny_model_dir, tokenizer, tmp_path_factory, tiny_causal_lm):
 @pytest.fixture(scope="module")
 def scorer(served_model):
     return RewardScorer(served_model, max_length=128)
-
-
-@contextlib.contextmanager
-def running(app, limits: ServeLimits):
-    """The app under uvicorn, configured as `hafrm serve` configures it, on a free loopback port."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    instance = uvicorn.Server(server_config(app, "127.0.0.1", port, limits, log_level="warning"))
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not instance.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert instance.started
-    try:
-        yield port
-    finally:
-        instance.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -330,7 +310,9 @@ def test_idle_and_slow_connections_are_closed(server, sent):
 
 def test_health_answers_while_a_large_request_is_tokenized(scorer):
     """Tokenization runs off the event loop: /health stays fast while a multi-megabyte request is prepared."""
-    roomy = ServeLimits(max_items=64, max_chars=200_000, max_body_bytes=32 * 2**20, max_batch_size=4)
+    roomy = ServeLimits(
+        max_items=64, max_chars=200_000, max_request_chars=10**7, max_body_bytes=32 * 2**20, max_batch_size=4
+    )
     text = "A long answer about bread and patience, sentence after sentence. " * 3000  # ~200k characters
     with (
         running(create_app(scorer, roomy), roomy) as port,

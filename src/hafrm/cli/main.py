@@ -19,6 +19,7 @@ from hafrm.experiments.curves import PROTOCOLS as CURVE_PROTOCOLS
 from hafrm.io.atomic import write_atomically
 from hafrm.io.filechecks import check_writable_dir, check_writable_file
 from hafrm.rlhf.config import RlhfConfig
+from hafrm.serve.limits import ServeLimits
 from hafrm.training.config import TrainConfig
 
 logger = logging.getLogger("hafrm")
@@ -342,7 +343,7 @@ def add_scored_length(parser: argparse.ArgumentParser) -> None:
 def command_serve(args: argparse.Namespace) -> int:
     import os
 
-    from hafrm.serve.server import ServeLimits, resolve_api_key, serve
+    from hafrm.serve.server import resolve_api_key, serve
 
     api_key = resolve_api_key(
         args.api_key if args.api_key is not None else os.environ.get("HAFRM_API_KEY"), args.no_auth, args.host
@@ -350,7 +351,9 @@ def command_serve(args: argparse.Namespace) -> int:
     limits = ServeLimits(
         max_items=args.max_items,
         max_chars=args.max_chars,
+        max_request_chars=args.max_request_chars,
         max_body_bytes=args.max_body_bytes,
+        max_concurrent=args.max_concurrent,
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
         body_timeout=args.body_timeout,
@@ -488,9 +491,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--no-auth", action="store_true", help="serve a non-loopback host with no authentication")
     add_scored_length(serve)
-    serve.add_argument("--max-items", type=positive, default=256, help="sequences per request")
-    serve.add_argument("--max-chars", type=positive, default=100_000, help="characters per text")
-    serve.add_argument("--max-body-bytes", type=positive, default=16 * 2**20, help="bytes per request body, else 413")
+    defaults = ServeLimits()
+    serve.add_argument("--max-items", type=positive, default=defaults.max_items, help="sequences per request (256)")
+    serve.add_argument(
+        "--max-chars", type=positive, default=defaults.max_chars, help="characters per text, else 413 (100000)"
+    )
+    serve.add_argument(
+        "--max-request-chars",
+        type=positive,
+        default=defaults.max_request_chars,
+        help="characters of all of a request's texts, chat messages joined, else 413 (1000000)",
+    )
+    serve.add_argument(
+        "--max-body-bytes",
+        type=positive,
+        default=defaults.max_body_bytes,
+        help="bytes per request body, else 413 (4 MiB)",
+    )
+    serve.add_argument(
+        "--max-concurrent",
+        type=positive,
+        default=defaults.max_concurrent,
+        help="requests admitted at once, in flight and queued; more get 503 with Retry-After before their body is "
+        "read (8)",
+    )
     serve.add_argument("--max-batch-size", type=positive, default=16, help="sequences per forward pass")
     serve.add_argument(
         "--max-wait-ms", type=number_in_range(float, 0), default=10.0, help="how long a batch waits for more requests"

@@ -10,7 +10,6 @@ end, where the reward is read, is always kept.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -132,12 +131,15 @@ class PairEncoder:
         `...answer<|im_end|>\\n`. A rollout cut off before EOS is scored as given.
         """
         eos = self.tokenizer.eos_token
-        fillers = "|".join(re.escape(t) for t in {self.tokenizer.pad_token, eos} if t)
-        if fillers:
-            text = re.sub(f"\\A(?:{fillers})+", "", text)
-            body = re.sub(f"(?:{fillers})+\\Z", "", text)
-            finished = finished or bool(eos and eos in text[len(body) :])
-            text = body
+        fillers = [t for t in {self.tokenizer.pad_token, eos} if t]
+        start, end = 0, len(text)  # linear scans by index: no copy, no regular expression, whatever the input
+        while stripped := next((t for t in fillers if text.startswith(t, start, end)), None):
+            start += len(stripped)
+        body_end = end
+        while stripped := next((t for t in fillers if text.endswith(t, start, body_end)), None):
+            body_end -= len(stripped)
+        finished = finished or bool(eos and text.find(eos, body_end, end) != -1)
+        text = text[start:body_end]
         turn_end = self.turn_end
         specials = self.tokenizer.all_special_tokens
         for cut in range(len(turn_end), 0, -1):

@@ -2,6 +2,7 @@
 
 Endpoints:
   GET  /health        liveness and the model folder's name
+  GET  /metrics       request counters: admitted, refused as busy, cancelled (client gone), failed
   POST /score         {"items": [{"prompt", "response"}]}            -> {"rewards": [...]}
   POST /compare       {"items": [{"prompt", "response_a", "response_b"}]} -> rewards and P(a preferred)
   POST /get_reward    OpenRLHF remote reward model: {"query": [formatted texts]} -> {"rewards", "scores"}
@@ -12,9 +13,15 @@ sequences, so concurrent RLHF workers share forward passes. No request can fail 
 - every request is parsed, checked and tokenized on its own, in a worker thread (the event loop only
   moves bytes, so /health answers while a large request is tokenized), before it joins a batch;
 - a batch whose forward pass fails is retried request by request, so only the request at fault fails;
-- `RequestGuard` checks the bearer token before a byte of the body is read (401), then reads the body
-  with a size cap (413) and a deadline (408), chunked bodies included;
-- a connection that sends no complete request head within timeout_keep_alive is closed.
+- `RequestGuard` checks the bearer token before a byte of the body is read (401), admits at most
+  max_concurrent requests at once (in flight and queued together; over it 503 with Retry-After, before the body
+  is read), then reads the body with a size cap (413) and a deadline (408), chunked bodies included;
+- a request's texts are capped one by one (max_chars) and together, messages joined (max_request_chars), and
+  JSON nested deeper than the decoder's recursion limit is a 422, so every check is linear in the request's size;
+- a request whose client hangs up is dropped before it is scored (counted as cancelled);
+- a connection that sends no complete request head within timeout_keep_alive is closed;
+- without an API key on a loopback host, a request must name a loopback Host, carry no browser Origin and send
+  application/json: a web page cannot reach the service (CSRF, DNS rebinding).
 
 Every path except /health needs the token when an API key is set.
 """
@@ -22,36 +29,29 @@ Every path except /health needs the token when an API key is set.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import ipaddress
 import json
 import logging
 import math
+import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Request
+import uvicorn
+from fastapi import FastAPI, HTTPException, Request, Response
 from pydantic import BaseModel, Field, ValidationError
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from hafrm.eval.scoring import RewardScorer
+from hafrm.serve.limits import ServeLimits
 
 logger = logging.getLogger("hafrm.serve")
 
 OPEN_PATHS = ("/health",)
-
-
-@dataclass
-class ServeLimits:
-    max_items: int = 256  # items per request
-    max_chars: int = 100_000  # characters per text field
-    max_body_bytes: int = 16 * 2**20
-    max_batch_size: int = 16  # sequences per forward pass
-    max_wait_ms: float = 10.0
-    body_timeout: float = 10.0  # seconds to receive a whole request body
-    timeout_keep_alive: float = 5.0  # seconds a connection may wait without a complete request head
 
 
 class ScoreItem(BaseModel):
@@ -119,32 +119,50 @@ class ClientGone(Exception):
 
 
 class RequestGuard:
-    """Pure ASGI middleware that owns the receive channel: token first, then a bounded, timed body read.
+    """Pure ASGI middleware that owns the receive channel: origin checks (keyless loopback mode), the token,
+    admission, then a bounded, timed body read.
 
-    Checking the token before reading means an anonymous client cannot make the server buffer anything;
-    counting bytes as they arrive enforces max_body_bytes on chunked bodies, which have no Content-Length.
-    The body is handed on whole, so the app never waits on a slow client.
+    Checking the token and admitting before reading means no client can make the server buffer more than
+    max_concurrent bodies; counting bytes as they arrive enforces max_body_bytes on chunked bodies, which have no
+    Content-Length. The body is handed on whole, so the app never waits on a slow client.
     """
 
-    def __init__(self, app, limits: ServeLimits, api_key: str | None):
+    def __init__(self, app, limits: ServeLimits, api_key: str | None, counters: dict, local_only: bool = False):
         self.app = app
         self.limits = limits
         self.key_digest = None if api_key is None else hashlib.sha256(api_key.encode()).digest()
+        self.counters = counters
+        self.local_only = local_only
+        self.admitted = 0
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if self.local_only and (refusal := browser_refusal(scope)):
+            return await send_error(send, *refusal)
         if scope["path"] not in OPEN_PATHS and not self.authorized(scope):
             return await send_error(send, 401, "missing or wrong bearer token", [(b"www-authenticate", b"Bearer")])
+        if scope["method"] != "POST":  # /health, /metrics: nothing to read or score, never refused as busy
+            return await self.app(scope, receive, send)
+        if self.admitted >= self.limits.max_concurrent:
+            self.counters["refused_busy"] += 1
+            return await send_error(
+                send, 503, f"busy: {self.admitted} requests in progress; retry shortly", [(b"retry-after", b"1")]
+            )
+        self.admitted += 1
+        self.counters["admitted"] += 1
         try:
-            body = await asyncio.wait_for(self.read_body(scope, receive), self.limits.body_timeout)
-        except RequestTooLarge:
-            return await send_error(send, 413, f"request body over {self.limits.max_body_bytes} bytes")
-        except asyncio.TimeoutError:
-            return await send_error(send, 408, f"request body not received within {self.limits.body_timeout} s")
-        except ClientGone:
-            return None
-        await self.app(scope, replay(body, receive), send)
+            try:
+                body = await asyncio.wait_for(self.read_body(scope, receive), self.limits.body_timeout)
+            except RequestTooLarge:
+                return await send_error(send, 413, f"request body over {self.limits.max_body_bytes} bytes")
+            except asyncio.TimeoutError:
+                return await send_error(send, 408, f"request body not received within {self.limits.body_timeout} s")
+            except ClientGone:
+                return None
+            await self.app(scope, replay(body, receive), send)
+        finally:
+            self.admitted -= 1
 
     def authorized(self, scope) -> bool:
         """A case-insensitive Bearer scheme and the key, compared in constant time (digests hide the length)."""
@@ -170,6 +188,27 @@ class RequestGuard:
                 raise RequestTooLarge
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def browser_refusal(scope) -> tuple[int, str] | None:
+    """Why a keyless loopback service refuses this request, if it does: a Host that is not a loopback name (DNS
+    rebinding), a browser's Origin (a page of another site), or a body that is not application/json (a form a
+    page may post without asking)."""
+    host = header(scope, b"host").decode("latin-1")
+    name = (
+        host[1 : host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    )
+    if name not in LOOPBACK_NAMES:
+        return 421, "without an API key this service answers only a loopback Host (localhost, 127.0.0.1, [::1])"
+    if header(scope, b"origin"):
+        return 403, "without an API key this service answers no browser page (the request carries an Origin)"
+    kind = header(scope, b"content-type").split(b";")[0].strip().lower()
+    if scope["method"] == "POST" and kind != b"application/json":
+        return 415, "the body must be sent as application/json"
+    return None
 
 
 def header(scope, name: bytes) -> bytes:
@@ -279,19 +318,22 @@ class Preparer:
     def score(self, body: bytes) -> list[list[int]]:
         request = parse(ScoreRequest, body)
         self.check_count(len(request.items))
-        for n, item in enumerate(request.items):
-            self.check_texts(f"items[{n}]", prompt_texts(item.prompt) + [("response", item.response)])
+        texts = [
+            (f"items[{n}]", prompt_texts(i.prompt) + [("response", i.response)]) for n, i in enumerate(request.items)
+        ]
+        self.check_request(texts)
         return [self.encode(f"items[{n}]", item.prompt, item.response) for n, item in enumerate(request.items)]
 
     def compare(self, body: bytes) -> list[list[int]]:
         """Sequences a0, b0, a1, b1, ..."""
         request = parse(CompareRequest, body)
         self.check_count(2 * len(request.items))
-        for n, item in enumerate(request.items):
-            self.check_texts(
-                f"items[{n}]",
-                prompt_texts(item.prompt) + [("response_a", item.response_a), ("response_b", item.response_b)],
-            )
+        self.check_request(
+            [
+                (f"items[{n}]", prompt_texts(i.prompt) + [("response_a", i.response_a), ("response_b", i.response_b)])
+                for n, i in enumerate(request.items)
+            ]
+        )
         return [
             self.encode(f"items[{n}]", item.prompt, r)
             for n, item in enumerate(request.items)
@@ -301,7 +343,7 @@ class Preparer:
     def get_reward(self, body: bytes) -> list[list[int]]:
         request = parse(OpenRLHFRequest, body)
         self.check_count(len(request.query))
-        self.check_texts("query", [(f"[{n}]", q) for n, q in enumerate(request.query)])
+        self.check_request([("query", [(f"[{n}]", q) for n, q in enumerate(request.query)])])
         return [
             self.nonempty(f"query[{n}]", self.guarded(self.scorer.encode_text, q)) for n, q in enumerate(request.query)
         ]
@@ -309,6 +351,17 @@ class Preparer:
     def check_count(self, items: int) -> None:
         if items > self.limits.max_items:
             raise HTTPException(413, f"{items} items; at most {self.limits.max_items} per request")
+
+    def check_request(self, groups: list[tuple[str, list[tuple[str, str]]]]) -> None:
+        """Every text checked (`check_texts`) and all of them together within max_request_chars."""
+        total = 0
+        for where, texts in groups:
+            self.check_texts(where, texts)
+            total += sum(len(text) for _, text in texts)
+        if total > self.limits.max_request_chars:
+            raise HTTPException(
+                413, f"{total} characters in the request's texts; at most {self.limits.max_request_chars}"
+            )
 
     def check_texts(self, where: str, texts: list[tuple[str, str]]) -> None:
         """Every text non-blank (a blank one has nothing to score), within max_chars, and valid Unicode."""
@@ -346,6 +399,8 @@ def parse(model: type[BaseModel], body: bytes) -> BaseModel:
         data = json.loads(body, parse_constant=reject_constant)
     except ValueError as error:  # JSONDecodeError and UnicodeDecodeError included
         raise HTTPException(422, f"body is not valid JSON: {error}") from None
+    except RecursionError:  # the decoder recurses once per level: a deep body is refused, not a crash
+        raise HTTPException(422, "body nests JSON too deeply") from None
     try:
         return model.model_validate(data)
     except ValidationError as error:
@@ -363,14 +418,20 @@ def prompt_texts(prompt) -> list[tuple[str, str]]:
 
 
 def create_app(
-    scorer: RewardScorer, limits: ServeLimits | None = None, api_key: str | None = None, model_name: str = ""
+    scorer: RewardScorer,
+    limits: ServeLimits | None = None,
+    api_key: str | None = None,
+    model_name: str = "",
+    local_only: bool = False,
 ) -> RequestGuard:
-    """The service as an ASGI app: the FastAPI routes inside a RequestGuard. An empty api_key is refused."""
+    """The service as an ASGI app: the FastAPI routes inside a RequestGuard. An empty api_key is refused.
+    local_only: keyless on a loopback host, so browser pages are refused (`browser_refusal`)."""
     limits = limits or ServeLimits()
     if api_key is not None and not api_key.strip():
         raise ValueError("the API key is empty")
     batcher = DynamicBatcher(scorer, limits)
     prepare = Preparer(scorer, limits)
+    counters = dict.fromkeys(("admitted", "refused_busy", "cancelled_client_gone", "failed"), 0)
 
     async def lifespan(app):
         batcher.start()
@@ -379,37 +440,77 @@ def create_app(
 
     app = FastAPI(title="hafrm reward service", lifespan=lifespan)
 
-    async def rewards_for(request: Request, prepare_body) -> list[float]:
+    async def rewards_for(request: Request, prepare_body, item_name) -> list[float] | None:
+        """The request's rewards, or None if its client hung up first (then nothing of it is scored)."""
         sequences = await asyncio.to_thread(prepare_body, await request.body())
+        scoring = asyncio.ensure_future(batcher.score(sequences))
+        gone = asyncio.ensure_future(client_gone(request))
+        await asyncio.wait({scoring, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not scoring.done():  # the batcher skips a request whose future is cancelled
+            scoring.cancel()
+            counters["cancelled_client_gone"] += 1
+            return None
+        gone.cancel()
         try:
-            return await batcher.score(sequences)
+            rewards = scoring.result()
         except Exception as error:
+            counters["failed"] += 1
             raise HTTPException(500, f"scoring failed: {type(error).__name__}") from error
+        bad = next((n for n, reward in enumerate(rewards) if not math.isfinite(reward)), None)
+        if bad is not None:
+            counters["failed"] += 1
+            raise HTTPException(500, f"{item_name(bad)}: the model's reward is not finite ({rewards[bad]})")
+        return rewards
 
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": model_name}
 
+    @app.get("/metrics")
+    async def metrics():
+        return {**counters, "in_progress": guard.admitted}
+
     @app.post("/score")
     async def score(request: Request):
-        return {"rewards": await rewards_for(request, prepare.score)}
+        rewards = await rewards_for(request, prepare.score, lambda n: f"items[{n}]")
+        return {"rewards": rewards} if rewards is not None else CLIENT_GONE
 
     @app.post("/compare")
     async def compare(request: Request):
-        rewards = await rewards_for(request, prepare.compare)
+        rewards = await rewards_for(request, prepare.compare, lambda n: f"items[{n // 2}].response_{'ab'[n % 2]}")
+        if rewards is None:
+            return CLIENT_GONE
         pairs = list(zip(rewards[0::2], rewards[1::2]))
         return {
             "reward_a": [a for a, _ in pairs],
             "reward_b": [b for _, b in pairs],
-            "prob_a_preferred": [1 / (1 + math.exp(b - a)) for a, b in pairs],
+            "prob_a_preferred": [sigmoid(a - b) for a, b in pairs],
         }
 
     @app.post("/get_reward")
     async def get_reward(request: Request):
-        rewards = await rewards_for(request, prepare.get_reward)
-        return {"rewards": rewards, "scores": rewards}
+        rewards = await rewards_for(request, prepare.get_reward, lambda n: f"query[{n}]")
+        return {"rewards": rewards, "scores": rewards} if rewards is not None else CLIENT_GONE
 
-    return RequestGuard(app, limits, api_key)
+    guard = RequestGuard(app, limits, api_key, counters, local_only)
+    return guard
+
+
+CLIENT_GONE = Response(status_code=499)  # nginx's "client closed request": nobody is there to read it
+
+
+async def client_gone(request: Request) -> None:
+    """Returns once the client has disconnected (polled: a request whose body is read has nothing else to say)."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.05)
+
+
+def sigmoid(x: float) -> float:
+    """1 / (1 + exp(-x)) without overflow for any finite x."""
+    if x >= 0:
+        return 1 / (1 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1 + e)
 
 
 class HeadTimeoutProtocol(H11Protocol):
@@ -446,8 +547,6 @@ def public_name(model_dir: str | Path) -> str:
 
 
 def server_config(app, host: str, port: int, limits: ServeLimits, log_level: str = "info"):
-    import uvicorn
-
     return uvicorn.Config(
         app,
         host=host,
@@ -458,6 +557,23 @@ def server_config(app, host: str, port: int, limits: ServeLimits, log_level: str
     )
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn's Server with SIGHUP handled as SIGTERM is: the requests in flight finish, then it exits (SIGHUP's
+    default would end the process at once, dropping them)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        with super().capture_signals():
+            if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+                yield
+                return
+            previous = signal.signal(signal.SIGHUP, self.handle_exit)
+            try:
+                yield
+            finally:
+                signal.signal(signal.SIGHUP, previous)
+
+
 def serve(
     model_dir: str,
     host: str = "127.0.0.1",
@@ -466,8 +582,9 @@ def serve(
     limits: ServeLimits | None = None,
     max_length: int = 512,
 ) -> None:
-    import uvicorn
-
+    """Serve until SIGINT, SIGTERM or SIGHUP, each of which drains the requests in flight first."""
     limits = limits or ServeLimits()
-    app = create_app(RewardScorer(model_dir, max_length=max_length), limits, api_key, model_name=public_name(model_dir))
-    uvicorn.Server(server_config(app, host, port, limits)).run()
+    scorer = RewardScorer(model_dir, max_length=max_length)
+    local_only = api_key is None and is_loopback(host)
+    app = create_app(scorer, limits, api_key, model_name=public_name(model_dir), local_only=local_only)
+    DrainingServer(server_config(app, host, port, limits)).run()
