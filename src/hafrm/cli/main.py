@@ -430,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("checkpoint", help="a checkpoint-N folder of a hafrm train run")
     export.add_argument("output_dir", help="a new folder for the export")
+    add_trust_flag(export)
     export.set_defaults(handler=command_export)
 
     evaluate = commands.add_parser("eval", help="pairwise accuracy: reward head, implicit DPO reward, combined")
@@ -454,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--reference", help="reference policy (default: the base model recorded at training)")
     evaluate.add_argument("--on-bad-row", choices=("error", "skip"), default="error", help=BAD_ROW_HELP)
     evaluate.add_argument("--output", help="write the JSON results here too")
+    add_trust_flag(evaluate)
     evaluate.set_defaults(handler=command_eval)
 
     score = commands.add_parser("score", help="score prompt/response rows of a JSONL/CSV/Parquet file")
@@ -470,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--batch-size", type=number_in_range(int, 1), default=8, help="rows per forward pass (default: 8)"
     )
+    add_trust_flag(score)
     score.set_defaults(handler=command_score)
 
     serve = commands.add_parser(
@@ -531,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         help="seconds a connection (new or kept alive) may wait without sending a complete request head",
     )
+    add_trust_flag(serve)
     serve.set_defaults(handler=command_serve)
 
     best = commands.add_parser(
@@ -586,6 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         help="also write the results with every candidate and each model's scores as JSON (see --candidates)",
     )
+    add_trust_flag(best)
     best.set_defaults(handler=command_best_of_n)
 
     rlhf = commands.add_parser(
@@ -648,6 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=number_in_range(int, 1), default=8, help="prompts or sequences per pass (8)"
     )
     policy_eval.add_argument("--output", required=True, help="JSON lines: the prompts, then one line per completion")
+    add_trust_flag(policy_eval)
     policy_eval.set_defaults(handler=command_policy_eval)
 
     report = commands.add_parser(
@@ -714,9 +720,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_trust_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let model folders run their own Python code (an auto_map); only for folders you trust (default: off, "
+        "and such a folder is refused in one line)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    from hafrm.io.remote_code import trust_remote_code
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    trust_remote_code(bool(getattr(args, "trust_remote_code", False)))  # train and rlhf set it from their config
     try:
         return args.handler(args)
     except (DataError, OSError, ValueError, FloatingPointError) as error:

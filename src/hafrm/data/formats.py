@@ -9,6 +9,7 @@ identical or empty responses) and `DataError` for rows that do not fit the schem
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 
@@ -98,6 +99,8 @@ def canonical(row: dict, where: str) -> dict:
             extra["margin"] = float(row["margin"])
         except (TypeError, ValueError) as error:
             raise DataError(f"{where}: 'margin' must be a number, got {row['margin']!r}") from error
+        if not math.isfinite(extra["margin"]):
+            raise DataError(f"{where}: 'margin' must be a finite number, got {row['margin']!r}")
     if row.get("subset") is not None:
         extra["subset"] = str(row["subset"])
     prompt = as_messages(row["prompt"], where)

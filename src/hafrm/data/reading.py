@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,8 +91,20 @@ def _bad_row(message: str, where: str, on_error: str, report: SkipReport | None)
     report.skip(message.split(":")[0], where)
 
 
+@contextlib.contextmanager
+def _file_errors(path: Path):
+    """An error of the file itself (a truncated or corrupt gzip stream, an unreadable file) is one DataError naming
+    the file, whatever on_error says: skipping rows cannot make a cut-off file whole."""
+    try:
+        yield
+    except EOFError as error:
+        raise DataError(f"{path}: the file is truncated (its compressed stream ends early: {error})") from None
+    except (OSError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: cannot be read: {' '.join(str(error).split())}") from None
+
+
 def _read_jsonl(path: Path, on_error: str, report: SkipReport | None) -> Iterator[Row]:
-    with _open_bytes(path) as handle:
+    with _file_errors(path), _open_bytes(path) as handle:
         for line_number, raw in enumerate(handle, start=1):
             where = f"{path}:{line_number}"
             if not raw.strip():
@@ -111,7 +124,7 @@ def _read_jsonl(path: Path, on_error: str, report: SkipReport | None) -> Iterato
 
 
 def _read_json_array(path: Path) -> Iterator[Row]:
-    with _open_bytes(path) as handle:
+    with _file_errors(path), _open_bytes(path) as handle:
         try:
             data = json.loads(handle.read().decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from hafrm.io.portable import make_portable
+from hafrm.io.remote_code import remote_code_trusted
 
 # The folders of a hafrm output (one place names them): the reward model and the policy as Hugging Face models,
 # and the LoRA adapter of LoRA runs.
@@ -85,7 +86,11 @@ def save_reward_adapter(peft_model, score: nn.Linear, tokenizer, directory: Path
     # its path in the causal LM is its path in the sequence classifier too: both hold the backbone at the same name
     embedding_path = next(name for name, module in causal_lm.named_modules() if module is embeddings)
     base = config.base_model_name_or_path  # None for a model built in memory: nothing to have grown from
-    base_vocab = AutoConfig.from_pretrained(base).get_text_config().vocab_size if base else embeddings.weight.shape[0]
+    base_vocab = (
+        AutoConfig.from_pretrained(base, trust_remote_code=remote_code_trusted()).get_text_config().vocab_size
+        if base
+        else embeddings.weight.shape[0]
+    )
     grown = embeddings.weight.shape[0] != base_vocab
     config.task_type = "SEQ_CLS"
     config.modules_to_save = ["score", *([embedding_path.rsplit(".", 1)[-1]] if grown else [])]

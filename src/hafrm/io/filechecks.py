@@ -94,6 +94,8 @@ def _nearest_existing(path: Path) -> Path:
 def check_writable_dir(path: str | Path, what: str = "output folder") -> None:
     """The folder exists and is writable, or can be created; raises before anything is written."""
     path = Path(path).expanduser()
+    if path.is_symlink() and not path.exists():
+        raise ValueError(f"{what} {path} is a symbolic link to {os.readlink(path)}, which does not exist")
     if path.exists() and not path.is_dir():
         raise ValueError(f"{what} {path} is a file, not a folder")
     existing = _nearest_existing(path.absolute())
@@ -101,6 +103,16 @@ def check_writable_dir(path: str | Path, what: str = "output folder") -> None:
         raise ValueError(f"{what} {path} cannot be created: {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"{what} {path} is not writable (no write permission on {existing})")
+
+
+def check_apart_from_data(output_dir: str | Path, data: list[str | None]) -> None:
+    """An output folder that is a data folder, or inside one, is refused: what a run writes there (JSON records,
+    checkpoints) would be read back as data by the next run."""
+    output = Path(output_dir).expanduser().resolve()
+    for source in data:
+        folder = Path(source).expanduser() if source else None
+        if folder is not None and folder.is_dir() and output.is_relative_to(folder.resolve()):
+            raise ValueError(f"output folder {output_dir} is inside the data folder {source}: give another one")
 
 
 def check_writable_file(path: str | Path, what: str = "output file") -> None:

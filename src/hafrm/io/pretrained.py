@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -11,6 +12,7 @@ import torch
 from hafrm.io.defaults import default_model_path
 from hafrm.io.export import POLICY_DIR
 from hafrm.io.filechecks import check_model_folder, first_line
+from hafrm.io.remote_code import remote_code_refused, remote_code_trusted
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +49,26 @@ def resolve_dtype(dtype: str) -> torch.dtype:
 PAD_FALLBACK_TOKEN = "<|pad|>"
 
 
+@contextmanager
+def named_if_missing(path: str):
+    """A name that is no local folder and could not be loaded from the hub either is one line saying both, instead
+    of the hub client's words about connections or repo-id syntax."""
+    try:
+        yield
+    except (OSError, ValueError) as error:
+        if Path(path).expanduser().exists() or "trust_remote_code" in str(error):
+            raise
+        raise ValueError(
+            f"{path}: no such local model folder, and no hub model of that name could be loaded ({first_line(error)})"
+        ) from None
+
+
 def load_tokenizer(path: str):
     """The model's tokenizer with a pad token that can never be part of a conversation (see `choose_pad_token`)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    with remote_code_refused(path), named_if_missing(path):
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote_code_trusted())
     tokenizer.pad_token = choose_pad_token(tokenizer)
     return tokenizer
 
@@ -163,7 +180,10 @@ def load_pretrained(auto_class, path: str, dtype: torch.dtype, attention: str | 
     use_safetensors = True if any(Path(path).expanduser().glob("*.safetensors")) else None
     try:
         kwargs = {"attn_implementation": attention} if attention else {}
-        return auto_class.from_pretrained(path, dtype=dtype, use_safetensors=use_safetensors, **kwargs)
+        with remote_code_refused(path):
+            return auto_class.from_pretrained(
+                path, dtype=dtype, use_safetensors=use_safetensors, trust_remote_code=remote_code_trusted(), **kwargs
+            )
     except pickle.UnpicklingError as error:
         refused = next((line for line in str(error).splitlines() if "GLOBAL" in line), first_line(error))
         raise ValueError(

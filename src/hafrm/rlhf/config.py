@@ -56,6 +56,10 @@ class RlhfConfig:
             "unset: the embedded SmolLM2-135M-Instruct"
         },
     )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "let model folders run their own Python code (auto_map); only for folders you trust"},
+    )
     # GRPO
     num_generations: int = field(
         default=4, metadata={"help": "completions sampled per prompt; GRPO compares them within the group (>= 2)"}

@@ -34,6 +34,7 @@ from hafrm.io.export import ADAPTER_DIR, POLICY_DIR
 from hafrm.io.filechecks import safetensors_problem
 from hafrm.io.locking import output_lock
 from hafrm.io.pretrained import load_causal_lm, load_tokenizer, resolve_policy_path
+from hafrm.io.remote_code import trust_remote_code
 from hafrm.rlhf.config import RlhfConfig
 from hafrm.serve.rlhf import reward_function, spec_model_head
 from hafrm.training.pipeline import claim_output_dir
@@ -205,6 +206,7 @@ def preflight(config: RlhfConfig) -> str:
 
 def train_policy(config: RlhfConfig, callbacks: list | None = None) -> Path:
     """Train the policy and write the folders above, holding output_dir's lock; returns output_dir."""
+    trust_remote_code(config.trust_remote_code)
     with output_lock(config.output_dir):
         return _train_policy(config, callbacks)
 

@@ -46,6 +46,13 @@ class TrainConfig:
         default=LoraSettings.target_modules,
         metadata={"help": "modules LoRA adapts: 'all-linear' or comma-separated module names"},
     )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "let the model folder run its own Python code (an auto_map in its config or tokenizer config); "
+            "only for folders you trust. Off: such a folder is refused in one line"
+        },
+    )
     dtype: str = field(
         default="auto",
         metadata={

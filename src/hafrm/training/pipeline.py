@@ -31,7 +31,7 @@ from hafrm.eval.metrics import (
 from hafrm.io.atomic import write_atomically
 from hafrm.io.defaults import DEFAULT_EVAL_DATA, DEFAULT_MODEL_HUB_ID, DEFAULT_TRAIN_DATA
 from hafrm.io.export import RUN_RECORD_FILE, TRAINABLE_STATE_FILE
-from hafrm.io.filechecks import check_model_folder, check_writable_dir
+from hafrm.io.filechecks import check_apart_from_data, check_model_folder, check_writable_dir
 from hafrm.io.locking import output_lock
 from hafrm.io.pretrained import (
     check_attention_trains,
@@ -41,6 +41,7 @@ from hafrm.io.pretrained import (
     resolve_dtype,
     resolve_model_path,
 )
+from hafrm.io.remote_code import trust_remote_code
 from hafrm.model.hybrid import METADATA_FILE, PADDED_LAST_COLUMN, HybridRewardModel, LoraSettings
 from hafrm.training.config import TrainConfig, world_size
 from hafrm.training.precompute import add_reference_logps, cached_trunk_states
@@ -325,6 +326,7 @@ def preflight(config: TrainConfig, train_in_memory: bool = False, eval_in_memory
     loss settings, the TrainingArguments, the attention kernel on the run's device, and the checkpoint to resume
     from."""
     claim_output_dir(config.output_dir, config.resume_from_checkpoint, config.overwrite_output_dir)
+    check_apart_from_data(config.output_dir, [config.train_data, config.eval_data])
     if config.model not in (None, "", "default"):
         check_model_folder(config.model)
     config.objective()
@@ -392,6 +394,7 @@ def train(
     }
     if paths:
         config = dataclasses.replace(config, **paths)
+    trust_remote_code(config.trust_remote_code)
     with output_lock(config.output_dir):
         return _train(config, callbacks, train_rows, eval_rows)
 
