@@ -1,10 +1,14 @@
-"""Load test of `hafrm serve` on loopback: healthy requests with malformed and oversized ones mixed in.
+"""Load test of `hafrm serve` on loopback: healthy requests with malformed, oversized and hostile ones mixed in.
 
-Starts the server as a subprocess (a tiny random model with the default tokenizer, or --model-dir), sends
---requests requests at --concurrency with --bad-fraction of them bad, while a separate prober process times
-GET /health. Reports healthy requests failed (the target is 0), /health latency under load, and the server's
-resident memory before and after (MALLOC_MMAP_THRESHOLD_ as in the training benchmark, so freed buffers go
-back to the system and RSS tracks live memory). Bounded: --time-limit seconds in all.
+Starts the server as a subprocess with its default limits (a tiny random model with the default tokenizer, or
+--model-dir), sends --requests requests at --concurrency with --bad-fraction of them bad or hostile (the attacks of
+issue 44: a quadratic-regex bait, deeply nested JSON, a flood of chat messages, clients that hang up after sending
+a large request), while a separate prober process times GET /health. A healthy request refused as busy (503) is
+retried after its Retry-After, as a client should; it fails only if it never gets its rewards. Reports healthy
+requests failed (the target is 0), /health latency under load, the server's resident memory idle, at its peak
+(VmHWM) and settled 10 s after the run (MALLOC_MMAP_THRESHOLD_ as in the training benchmark, so freed buffers go
+back to the system), and the CPU each process used (on 2 cores the load generator competes with the server).
+Bounded: --time-limit seconds in all.
 
     python benchmarks/serve_load.py                      # tiny model
     python benchmarks/serve_load.py --model-dir outputs/hafrm
@@ -31,9 +35,12 @@ from pathlib import Path
 
 import httpx
 
+from hafrm.serve.limits import ServeLimits
+
 TOKEN = "load-test-token"
-MAX_BODY_BYTES = 2**20
-MAX_ITEMS = 64
+LIMITS = ServeLimits()  # the server runs with its defaults
+MAX_BODY_BYTES = LIMITS.max_body_bytes
+MAX_ITEMS = LIMITS.max_items
 WORDS = [
     "bread",
     "oven",
@@ -86,13 +93,15 @@ def main() -> None:
             probe_results, stop_probe = multiprocessing.Queue(), multiprocessing.Event()
             prober = multiprocessing.Process(target=probe_health, args=(base, stop_probe, probe_results))
             prober.start()
-            start = time.monotonic()
+            start, server_cpu, own_cpu = time.monotonic(), cpu_seconds(server.pid), sum(os.times()[:2])
             outcomes = asyncio.run(send_all(requests, base, args.concurrency, deadline))
             elapsed = time.monotonic() - start
+            cpu = {"server": cpu_seconds(server.pid) - server_cpu, "load generator": sum(os.times()[:2]) - own_cpu}
             stop_probe.set()
-            latencies = probe_results.get(timeout=30)
+            latencies, cpu["/health prober"] = probe_results.get(timeout=30)
             prober.join(timeout=10)
-            time.sleep(1.0)  # let the server finish closing connections
+            rss_peak = rss_kib(server.pid, "VmHWM")
+            time.sleep(10.0)  # idle: what the server keeps once the burst is over
             rss_after = rss_kib(server.pid)
         finally:
             server.send_signal(signal.SIGINT)
@@ -100,7 +109,8 @@ def main() -> None:
                 server.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 server.kill()
-        report(args, model_dir, outcomes, elapsed, latencies, (rss_started, rss_before, rss_after), log_path)
+        rss = (rss_started, rss_before, rss_peak, rss_after)
+        report(args, model_dir, outcomes, elapsed, latencies, rss, cpu, log_path)
 
 
 def build_tiny_model(folder: Path) -> str:
@@ -134,10 +144,6 @@ def start_server(model_dir: str, port: int, log_path: Path) -> subprocess.Popen:
         str(port),
         "--api-key",
         TOKEN,
-        "--max-body-bytes",
-        str(MAX_BODY_BYTES),
-        "--max-items",
-        str(MAX_ITEMS),
     ]
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(command, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
@@ -155,11 +161,12 @@ def wait_until_up(base: str, server: subprocess.Popen, log_path: Path, deadline:
     sys.exit("the server did not start within the time limit")
 
 
-def rss_kib(pid: int) -> int:
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """Resident memory now (VmRSS) or at its peak so far (VmHWM), in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field}")
 
 
 def text(rng: random.Random, low: int, high: int) -> str:
@@ -205,6 +212,15 @@ BAD = [
     ("too many items", "/get_reward", json.dumps({"query": ["x"] * (MAX_ITEMS + 1)}).encode(), 413),
     ("oversized chunked body", "/get_reward", None, 413),
     ("no token", "/score", b'{"items": [{"prompt": "q", "response": "r"}]}', 401),
+    ("deeply nested JSON", "/score", b"[" * 100_000 + b"]" * 100_000, 422),
+    (
+        "message flood",
+        "/score",
+        json.dumps({"items": [{"prompt": [{"role": "user", "content": "m" * 999}] * 1500, "response": "r"}]}).encode(),
+        413,
+    ),
+    ("regex bait", "/get_reward", json.dumps({"query": ["x" + "<|im_end|>" * 9000 + "y"]}).encode(), 200),
+    ("hang-up", "/score", json.dumps({"items": [{"prompt": "q " * 700, "response": "r " * 700}] * 64}).encode(), None),
 ]
 
 
@@ -236,19 +252,47 @@ async def send_all(requests: list[dict], base: str, concurrency: int, deadline: 
 async def worker(client: httpx.AsyncClient, queue: asyncio.Queue, outcomes: list, deadline: float) -> None:
     while not queue.empty() and time.monotonic() < deadline:
         request = queue.get_nowait()
+        if request["kind"] == "hang-up":
+            outcomes.append({**request, "status": await hang_up(client, request), "body": "", "busy": 0})
+            continue
         headers = {"content-type": "application/json"}
         if request["kind"] != "no token":
             headers["authorization"] = f"Bearer {TOKEN}"
-        content = request["content"] if request["content"] is not None else oversized_chunks()
-        try:
-            response = await client.post(request["path"], content=content, headers=headers)
-            outcomes.append({**request, "status": response.status_code, "body": response.text})
-        except httpx.HTTPError as error:  # e.g. the server closed an oversized upload midway: a refusal
-            outcomes.append({**request, "status": type(error).__name__, "body": ""})
+        busy = 0
+        while True:
+            content = request["content"] if request["content"] is not None else oversized_chunks()
+            try:
+                response = await client.post(request["path"], content=content, headers=headers)
+            except httpx.HTTPError as error:  # e.g. the server closed an oversized upload midway: a refusal
+                outcomes.append({**request, "status": type(error).__name__, "body": "", "busy": busy})
+                break
+            if response.status_code == 503 and busy < 60 and time.monotonic() < deadline:
+                busy += 1  # refused before its body was read: retry after the time the server asks for
+                await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+                continue
+            outcomes.append({**request, "status": response.status_code, "body": response.text, "busy": busy})
+            break
+
+
+async def hang_up(client: httpx.AsyncClient, request: dict) -> str:
+    """Send the whole request on a connection of its own, then close it before the answer comes."""
+    host, port = str(client.base_url.host), client.base_url.port
+    reader, writer = await asyncio.open_connection(host, port)
+    body = request["content"]
+    head = (
+        f"POST {request['path']} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    writer.write(head.encode() + body)
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.close()
+    return "hung up"
 
 
 def probe_health(base: str, stop, results) -> None:
-    """In its own process, so the load generator's event loop does not add to the latencies measured."""
+    """In its own process, so the load generator's event loop does not add to the latencies measured; also reports
+    the CPU seconds it used."""
     latencies = []
     with httpx.Client(base_url=base, timeout=30) as client:
         while not stop.is_set():
@@ -256,7 +300,14 @@ def probe_health(base: str, stop, results) -> None:
             client.get("/health").raise_for_status()
             latencies.append(time.perf_counter() - start)
             time.sleep(0.02)
-    results.put(latencies)
+    times = os.times()
+    results.put((latencies, times.user + times.system))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/PID/stat, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def healthy_failures(outcomes: list[dict]) -> list[str]:
@@ -264,7 +315,7 @@ def healthy_failures(outcomes: list[dict]) -> list[str]:
     repeats."""
     failures, first_seen = [], {}
     for outcome in outcomes:
-        if outcome["expect"] != 200:
+        if "items" not in outcome:  # bad or hostile
             continue
         if outcome["status"] != 200:
             failures.append(f"{outcome['path']}: {outcome['status']} {outcome['body'][:200]}")
@@ -280,10 +331,10 @@ def healthy_failures(outcomes: list[dict]) -> list[str]:
     return failures
 
 
-def report(args, model_dir, outcomes, elapsed, latencies, rss, log_path) -> None:
-    rss_started, rss_before, rss_after = rss
+def report(args, model_dir, outcomes, elapsed, latencies, rss, cpu, log_path) -> None:
+    rss_started, rss_before, rss_peak, rss_after = rss
     failures = healthy_failures(outcomes)
-    bad = [o for o in outcomes if o["expect"] != 200]
+    bad = [o for o in outcomes if "items" not in o]
     bad_statuses = Counter((o["kind"], o["status"]) for o in bad)
     server_errors = [o for o in outcomes if isinstance(o["status"], int) and o["status"] >= 500]
     quantiles = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [float("nan")] * 99
@@ -296,7 +347,11 @@ def report(args, model_dir, outcomes, elapsed, latencies, rss, log_path) -> None
         f"concurrency {args.concurrency}, "
         f"{len(bad)} bad mixed in"
     )
-    print(f"healthy requests failed: {len(failures)} of {len(outcomes) - len(bad)}")
+    retried = [o for o in outcomes if "items" in o and o.get("busy")]
+    print(
+        f"healthy requests failed: {len(failures)} of {len(outcomes) - len(bad)} "
+        f"({len(retried)} were refused as busy first and retried, {sum(o['busy'] for o in retried)} refusals)"
+    )
     for failure in failures[:10]:
         print(f"  {failure}")
     print(f"server errors (5xx), any request: {len(server_errors)}")
@@ -310,8 +365,15 @@ def report(args, model_dir, outcomes, elapsed, latencies, rss, log_path) -> None
         f"max {max(latencies, default=float('nan')) * 1000:.1f} ms"
     )
     print(
-        f"server RSS: {rss_started / 1024:.0f} MiB after start, {rss_before / 1024:.0f} MiB after warm-up (before), "
-        f"{rss_after / 1024:.0f} MiB after the run ({100 * (rss_after / rss_before - 1):+.1f}% vs before)"
+        f"server RSS: {rss_started / 1024:.0f} MiB after start, {rss_before / 1024:.0f} MiB idle after warm-up, "
+        f"peak {rss_peak / 1024:.0f} MiB, {rss_after / 1024:.0f} MiB settled 10 s after the run "
+        f"({(rss_after - rss_before) / 1024:+.0f} MiB vs idle)"
+    )
+    print(
+        f"CPU over the run's {elapsed:.0f} s on {os.cpu_count()} cores: "
+        + ", ".join(
+            f"{name} {seconds:.0f} s ({100 * seconds / elapsed:.0f}% of one core)" for name, seconds in cpu.items()
+        )
     )
     if server_errors:
         print(f"server log tail:\n{log_path.read_text()[-3000:]}")
