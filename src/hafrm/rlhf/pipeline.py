@@ -37,7 +37,7 @@ from hafrm.io.pretrained import load_causal_lm, load_tokenizer, resolve_policy_p
 from hafrm.io.remote_code import trust_remote_code
 from hafrm.rlhf.config import RlhfConfig
 from hafrm.serve.rlhf import reward_function, spec_model_head
-from hafrm.training.pipeline import claim_output_dir
+from hafrm.training.pipeline import check_trackers, claim_output_dir
 
 logger = logging.getLogger(__name__)
 RECORD_FILE = "rlhf.json"
@@ -195,6 +195,7 @@ def preflight(config: RlhfConfig) -> str:
     """The checks that need no model: the output folder, the reward model's name and folder, the start policy's
     folder, the checkpoint to resume from. Returns the start policy's path."""
     claim_output_dir(config.output_dir, config.resume_from_checkpoint, config.overwrite_output_dir, RECORD_FILE)
+    check_trackers(config.report_to)
     spec_model_head(config.reward_model)
     policy_path = resolve_policy_path(config.policy)
     from hafrm.io.filechecks import check_model_folder

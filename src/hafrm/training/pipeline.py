@@ -314,6 +314,35 @@ def claim_output_dir(output_dir: str, resume: str | None, overwrite: bool, recor
         shutil.rmtree(checkpoint, ignore_errors=True)  # ignore_errors: other processes of a distributed run do the same
 
 
+# The package each transformers tracker needs, where its name is not the tracker's own.
+TRACKER_PACKAGES = {"azure_ml": "azureml-core", "comet_ml": "comet-ml", "flyte": "flytekit", "kubeflow": "kubeflow"}
+
+
+def check_trackers(report_to: str | list[str]) -> None:
+    """Every tracker in report_to can be used now: one line naming the package to install, before any model or data
+    is loaded (transformers would fail only once training starts, after the reference pass)."""
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    names = [n.strip() for n in (report_to.split(",") if isinstance(report_to, str) else report_to) if n.strip()]
+    available = set(get_available_reporting_integrations())
+    for name in names:
+        if name in ("none", "all"):
+            continue
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise ValueError(
+                f"report_to {name!r} is no tracker transformers knows; known: {', '.join(INTEGRATION_TO_CALLBACK)}"
+            )
+        if name not in available:
+            package = TRACKER_PACKAGES.get(name, name)
+            raise ValueError(
+                f"report_to {name} needs the package {package}: pip install {package}"
+                + (' (or pip install "hafrm[trackers]")' if name == "tensorboard" else "")
+            )
+
+
 def has_eval_set(config: TrainConfig, train_in_memory: bool = False, eval_in_memory: bool = False) -> bool:
     """Whether load_splits will build an eval set: given eval data, the shipped default, or a fraction of train."""
     own_train_data = config.train_data is not None or train_in_memory
@@ -330,6 +359,7 @@ def preflight(config: TrainConfig, train_in_memory: bool = False, eval_in_memory
     if config.model not in (None, "", "default"):
         check_model_folder(config.model)
     config.objective()
+    check_trackers(config.report_to)
     args = training_arguments(config, has_eval_set(config, train_in_memory, eval_in_memory))
     check_attention_trains(config.attn_implementation, args.device)
     resume_point(config)
