@@ -216,7 +216,8 @@ def command_score(args: argparse.Namespace) -> int:
     if args.output:
         check_writable_file(args.output)
     rows = read_scoring_rows(args.input, args.prompt_column, args.response_column)
-    rows = score_rows(RewardScorer(args.model_dir, max_length=args.max_length), rows, args.batch_size)
+    scorer = RewardScorer(args.model_dir, max_length=args.max_length, label_index=args.label_index)
+    rows = score_rows(scorer, rows, args.batch_size)
     lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     if args.output:
         Path(args.output).write_text(lines)
@@ -330,6 +331,14 @@ def number_in_range(kind, low, high=None):
     return parse
 
 
+def add_label_index(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--label-index",
+        type=number_in_range(int, 0),
+        help="the logit read as the reward, for a classifier of several labels (refused without it)",
+    )
+
+
 def add_scored_length(parser: argparse.ArgumentParser) -> None:
     """--max-length of the commands that score single responses (score, serve, best-of-n)."""
     parser.add_argument(
@@ -359,7 +368,7 @@ def command_serve(args: argparse.Namespace) -> int:
         body_timeout=args.body_timeout,
         timeout_keep_alive=args.timeout_keep_alive,
     )
-    serve(args.model_dir, args.host, args.port, api_key, limits, args.max_length)
+    serve(args.model_dir, args.host, args.port, api_key, limits, args.max_length, args.label_index)
     return 0
 
 
@@ -472,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--batch-size", type=number_in_range(int, 1), default=8, help="rows per forward pass (default: 8)"
     )
+    add_label_index(score)
     add_trust_flag(score)
     score.set_defaults(handler=command_score)
 
@@ -534,6 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         help="seconds a connection (new or kept alive) may wait without sending a complete request head",
     )
+    add_label_index(serve)
     add_trust_flag(serve)
     serve.set_defaults(handler=command_serve)
 

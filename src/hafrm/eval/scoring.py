@@ -41,11 +41,11 @@ class RewardScorer:
             model_dir = model_dir / REWARD_MODEL_DIR
         self.tokenizer = load_tokenizer(str(model_dir))
         self.device = inference_device(device)
-        self.model = (
-            load_pretrained(AutoModelForSequenceClassification, str(model_dir), resolve_dtype(dtype))
-            .to(self.device)
-            .eval()
+        model, info = load_pretrained(
+            AutoModelForSequenceClassification, str(model_dir), resolve_dtype(dtype), loading_info=True
         )
+        refuse_untrained_head(model, info, model_dir)
+        self.model = model.to(self.device).eval()
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.encoder = PairEncoder(self.tokenizer, max_length)
         self.label_index = checked_label_index(self.model.config.num_labels, label_index, model_dir)
@@ -101,6 +101,19 @@ class RewardScorer:
             rows, ends = response_ends(segment_ids)
             return score(hidden[rows, ends].to(score.weight.dtype))[:, self.label_index]
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, self.label_index]
+
+
+def refuse_untrained_head(model, loading_info: dict, model_dir) -> None:
+    """A folder whose classification head transformers had to create (a plain causal LM, a base model) would give
+    random rewards: refused in one line."""
+    head = next((name for name, _ in model.named_children() if name in ("score", "classifier")), None)
+    fresh = sorted(k for k in loading_info.get("missing_keys", ()) if head and k.split(".")[0] == head)
+    if fresh:
+        raise ValueError(
+            f"{model_dir} is not a trained reward model: its head {head} is not in the checkpoint "
+            f"({', '.join(fresh)} newly initialised), so its rewards would be random; give a hafrm output folder or "
+            "a trained sequence classifier"
+        )
 
 
 def checked_label_index(num_labels: int, label_index: int | None, model_dir) -> int:

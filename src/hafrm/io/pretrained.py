@@ -167,7 +167,7 @@ def load_causal_lm(path: str, dtype: torch.dtype, attention: str | None = None):
         return load_pretrained(AutoModelForCausalLM, path, dtype)
 
 
-def load_pretrained(auto_class, path: str, dtype: torch.dtype, attention: str | None = None):
+def load_pretrained(auto_class, path: str, dtype: torch.dtype, attention: str | None = None, loading_info=False):
     """A model from a local folder or the hub, never unpickling when safetensors weights are there.
 
     use_safetensors=True where the folder has .safetensors files makes pickle safety independent of library
@@ -180,6 +180,8 @@ def load_pretrained(auto_class, path: str, dtype: torch.dtype, attention: str | 
     use_safetensors = True if any(Path(path).expanduser().glob("*.safetensors")) else None
     try:
         kwargs = {"attn_implementation": attention} if attention else {}
+        if loading_info:  # then (model, {"missing_keys": ..., ...}) is returned
+            kwargs["output_loading_info"] = True
         with remote_code_refused(path):
             return auto_class.from_pretrained(
                 path, dtype=dtype, use_safetensors=use_safetensors, trust_remote_code=remote_code_trusted(), **kwargs
