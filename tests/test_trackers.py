@@ -30,3 +30,16 @@ def test_a_tracker_that_cannot_run_is_one_line_before_anything_loads(tracker, me
     assert main(["train", "--report-to", tracker, "--output-dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_a_run_without_deepspeed_prints_no_deepspeed_line(tiny_model_dir, tmp_path):
+    """DeepSpeed is installed with the dev extra; a run that does not use it says nothing of it (issue 46, item 9)."""
+    import os
+    import subprocess
+    import sys
+
+    argv = train_command(tiny_model_dir, tmp_path / "out", max_steps=1)
+    env = {key: value for key, value in os.environ.items() if key != "DS_ACCELERATOR"}
+    done = subprocess.run([sys.executable, "-m", "hafrm.cli", *argv], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Setting accelerator to CPU" not in done.stdout + done.stderr

@@ -776,10 +776,23 @@ def add_trust_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def quiet_deepspeed_on_cpu() -> None:
+    """DeepSpeed, where it is installed, is imported by accelerate on every model save, and on a machine without a GPU
+    it then warns that it fell back to the CPU, in runs that do not use it at all. Naming the CPU as its accelerator
+    (DS_ACCELERATOR, unless the user set it) is the same choice without the warning."""
+    import os
+
+    import torch
+
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def main(argv: list[str] | None = None) -> int:
     from hafrm.io.remote_code import trust_remote_code
 
     args = build_parser().parse_args(argv)
+    quiet_deepspeed_on_cpu()
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     trust_remote_code(bool(getattr(args, "trust_remote_code", False)))  # train and rlhf set it from their config
     try:
