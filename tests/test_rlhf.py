@@ -173,3 +173,13 @@ def test_rlhf_help_documents_every_option(capsys):
         assert f"--{name.replace('_', '-')}" in text
         help_text = " ".join(RlhfConfig.__dataclass_fields__[name].metadata["help"].split())
         assert help_text[:40] in text, name
+
+
+def test_a_resumed_run_drops_the_rollouts_it_samples_again_and_a_line_cut_off(tmp_path):
+    from hafrm.rlhf.pipeline import keep_rows_up_to
+
+    path = tmp_path / "rollouts.jsonl"
+    rows = [json.dumps({"step": step, "reward": 0.5}) for step in (1, 1, 2, 3)]
+    path.write_text("\n".join(rows) + '\n{"step": 3, "rew')
+    keep_rows_up_to(path, 2)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 1, 2]

@@ -122,15 +122,22 @@ class RolloutLog:
 
 
 def keep_rows_up_to(path: Path, step: int) -> None:
-    """Drop the rollouts of steps after `step` (a resumed run samples them again)."""
+    """Drop the rollouts of steps after `step` (a resumed run samples them again), and a last line cut off by a kill."""
     if not path.exists():
         return
     rows = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    kept = [line for line in rows if json.loads(line)["step"] <= step]
+    kept = [line for line in rows if (row := _row(line)) is not None and row["step"] <= step]
     if len(kept) < len(rows):
         write_atomically(
             path, lambda target: target.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         )
+
+
+def _row(line: str) -> dict | None:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
 
 
 class LogLines(TrainerCallback):
