@@ -58,6 +58,11 @@ def load_trained(
             f"{model_dir} is not a hafrm output folder (no {METADATA_FILE}); `hafrm score` reads any reward model"
         )
     metadata = json.loads(metadata_path.read_text())
+    if "config" not in metadata:
+        raise ValueError(
+            f"{model_dir} was written by HafTrainer.save_model without a run config: load its reward_model/ with "
+            "AutoModelForSequenceClassification (or `hafrm score`), which needs none"
+        )
     config = TrainConfig(**metadata["config"])
     torch_dtype = resolve_dtype(dtype)
     model = HybridRewardModel.from_pretrained(model_dir, torch_dtype, config.attn_implementation).eval()

@@ -7,7 +7,9 @@ trainable state is written to and read from a checkpoint (atomically).
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 from collections import defaultdict
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from hafrm.io.pretrained import check_attention_trains, fit_embeddings
 from hafrm.model.hybrid import PADDED_LAST_COLUMN, HybridRewardModel
 from hafrm.model.losses import HafObjective
 
+logger = logging.getLogger(__name__)
 STATE_FILE = TRAINABLE_STATE_FILE
 EVAL_SCORES_DIR = "eval-scores"  # per-pair scores of every evaluation: step-<N>-<eval set>.npz (PairScores)
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -176,6 +179,26 @@ class HafTrainer(_TrainableStateCheckpoints, Trainer):
         self.eval_scores_dir = Path(eval_scores_dir) if eval_scores_dir is not None else None
         self.run_record = run_record
         self._train_stats: dict[str, list[float]] = defaultdict(list)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Trainer.save_model; called by a user (not for a checkpoint) it writes the folders `hafrm train` exports
+        (reward_model/, policy/, adapters, hafrm.json), from a copy where LoRA adapters must be merged, so training
+        can go on. Under DeepSpeed or FSDP it writes the trainable state only: export that with `hafrm export`."""
+        if _internal_call or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            super().save_model(output_dir, _internal_call)
+            if not _internal_call:
+                logger.warning("save_model under DeepSpeed/FSDP wrote the trainable state only: hafrm export it")
+            return
+        if not self.args.should_save:
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        exported = copy.deepcopy(model) if model.is_peft else model
+        step = self.state.global_step
+        metadata = {
+            **(self.run_record or {"base_model_path": model.causal_lm.name_or_path}),
+            "exported_checkpoint": {"step": step, "of_steps": self.state.max_steps, "chosen_by": "save_model"},
+        }
+        exported.export(output_dir or self.args.output_dir, self.processing_class, metadata)
 
     def _unshare_prompts_unless_checked(self, collator: PairCollator) -> None:
         """A given shared-prompt collator turns to separate rows where `check_prompt_sharing` finds this model
