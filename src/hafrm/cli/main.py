@@ -396,7 +396,9 @@ def command_serve(args: argparse.Namespace) -> int:
         body_timeout=args.body_timeout,
         timeout_keep_alive=args.timeout_keep_alive,
     )
-    serve(args.model_dir, args.host, args.port, api_key, limits, args.max_length, args.label_index)
+    serve(
+        args.model_dir, args.host, args.port, api_key, limits, args.max_length, args.label_index, args.normalize_reward
+    )
     return 0
 
 
@@ -581,6 +583,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a connection (new or kept alive) may wait without sending a complete request head",
     )
     add_label_index(serve)
+    serve.add_argument(
+        "--normalize-reward",
+        action="store_true",
+        help="return (r - mean) / std with the statistics the model carries (config.mean, config.std, as OpenRLHF's "
+        "serve_rm --normalize_reward); refused for a model without them",
+    )
     add_trust_flag(serve)
     serve.set_defaults(handler=command_serve)
 

@@ -105,3 +105,11 @@ def primary_metrics(method: str):
         return metrics
 
     return compute
+
+
+def reward_mean_std(predictions: list) -> tuple[float, float, int]:
+    """Mean and std (n - 1, at least 1e-8, as OpenRLHF computes them) of the reward head's scores of every chosen and
+    rejected response in Trainer predictions (rows of [r_w, r_l, implicit_w, implicit_l]), and how many there were."""
+    rewards = np.concatenate([np.asarray(p, dtype=np.float64)[:, :2].reshape(-1) for p in predictions])
+    std = float(rewards.std(ddof=1)) if len(rewards) > 1 else 0.0
+    return float(rewards.mean()), max(std, 1e-8), len(rewards)

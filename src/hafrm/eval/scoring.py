@@ -32,6 +32,7 @@ class RewardScorer:
         dtype: str = "fp32",
         device: str | None = None,
         label_index: int | None = None,
+        normalize: bool = False,
     ):
         from transformers import AutoModelForSequenceClassification
 
@@ -49,6 +50,7 @@ class RewardScorer:
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.encoder = PairEncoder(self.tokenizer, max_length)
         self.label_index = checked_label_index(self.model.config.num_labels, label_index, model_dir)
+        self.normalization = reward_normalization(self.model.config, model_dir) if normalize else (0.0, 1.0)
 
     def encode(self, prompt, response: str) -> list[int]:
         """Token ids of one formatted (prompt, response), truncated so the response end is kept."""
@@ -87,8 +89,9 @@ class RewardScorer:
                 self.tokenizer.padding_side,
             )
             values = self._rewards(batch["input_ids"].to(self.device), batch["segment_ids"].to(self.device))
+            mean, std = self.normalization
             for i, value in zip(chunk, values.float().cpu().tolist()):
-                rewards[i] = value
+                rewards[i] = (value - mean) / std
         return rewards
 
     def _rewards(self, input_ids: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
@@ -114,6 +117,17 @@ def refuse_untrained_head(model, loading_info: dict, model_dir) -> None:
             f"({', '.join(fresh)} newly initialised), so its rewards would be random; give a hafrm output folder or "
             "a trained sequence classifier"
         )
+
+
+def reward_normalization(config, model_dir) -> tuple[float, float]:
+    """(mean, std) for (r - mean) / std, from the config, where OpenRLHF reward models and hafrm exports keep them."""
+    mean, std = getattr(config, "mean", None), getattr(config, "std", None)
+    if mean is None or std is None:
+        raise ValueError(
+            f"{model_dir} carries no reward statistics (config.mean and config.std) to normalize with; hafrm writes "
+            "them at the end of training, OpenRLHF's train_rm too"
+        )
+    return float(mean), float(std)
 
 
 def checked_label_index(num_labels: int, label_index: int | None, model_dir) -> int:

@@ -58,6 +58,9 @@ def save_sequence_classifier(
     config.problem_type = "regression"  # a raw reward: pipelines must not squash it with a sigmoid
     config.pad_token_id = tokenizer.pad_token_id
     config.architectures = None
+    statistics = metadata.get("reward_statistics")
+    if statistics:  # where OpenRLHF's reward models keep them, for --normalize_reward
+        config.mean, config.std = statistics["mean"], statistics["std"]
     with torch.device("meta"), unpartitioned_construction():
         classifier = AutoModelForSequenceClassification.from_config(config, dtype=causal_lm.dtype)
     body = getattr(causal_lm, causal_lm.base_model_prefix)

@@ -83,6 +83,7 @@ def reward_function(
     dtype: str = "fp32",
     device: str | None = None,
     label_index: int | None = None,
+    normalize: bool = False,
 ):
     """A TRL-style reward function scoring (prompt, completion) pairs with MODEL[@HEAD] (see `spec_model_head`).
 
@@ -90,16 +91,21 @@ def reward_function(
     the reward head, strings already formatted with the chat template (continued as they are, never templated twice).
     dtype (fp32, bf16, fp16) and device (default: CUDA when present) set where a reward head lives; a 7B model in
     fp32 needs about 28 GB. label_index chooses the logit of a classifier with several (refused without it).
+    normalize: (r - mean) / std with the statistics the reward model carries (reward head only).
     """
     model, head = spec_model_head(str(spec))
     if head == "reward":
-        scorer = RewardScorer(model, max_length=max_length, dtype=dtype, device=device, label_index=label_index)
+        scorer = RewardScorer(
+            model, max_length=max_length, dtype=dtype, device=device, label_index=label_index, normalize=normalize
+        )
 
         def hafrm_reward(prompts, completions, **kwargs) -> list[float]:
             sequences = [scorer.encode_completion(p, _text(c)) for p, c in zip(prompts, completions)]
             return scorer.score_ids(sequences, batch_size)
 
     else:
+        if normalize:
+            raise ValueError(f"{spec}: normalize applies to a reward head, whose statistics the export carries")
         score = model_scorer(model, [head], max_length, batch_size)
 
         def hafrm_reward(prompts, completions, **kwargs) -> list[float]:

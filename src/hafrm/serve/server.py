@@ -582,10 +582,11 @@ def serve(
     limits: ServeLimits | None = None,
     max_length: int = 512,
     label_index: int | None = None,
+    normalize: bool = False,
 ) -> None:
     """Serve until SIGINT, SIGTERM or SIGHUP, each of which drains the requests in flight first."""
     limits = limits or ServeLimits()
-    scorer = RewardScorer(model_dir, max_length=max_length, label_index=label_index)
+    scorer = RewardScorer(model_dir, max_length=max_length, label_index=label_index, normalize=normalize)
     local_only = api_key is None and is_loopback(host)
     app = create_app(scorer, limits, api_key, model_name=public_name(model_dir), local_only=local_only)
     DrainingServer(server_config(app, host, port, limits)).run()

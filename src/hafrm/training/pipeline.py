@@ -497,10 +497,14 @@ def _train(config: TrainConfig, callbacks, train_rows, eval_rows) -> TrainResult
     else:
         metrics = final_eval_metrics(trainer, eval_set, evaluated_in_full=during is eval_set)
     output_dir = Path(config.output_dir)
+    statistics = reward_statistics(trainer, train_set)
     exported = exported_checkpoint(trainer, config, None if validation is None else len(validation))
     with whole_parameters(model, zero_stage(trainer)):  # every process gathers; the main one exports
         if trainer.is_world_process_zero():
-            record = run_metadata(config, model_path, splits, train_rows, eval_rows)
+            record = {
+                **run_metadata(config, model_path, splits, train_rows, eval_rows),
+                "reward_statistics": statistics,
+            }
             export_run(model, tokenizer, record, metrics, exported)
     return TrainResult(output_dir, metrics, report.as_dict(), trainer.state.log_history)
 
@@ -526,6 +530,25 @@ def zero_stage(trainer: HafTrainer) -> int | None:
     if not trainer.is_deepspeed_enabled:
         return None
     return trainer.accelerator.deepspeed_config["zero_optimization"].get("stage")
+
+
+def reward_statistics(trainer: HafTrainer, train_set) -> dict:
+    """Mean and std of the exported reward head over the chosen and rejected responses of the eval sets as the last
+    evaluation scored them (no extra pass), or of the training pairs (one pass) where there is no eval set: what
+    OpenRLHF's reward models carry as config.mean and config.std for `--normalize_reward` (std at least 1e-8)."""
+    from hafrm.eval.metrics import reward_mean_std
+
+    step = trainer.state.global_step
+    final = {
+        name: predictions
+        for name, (at, predictions) in trainer.evaluated.items()
+        if at == step and name != f"eval_{VALIDATION}"
+    }
+    if not final:
+        final = {"train": trainer.predict(train_set, metric_key_prefix="statistics").predictions}
+    mean, std, count = reward_mean_std(list(final.values()))
+    sets = [name.removeprefix("eval_") for name in final]
+    return {"mean": mean, "std": std, "responses": count, "computed_on": sets}
 
 
 def exported_checkpoint(trainer: HafTrainer, config: TrainConfig, validation_pairs: int | None) -> dict:

@@ -178,6 +178,7 @@ class HafTrainer(_TrainableStateCheckpoints, Trainer):
         self.max_length = max_length
         self.eval_scores_dir = Path(eval_scores_dir) if eval_scores_dir is not None else None
         self.run_record = run_record
+        self.evaluated: dict[str, tuple[int, np.ndarray]] = {}  # metric prefix -> (step, its last predictions)
         self._train_stats: dict[str, list[float]] = defaultdict(list)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
@@ -292,6 +293,7 @@ class HafTrainer(_TrainableStateCheckpoints, Trainer):
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         if output.predictions is not None:
             output = in_eval_set_order(output)
+            self.evaluated[metric_key_prefix] = (self.state.global_step, output.predictions)
         if self.eval_scores_dir is not None and self.is_world_process_zero() and output.predictions is not None:
             from hafrm.eval.evaluation import PairScores
 
