@@ -104,9 +104,12 @@ def test_a_haf_step_with_shared_prompts_has_the_gradients_of_separate_rows(famil
         grads.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
     shared, separate = grads
     assert shared.keys() == separate.keys() and len(shared) > 5
-    for name in shared:  # summed in another order per layout: relative to each tensor's largest entry
+    # Summed in another order per layout, so compared relative to each tensor's largest entry. Measured on
+    # 2026-12-07 (16 families x seeds 0-2, torch 2.13, transformers 5.25): at most 3.4e-5 of the scale beyond rtol,
+    # in the LayerNorm biases of Starcoder2, Phi and GPT-2 (3e-5 failed there); a wrong mask is off by O(1).
+    for name in shared:
         scale = separate[name].abs().max().item()
-        torch.testing.assert_close(shared[name], separate[name], rtol=1e-4, atol=3e-5 * scale, msg=name)
+        torch.testing.assert_close(shared[name], separate[name], rtol=1e-4, atol=2e-4 * scale, msg=name)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
