@@ -24,6 +24,9 @@ TOLERANCE="${TOLERANCE:-1e-4}"
 ROWS="${REWARD_BENCH_ROWS:-$ROOT/../shared/data/reward-bench/reward_bench_format_sample.jsonl}"
 REQUIREMENTS=("setuptools<81" "transformers==4.51.0" "rewardbench==0.1.4")
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# One thread on both sides: the same summation order on every run, however loaded the machine is (a run under full
+# load once differed by 9.4e-4 where every other matched to 1.35e-5, cause not found).
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 if [[ -n "${HAFRM_PYTHON:-}" ]]; then MAIN_PY="$HAFRM_PYTHON"
 elif [[ -x "$ROOT/.venv/bin/python" ]]; then MAIN_PY="$ROOT/.venv/bin/python"
