@@ -66,3 +66,42 @@ def test_the_split_shares_no_question_between_parts():
     keys = {name: {prompt_key(p) for p in pairs} for name, pairs in parts.items()}
     assert {name: len(pairs) for name, pairs in parts.items()} == {"rm": 2054, "judge": 2079, "heldout": 1002}
     assert not keys["rm"] & keys["judge"] and not keys["rm"] & keys["heldout"] and not keys["judge"] & keys["heldout"]
+
+
+def test_the_report_script_keeps_the_rows_and_recomputes_its_tables_from_them(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hafrm.rlhf.evaluation import write_rows
+
+    output, report = tmp_path / "out", tmp_path / "report"
+    (output / "eval").mkdir(parents=True)
+    specs = {
+        "judge": str(output / "judge"),
+        "rm-haf": str(output / "rm-haf"),
+        "rm-baseline": str(output / "rm-baseline"),
+    }
+
+    def named(r):
+        return {**r, "completion": "text", "scores": {specs[k]: v for k, v in r["scores"].items()}}
+
+    start = [named(row("start", p, 0, judge=p, haf=p, baseline=-p)) for p in range(4)]
+    later = [
+        named(row(policy, p, 0, judge=p + (policy == "haf"), haf=p, baseline=p))
+        for p in range(4)
+        for policy in ("haf", "baseline")
+    ]
+    prompts = [[{"role": "user", "content": f"q{p}"}] for p in range(4)]
+    write_rows(output / "eval" / "step-0.jsonl", prompts, start)
+    write_rows(output / "eval" / "step-10.jsonl", prompts, later)
+    script = Path(__file__).parents[1] / "scripts" / "rlhf_safety_report.py"
+    subprocess.run([sys.executable, str(script), "keep", str(output), str(report)], check=True)
+    kept = [json.loads(line) for line in (report / "judge_scores.jsonl").read_text().splitlines()]
+    assert len(kept) == 16 and {"step", "prompt_id", "policy", "judge_reward", "own_rm_reward"} <= set(kept[0])
+    assert (report / "completions" / "step-10.jsonl.gz").is_file()
+    text = subprocess.run(
+        [sys.executable, str(script), "tables", str(report)], check=True, capture_output=True, text=True
+    ).stdout
+    assert "| 10 | 4 | 1.000 | [1.000, 1.000] |" in text and (report / "rlhf-safety.png").is_file()
