@@ -400,7 +400,7 @@ def test_serve_starts_with_a_key_on_loopback_or_with_no_auth(argv, env, api_key,
     monkeypatch.setattr(
         hafrm.serve.server,
         "serve",
-        lambda model_dir, host, port, key, limits, max_length: started.update(key=key, limits=limits),
+        lambda model_dir, host, port, key, limits, max_length, *rest: started.update(key=key, limits=limits),
     )
     assert main(["serve", "model", "--body-timeout", "3", *argv]) == 0
     assert started["key"] == api_key and started["limits"].body_timeout == 3.0
