@@ -474,6 +474,7 @@ def _train(config: TrainConfig, callbacks, train_rows, eval_rows) -> TrainResult
     validation = eval_sets.pop(VALIDATION, None)
     eval_set = eval_sets.get("eval") if list(eval_sets) == ["eval"] else (eval_sets or None)
     during = {VALIDATION: validation} if validation is not None else evaluation_sample(config, eval_set)
+    record = run_metadata(config, model_path, splits, train_rows, eval_rows)
     trainer = HafTrainer(
         model=model,
         args=args,
@@ -485,7 +486,7 @@ def _train(config: TrainConfig, callbacks, train_rows, eval_rows) -> TrainResult
         objective=objective,
         callbacks=callbacks,
         eval_scores_dir=Path(config.output_dir) / EVAL_SCORES_DIR if config.keep_eval_scores else None,
-        run_record=run_metadata(config, model_path, splits, train_rows, eval_rows),
+        run_record=record,
     )
     before = trainer.predict(eval_set).predictions if config.compare_to_untrained and eval_set is not None else None
     trainer.train(resume_from_checkpoint=resume_point(config))
@@ -501,11 +502,7 @@ def _train(config: TrainConfig, callbacks, train_rows, eval_rows) -> TrainResult
     exported = exported_checkpoint(trainer, config, None if validation is None else len(validation))
     with whole_parameters(model, zero_stage(trainer)):  # every process gathers; the main one exports
         if trainer.is_world_process_zero():
-            record = {
-                **run_metadata(config, model_path, splits, train_rows, eval_rows),
-                "reward_statistics": statistics,
-            }
-            export_run(model, tokenizer, record, metrics, exported)
+            export_run(model, tokenizer, {**record, "reward_statistics": statistics}, metrics, exported)
     return TrainResult(output_dir, metrics, report.as_dict(), trainer.state.log_history)
 
 
