@@ -24,20 +24,19 @@ from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from hafrm import __version__
 from hafrm.data.encoding import PairEncoder
 from hafrm.data.loading import load_prompts
 from hafrm.io.atomic import staged_parts, write_atomically
 from hafrm.io.export import ADAPTER_DIR, POLICY_DIR
-from hafrm.io.filechecks import safetensors_problem
+from hafrm.io.filechecks import check_model_folder, safetensors_problem
 from hafrm.io.locking import output_lock
 from hafrm.io.pretrained import load_causal_lm, load_tokenizer, resolve_policy_path
 from hafrm.io.remote_code import trust_remote_code
 from hafrm.rlhf.config import RlhfConfig
 from hafrm.serve.rlhf import reward_function, spec_model_head
-from hafrm.training.pipeline import check_trackers, claim_output_dir
+from hafrm.training.pipeline import check_trackers, checkpoint_to_resume, claim_output_dir
 
 logger = logging.getLogger(__name__)
 RECORD_FILE = "rlhf.json"
@@ -66,30 +65,19 @@ def capped_prompts(
 
 
 def resume_checkpoint(config: RlhfConfig) -> str | None:
-    """The checkpoint to resume from: a given one, or with 'auto' the newest whole one in output_dir. A checkpoint
-    is whole once its trainer_state.json (written last) is there and its weights read; a cut-off one is set aside
-    (renamed incomplete-*) with a warning."""
+    """The checkpoint `hafrm rlhf` resumes from (`checkpoint_to_resume` with `policy_checkpoint_problem`)."""
+    return checkpoint_to_resume(config.resume_from_checkpoint, config.output_dir, policy_checkpoint_problem)
 
-    def problem(folder: str) -> str | None:
-        if not (Path(folder) / "trainer_state.json").is_file():
-            return "it has no trainer_state.json (cut off while it was written)"
-        weights = sorted(Path(folder).glob("*.safetensors"))
-        return "it holds no weights" if not weights else next(filter(None, map(safetensors_problem, weights)), None)
 
-    given = config.resume_from_checkpoint
-    if given not in (None, "auto"):
-        reason = problem(given) if Path(given).is_dir() else "no such folder"
-        if reason:
-            raise ValueError(f"cannot resume from {given}: {reason}")
-        return given
-    if config.resume_from_checkpoint is None or not Path(config.output_dir).is_dir():
-        return None
-    last = get_last_checkpoint(config.output_dir)
-    while last is not None and (reason := problem(last)):
-        logger.warning("Not resuming from %s: %s; setting it aside", last, reason)
-        Path(last).rename(Path(last).with_name(f"incomplete-{Path(last).name}"))
-        last = get_last_checkpoint(config.output_dir)
-    return last
+def policy_checkpoint_problem(folder: str) -> str | None:
+    """Why a TRL checkpoint cannot be resumed from: it is whole once its trainer_state.json (written last) is there and
+    its weights read."""
+    if not Path(folder).is_dir():
+        return "no such folder"
+    if not (Path(folder) / "trainer_state.json").is_file():
+        return "it has no trainer_state.json (cut off while it was written)"
+    weights = sorted(Path(folder).glob("*.safetensors"))
+    return "it holds no weights" if not weights else next(filter(None, map(safetensors_problem, weights)), None)
 
 
 class RolloutLog:
@@ -205,8 +193,6 @@ def preflight(config: RlhfConfig) -> str:
     check_trackers(config.report_to)
     spec_model_head(config.reward_model)
     policy_path = resolve_policy_path(config.policy)
-    from hafrm.io.filechecks import check_model_folder
-
     check_model_folder(policy_path)
     resume_checkpoint(config)
     return policy_path

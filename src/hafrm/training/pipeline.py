@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -264,24 +265,28 @@ def training_arguments(config: TrainConfig, has_eval: bool, train_pairs: int | N
 
 
 def resume_point(config: TrainConfig) -> str | None:
-    """The checkpoint to resume from: a given one, which must be readable, or with 'auto' the newest
-    readable one in output_dir (None if there is none).
+    """The checkpoint `hafrm train` resumes from (`checkpoint_to_resume` with hafrm's checkpoint checks)."""
+    return checkpoint_to_resume(config.resume_from_checkpoint, config.output_dir, checkpoint_problem)
+
+
+def checkpoint_to_resume(given: str | None, output_dir: str, problem: Callable[[str], str | None]) -> str | None:
+    """The checkpoint to resume from: a given one, which must be readable, or with 'auto' the newest readable one in
+    output_dir (None if there is none). problem(folder) says why a checkpoint cannot be resumed from, or None.
 
     A checkpoint cut off mid-write or with an unreadable file is set aside (renamed incomplete-*) with a
     warning naming the file, and the one before it is tried: a kill or a full disk costs a few steps, not the run.
     """
-    if config.resume_from_checkpoint != "auto":
-        problem = config.resume_from_checkpoint and checkpoint_problem(config.resume_from_checkpoint)
-        if problem:
-            raise ValueError(f"cannot resume from {config.resume_from_checkpoint}: {problem}")
-        return config.resume_from_checkpoint
-    if not Path(config.output_dir).is_dir():
+    if given != "auto":
+        if given and (reason := problem(given)):
+            raise ValueError(f"cannot resume from {given}: {reason}")
+        return given
+    if not Path(output_dir).is_dir():
         return None
-    last = get_last_checkpoint(config.output_dir)
-    while last is not None and (problem := checkpoint_problem(last)):
-        logger.warning("Not resuming from %s: %s; setting it aside and trying the checkpoint before it", last, problem)
+    last = get_last_checkpoint(output_dir)
+    while last is not None and (reason := problem(last)):
+        logger.warning("Not resuming from %s: %s; setting it aside and trying the checkpoint before it", last, reason)
         Path(last).rename(Path(last).with_name(f"incomplete-{Path(last).name}"))
-        last = get_last_checkpoint(config.output_dir)
+        last = get_last_checkpoint(output_dir)
     return last
 
 
