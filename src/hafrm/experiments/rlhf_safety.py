@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from hafrm.data.splits import prompt_key, split_by_prompt
+from hafrm.eval.metrics import paired_bootstrap_interval
 from hafrm.experiments.curves import SPLIT_SEED, claim_split
 
 PARTS = ("rm", "judge", "heldout")
@@ -95,8 +96,6 @@ def _mean_of(values) -> float:
 def win_rate(rows: list[dict], step: int, seed: int = 0) -> dict:
     """The judge's win rate of the haf-trained policy over the baseline-trained one at `step`, paired by prompt (a tie
     counts one half), with a 95% bootstrap interval over prompts."""
-    from hafrm.eval.metrics import paired_bootstrap_interval
-
     by_prompt: dict[int, dict[str, float]] = {}
     for row in rows:
         if row["step"] == step:

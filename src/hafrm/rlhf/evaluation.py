@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from hafrm.data.encoding import PairEncoder
 from hafrm.io.atomic import write_atomically
 from hafrm.io.pretrained import inference_device, load_causal_lm, load_tokenizer, resolve_policy_path
-from hafrm.serve.rlhf import score_with_models, spec_model_head
+from hafrm.serve.rlhf import score_with_models
 
 logger = logging.getLogger(__name__)
 KL_ESTIMATOR = "k1: mean over sampled completions of log pi(y|x) - log pi_start(y|x)"
@@ -118,9 +118,12 @@ def evaluate_policy(
     model = load_causal_lm(path, torch.float32).to(device).eval()
     rows = sample_completions(model, tokenizer, prompt_ids, samples, max_new_tokens, seed, batch_size)
     own = completion_logprobs(model, prompt_ids, rows, batch_size)
-    del model
-    start = load_causal_lm(start_path, torch.float32).to(device).eval()
-    reference = completion_logprobs(start, prompt_ids, rows, batch_size)
+    if start_path == path:  # the start policy itself: its log-probs are the reference's
+        reference = own
+    else:
+        del model
+        start = load_causal_lm(start_path, torch.float32).to(device).eval()
+        reference = completion_logprobs(start, prompt_ids, rows, batch_size)
     decoding = {"samples": samples, "max_new_tokens": max_new_tokens, "seed": seed, "temperature": 1.0}
     return [
         {
@@ -144,8 +147,6 @@ def evaluate_policy(
 def add_scores(rows: list[dict], prompts: list[list[dict]], specs: Sequence[str], batch_size: int = 8) -> None:
     """Each MODEL[@HEAD] not yet in the rows' scores scores every completion (models loaded once each)."""
     new = [spec for spec in dict.fromkeys(specs) if any(spec not in row["scores"] for row in rows)]
-    for spec in new:
-        spec_model_head(spec)  # every name checked before any model is loaded
     if not new:
         return
     scores = score_with_models(
