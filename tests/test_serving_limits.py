@@ -2,6 +2,7 @@
 texts together, linear rollout normalisation, nothing scored for a client that hung up, non-finite rewards and deep
 JSON answered in JSON, SIGHUP drains, and keyless loopback mode refuses browser pages."""
 
+import contextlib
 import json
 import math
 import signal
@@ -47,15 +48,22 @@ def item(text="Hi"):
     return {"items": [{"prompt": text, "response": "Hello there"}]}
 
 
-def test_admission_is_refused_before_the_body_is_read(served_model):
-    limits = ServeLimits(max_concurrent=1, max_batch_size=1, body_timeout=5.0)
-    scorer = SlowCountingScorer(served_model, delay=1.0)
+@contextlib.contextmanager
+def one_request_in_progress(scorer, limits):
+    """The app served, with one request admitted and being scored (slowly) in a thread: (port, client, its thread)."""
     with running(create_app(scorer, limits), limits) as port:
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
         first = threading.Thread(target=lambda: client.post("/score", json=item()).raise_for_status())
         first.start()
         while client.get("/metrics").json()["in_progress"] < 1:
             time.sleep(0.01)
+        yield port, client, first
+
+
+def test_admission_is_refused_before_the_body_is_read(served_model):
+    limits = ServeLimits(max_concurrent=1, max_batch_size=1, body_timeout=5.0)
+    scorer = SlowCountingScorer(served_model, delay=1.0)
+    with one_request_in_progress(scorer, limits) as (port, client, first):
         with socket.create_connection(("127.0.0.1", port)) as connection:  # a head that promises a body, no body
             connection.sendall(
                 b"POST /score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -112,12 +120,7 @@ def test_rollout_normalisation_does_linear_work(tokenizer, shape, monkeypatch):
 def test_a_client_that_hangs_up_is_never_scored(served_model):
     limits = ServeLimits(max_batch_size=1, max_wait_ms=1)
     scorer = SlowCountingScorer(served_model, delay=1.0)
-    with running(create_app(scorer, limits), limits) as port:
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-        first = threading.Thread(target=lambda: client.post("/score", json=item()).raise_for_status())
-        first.start()
-        while client.get("/metrics").json()["in_progress"] < 1:
-            time.sleep(0.01)
+    with one_request_in_progress(scorer, limits) as (port, client, first):
         body = json.dumps({"items": [item(f"question {i}")["items"][0] for i in range(4)]}).encode()
         with socket.create_connection(("127.0.0.1", port)) as connection:  # sends a whole request, then hangs up
             connection.sendall(
