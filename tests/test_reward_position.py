@@ -15,6 +15,7 @@ from helpers import batch_for
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerFast
 
 from hafrm.data import PairCollator, PairEncoder
+from hafrm.data.encoding import hh_chat_template
 from hafrm.eval.scoring import RewardScorer
 from hafrm.io.pretrained import PAD_FALLBACK_TOKEN, fit_embeddings, load_tokenizer
 from hafrm.model.hybrid import HybridRewardModel
@@ -27,8 +28,9 @@ NO_PAD_ID = dict(pad_token_id=None, bos_token_id=0, eos_token_id=1)  # a base mo
 
 
 def base_tokenizer_folder(folder):
-    """A byte-level BPE tokenizer with only <s> and </s>: no pad, no unk, no chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A byte-level BPE tokenizer with only <s> and </s>, which puts <s> before plain text (as Llama's and Gemma's
+    base tokenizers do): no pad, no unk, no chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -38,6 +40,9 @@ def base_tokenizer_folder(folder):
         vocab_size=400, special_tokens=["<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tokenizer.train_from_iterator(corpus, trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))]
+    )
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>").save_pretrained(folder)
     return folder
 
@@ -74,7 +79,7 @@ def test_pad_token_never_occurs_in_a_conversation(exported):
     encoder = PairEncoder(tokenizer, 128)
     assert tokenizer.pad_token not in (tokenizer.eos_token, tokenizer.bos_token)
     assert tokenizer.pad_token_id not in encoder.tokenize(encoder.conversation_text(PROMPT, RESPONSES[0]))
-    if not tokenizer.chat_template:
+    if tokenizer.chat_template == hh_chat_template(tokenizer):  # the base model
         assert tokenizer.pad_token == PAD_FALLBACK_TOKEN
 
 
@@ -136,10 +141,9 @@ def test_every_scoring_path_gives_the_training_reward(exported):
         ),
         "TRL formatted prompt": reward_function(folder, max_length=128)([prompt_text] * len(RESPONSES), generated),
     }
-    if tokenizer.chat_template:
-        variants["TRL plain prompt"] = reward_function(folder, max_length=128)(
-            [PROMPT[0]["content"]] * len(RESPONSES), RESPONSES
-        )
+    variants["TRL plain prompt"] = reward_function(folder, max_length=128)(
+        [PROMPT[0]["content"]] * len(RESPONSES), RESPONSES
+    )
     for name, rewards in variants.items():
         assert rewards == pytest.approx(expected, abs=1e-4), name
 
@@ -151,8 +155,24 @@ def test_pipeline_returns_the_raw_reward(exported):
     expected = training_rewards(model, tokenizer, "right")[0].item()
     text = PairEncoder(tokenizer, 128).conversation_text(PROMPT, RESPONSES[0])
     classify = pipeline("text-classification", model=str(folder / "reward_model"), device="cpu")
-    kwargs = {"add_special_tokens": False} if tokenizer.chat_template else {}
-    assert classify(text, **kwargs)[0]["score"] == pytest.approx(expected, abs=1e-4)
+    assert classify(text, add_special_tokens=False)[0]["score"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_the_model_cards_example_runs_as_written_and_gives_the_training_reward(exported):
+    """Every export carries its format: the card's code, PATH replaced, formats as training did (for the base model
+    through the HH chat template its export carries, BOS included) and reads the training reward."""
+    model, tokenizer, folder = exported
+    card = (folder / "reward_model" / "README.md").read_text()
+    code = card.split("```python\n")[1].split("```")[0].replace('"PATH"', repr(str(folder / "reward_model")))
+    namespace: dict = {}
+    exec(code, namespace)
+    pair = [{"prompt": [{"role": "user", "content": "Hi"}], "chosen": "Hello!", "rejected": "No."}]
+    batch = batch_for(tokenizer, pair, "right", max_length=128)
+    with torch.no_grad():
+        expected = model(batch["input_ids"], batch["segment_ids"], with_logps=False).rewards[0].item()
+    assert namespace["reward"] == pytest.approx(expected, abs=1e-4)
+    if tokenizer.bos_token == "<s>":  # the base model: HH text after the BOS its tokenizer adds to plain text
+        assert namespace["text"] == "<s>\n\nHuman: Hi\n\nAssistant: Hello!</s>"
 
 
 @pytest.mark.parametrize("response", RESPONSES + ["\nHello", "   spaced out", " x"])

@@ -13,7 +13,8 @@
 #    prints the max absolute difference per row and fails when one is above 1e-4 ($TOLERANCE).
 # Exits 0 with "SKIPPED: ..." when no package registry is reachable (and the venv is not built yet) or the rows
 # are absent. Without an argument it then does the same for tiny random exports of other families
-# ($COMPAT_FAMILIES, default: Llama, Qwen2, Gemma-2, Mistral with a window, Phi-3 with a window). $HAFRM_PYTHON: the project's python (default .venv/bin/python, else python on PATH).
+# ($COMPAT_FAMILIES, default: Llama, Qwen2, Gemma-2, Mistral with a window, Phi-3 with a window, and a Llama base
+# model without a chat template of its own). $HAFRM_PYTHON: the project's python (default .venv/bin/python, else python on PATH).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -83,9 +84,10 @@ echo "== rows: $ROWS"
 
 # ---------------------------------------------------------------- 4. the other families (no argument given only)
 # Tiny random models of the families with their own attention rules (sliding windows of 24 tokens, which the
-# RewardBench rows cross; Gemma 2's soft-capping; Phi-3's fused projections), exported and read the same way.
+# RewardBench rows cross; Gemma 2's soft-capping; Phi-3's fused projections), exported and read the same way, and a
+# base model (llama-base: no chat template of its own, so its export carries the HH text format it trained on).
 if [[ -z "${1:-}" ]]; then
-    for family in ${COMPAT_FAMILIES:-llama qwen2 gemma2 mistral-window phi3-window}; do
+    for family in ${COMPAT_FAMILIES:-llama qwen2 gemma2 mistral-window phi3-window llama-base}; do
         echo "== family $family"
         rm -rf "$WORK/family-$family"
         "$MAIN_PY" "$HERE/hafrm_side.py" family "$family" "$WORK/family-$family"

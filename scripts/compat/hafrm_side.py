@@ -3,7 +3,9 @@
 hafrm_side.py export OUTPUT_DIR        export the default model (SmolLM2-135M-Instruct) with a fresh, seeded
                                        reward head; reward_model/ is made portable (idempotent if export did)
 hafrm_side.py family NAME OUTPUT_DIR   export a tiny random model of one family (hafrm.testing.TINY_FAMILIES,
-                                       sliding windows of 24 tokens) with the default tokenizer, the same way
+                                       sliding windows of 24 tokens) with the default tokenizer, the same way;
+                                       NAME-base: with that tokenizer's chat template removed (a base model, whose
+                                       export carries the HH text format training gives it)
 hafrm_side.py rows REWARD_BENCH OUT    RewardBench rows (prompt/chosen/rejected/id) -> one prompt/response
                                        row per (id, side), the input of `hafrm score`
 """
@@ -31,7 +33,9 @@ def export(output_dir: Path, family: str | None = None) -> None:
     else:
         from hafrm.testing import tiny_family_model
 
-        causal_lm = tiny_family_model(family, len(tokenizer))
+        if family.endswith("-base"):
+            tokenizer.chat_template = None
+        causal_lm = tiny_family_model(family.removesuffix("-base"), len(tokenizer))
     torch.manual_seed(0)
     # from_causal_lm took the pad id as its second argument before the pad rule moved to one place (issue 10).
     extra = (

@@ -10,6 +10,7 @@ end, where the reward is read, is always kept.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -32,6 +33,8 @@ HH_ASSISTANT_PREFIX = "\n\nAssistant:"
 # of a pair, or the only one), or the rejected response of a pair sharing its prompt.
 PAD, PROMPT, RESPONSE, REJECTED = 0, 1, 2, 3
 
+logger = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     import datasets
 
@@ -53,12 +56,51 @@ def chat_template_for(prompt_template: str) -> str:
     )
 
 
+def hh_chat_template(tokenizer) -> str:
+    """Anthropic HH text as a Jinja chat template, for a tokenizer without one: each turn `\\n\\nHuman: ...` (roles
+    as `HH_ROLES`), the generation prompt `\\n\\nAssistant:`, a final assistant turn followed by EOS, after the
+    special tokens the tokenizer itself puts before plain text (e.g. Gemma's and Llama's BOS). Training gives it
+    to such a tokenizer (`ensure_chat_template`), so the export carries the format it trained on and every reader that
+    calls `apply_chat_template` (transformers, RewardBench, OpenRLHF, pipelines) formats as training did."""
+    probe = tokenizer("x", add_special_tokens=False)["input_ids"]
+    with_specials = tokenizer("x")["input_ids"]
+    start = next((i for i in range(len(with_specials)) if with_specials[i : i + len(probe)] == probe), 0)
+    leading = tokenizer.decode(with_specials[:start]) if start else ""
+    prefix = "{{ bos_token }}" if leading == tokenizer.bos_token else "{{ " + json.dumps(leading) + " }}"
+    roles = "".join(
+        f"{{% {'if' if i == 0 else 'elif'} message['role'] == {json.dumps(role)} %}}{{{{ {json.dumps(name)} }}}}"
+        for i, (role, name) in enumerate(HH_ROLES.items())
+    )
+    return (
+        (prefix if leading else "")
+        + "{% for message in messages %}{{ '\\n\\n' }}"
+        + roles
+        + "{% else %}{{ message['role'] }}{% endif %}{{ ': ' }}{{ message['content'] }}"
+        "{% if loop.last and message['role'] == 'assistant' and eos_token %}{{ eos_token }}{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ " + json.dumps(HH_ASSISTANT_PREFIX) + " }}{% endif %}"
+    )
+
+
+def ensure_chat_template(tokenizer):
+    """The tokenizer, given `hh_chat_template` if it has no chat template of its own (training and every export
+    call this, so a base model's export carries the format it was trained on)."""
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = hh_chat_template(tokenizer)
+        logger.info(
+            "The tokenizer has no chat template: conversations are HH text (\\n\\nHuman: ... \\n\\nAssistant:), "
+            "written into its chat template so exports carry it"
+        )
+    return tokenizer
+
+
 KEEP_RESPONSE_ENDS, PAPER_TRUNCATION = "keep-response-ends", "paper"
 TRUNCATIONS = (KEEP_RESPONSE_ENDS, PAPER_TRUNCATION)
 
 
 class PairEncoder:
-    """Format conversations with the tokenizer's chat template (or HH text without one) and tokenize them.
+    """Format conversations with the tokenizer's chat template and tokenize them. A tokenizer without one is given
+    HH text as its template (`ensure_chat_template`), so the export it goes into formats as training did.
 
     A conversation is tokenized whole, once, so its ids are those of `apply_chat_template` on the whole
     conversation (what TRL's RewardTrainer, RewardBench and every serving path see). The prompt is the longest
@@ -71,7 +113,7 @@ class PairEncoder:
             raise ValueError(f"max_length must be at least {MIN_MAX_LENGTH}, got {max_length}")
         if truncation not in TRUNCATIONS:
             raise ValueError(f"truncation must be one of {', '.join(TRUNCATIONS)}, got {truncation!r}")
-        self.tokenizer = tokenizer
+        self.tokenizer = ensure_chat_template(tokenizer)
         self.max_length = max_length
         self.truncation = truncation
 
@@ -79,33 +121,18 @@ class PairEncoder:
 
     def prompt_text(self, prompt: Messages) -> str:
         """The prompt as formatted text, ending where the assistant's answer starts."""
-        if self.tokenizer.chat_template:
-            return self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-        history = "".join(f"\n\n{HH_ROLES.get(m['role'], m['role'])}: {m['content']}" for m in prompt)
-        return history + HH_ASSISTANT_PREFIX
+        return self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
 
     def conversation_text(self, prompt: Messages, response: str) -> str:
         """The whole conversation, prompt then response and the turn end the format puts after it."""
         prompt_text = self.prompt_text(prompt)
-        if self.tokenizer.chat_template:
-            full = self.tokenizer.apply_chat_template(
-                prompt + [{"role": "assistant", "content": response}], tokenize=False
-            )
-            if full.startswith(prompt_text):
-                return full
-        return (
-            prompt_text
-            + (" " if not self.tokenizer.chat_template else "")
-            + response
-            + (self.tokenizer.eos_token or "")
-        )
+        full = self.tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}], tokenize=False)
+        return full if full.startswith(prompt_text) else prompt_text + response + (self.tokenizer.eos_token or "")
 
     @cached_property
     def assistant_prefix(self) -> str:
         """What the format writes before an assistant's answer (e.g. `<|im_start|>assistant\\n`,
         HH's `\\n\\nAssistant:`)."""
-        if not self.tokenizer.chat_template:
-            return HH_ASSISTANT_PREFIX
         messages = [{"role": "user", "content": "x"}]
         with_prefix = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         without = self.tokenizer.apply_chat_template(messages, add_generation_prompt=False, tokenize=False)
@@ -128,7 +155,8 @@ class PairEncoder:
         Drops leading pad/EOS strings (left padding that RL trainers such as OpenRLHF decode with the text) and
         trailing ones (right padding). A turn that ended at EOS, or is `finished` (a completion decoded without
         special tokens), gets the rest of the format's turn end, so `...answer<|im_end|>` scores as
-        `...answer<|im_end|>\\n`. A rollout cut off before EOS is scored as given.
+        `...answer<|im_end|>\\n`. A rollout cut off before EOS is scored as given. Text without the BOS token the
+        format starts with (decoded without special tokens) gets it back.
         """
         eos = self.tokenizer.eos_token
         fillers = [t for t in {self.tokenizer.pad_token, eos} if t]
@@ -140,6 +168,8 @@ class PairEncoder:
             body_end -= len(stripped)
         finished = finished or bool(eos and text.find(eos, body_end, end) != -1)
         text = text[start:body_end]
+        if not text.startswith(self.format_start):
+            text = self.format_start + text
         turn_end = self.turn_end
         specials = self.tokenizer.all_special_tokens
         for cut in range(len(turn_end), 0, -1):
@@ -148,14 +178,18 @@ class PairEncoder:
                 return text + turn_end[cut:]
         return text + turn_end if finished else text
 
+    @cached_property
+    def format_start(self) -> str:
+        """The BOS token where the format starts with it (e.g. Llama 3's template, or HH text for a tokenizer that
+        puts BOS before plain text), else ''."""
+        bos = self.tokenizer.bos_token
+        return bos if bos and self.prompt_text([{"role": "user", "content": "x"}]).startswith(bos) else ""
+
     # ------------------------------------------------------------------ tokens
 
     def tokenize(self, text: str) -> list[int]:
-        """Token ids of formatted text. A chat template writes its own special tokens; plain HH text gets the
-        tokenizer's usual ones (e.g. BOS) unless it already starts with them."""
-        bos = self.tokenizer.bos_token
-        add_special = not self.tokenizer.chat_template and not (bos and text.startswith(bos))
-        return self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
+        """Token ids of formatted text; the chat template has written its special tokens."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def split(self, prompt: Messages, responses: list[str]) -> tuple[list[int], list[list[int]]]:
         """(shared prompt ids, one id list per response): each conversation tokenized whole, then split by position."""

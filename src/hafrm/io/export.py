@@ -196,8 +196,10 @@ batch {config.get("batch_size")}, seed {config.get("seed")}
 ## Use
 
 The reward is read at the last token of the formatted conversation (the pad token never occurs in text).
-Format the conversation as training did: with the tokenizer's chat template (below), or, for a tokenizer without
-one, as Anthropic HH text `"\\n\\nHuman: ...\\n\\nAssistant: answer"` followed by the EOS token.
+Format the conversation as training did: with the tokenizer's chat template, as below (a base model that had none
+was trained on Anthropic HH text, `"\\n\\nHuman: ...\\n\\nAssistant: answer"` and EOS, after the BOS token where its
+tokenizer adds one; its export carries that format as its chat template). The template writes the special tokens,
+so the text is tokenized without adding more.
 
 ```python
 from transformers import AutoModelForSequenceClassification, AutoTokenizer

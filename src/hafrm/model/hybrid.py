@@ -27,7 +27,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
-from hafrm.data.encoding import PAD, PROMPT, REJECTED, RESPONSE, PairCollator
+from hafrm.data.encoding import PAD, PROMPT, REJECTED, RESPONSE, PairCollator, ensure_chat_template
 from hafrm.io.atomic import staged_parts, write_atomically
 from hafrm.io.export import (
     ADAPTER_DIR,
@@ -630,8 +630,10 @@ class HybridRewardModel(nn.Module):
     ) -> Path:
         """Write reward_model/, policy/, adapter/ and reward_adapter/ (LoRA), the reward head, `extra_files`
         (name -> text) and hafrm.json, whole or not at all: every part is built in a staging folder and renamed into
-        place, and hafrm.json, the mark of a finished export, comes last. LoRA adapters are merged in place."""
+        place, and hafrm.json, the mark of a finished export, comes last. LoRA adapters are merged in place. A
+        tokenizer without a chat template is saved with the HH text format training gives it."""
         output_dir = Path(output_dir)
+        tokenizer = ensure_chat_template(tokenizer)
         with staged_parts(output_dir, METADATA_FILE) as staging:
             save_file({"weight": self.score.weight.detach().contiguous()}, staging / REWARD_HEAD_FILE)
             if self.is_peft:
