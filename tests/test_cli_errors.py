@@ -69,7 +69,7 @@ def one_line_error(capsys, *fragments) -> str:
         (["--max-steps", "0"], "max_steps must be -1"),
         (["--tau", "0"], "tau must be positive"),
         (["--dtype", "fp8"], "dtype must be auto"),
-        (["--training-args", '{"no_such_option": 1}'], "training_args:"),
+        (["--training-args", '{"no_such_option": 1}'], "unknown option training_args no_such_option"),
     ],
 )
 def test_bad_training_options_stop_before_loading_anything(

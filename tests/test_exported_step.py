@@ -96,7 +96,7 @@ def test_validation_split_keeps_prompt_groups_together():
 @pytest.mark.parametrize(
     "settings, message",
     [
-        ({"training_args": {"load_best_model_at_end": True}}, "chosen by hafrm's own load_best_model_at_end"),
+        ({"training_args": {"load_best_model_at_end": True}}, "load_best_model_at_end: set it as an option of its own"),
         ({"training_args": {"metric_for_best_model": "eval_accuracy"}}, "never on the pairs whose accuracy"),
         ({"eval_at_steps": [2], "load_best_model_at_end": True}, "does not combine"),
         ({"eval_at_steps": [2], "early_stopping_patience": 1}, "does not combine"),

@@ -198,7 +198,7 @@ def test_command_line_aliases_in_both_spellings_and_over_a_yaml_file(tmp_path):
         ({"loss_type": "exo_pair"}, "loss_type 'exo_pair' (TRL) has no counterpart in hafrm"),
         ({"loss_type": ["sigmoid", "sft"]}, "has no counterpart"),
         ({"pref_loss": "orpo"}, "pref_loss 'orpo' (LLaMA-Factory) has no counterpart"),
-        ({"beta": 0.1, "tau": 0.2}, "tau is given twice (as beta and as tau)"),
+        ({"beta": 0.1, "tau": 0.2}, "tau is given twice, as beta=0.1 and as tau=0.2"),
         ({"batch_size": 8, "gradient_accumulation_steps": 2}, "give one of them"),
         ({"use_peft": "yes"}, "use_peft (TRL ModelConfig's name for lora): lora must be true or false"),
         ({"finetuning_type": "freeze"}, "finetuning_type 'freeze' (LLaMA-Factory) has no counterpart"),

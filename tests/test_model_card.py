@@ -41,7 +41,7 @@ def test_training_args_value_is_what_the_record_and_card_say(tiny_model_dir, tmp
 def test_a_training_args_value_that_conflicts_with_an_option_is_refused(tiny_model_dir, tmp_path, capsys):
     argv = train_command(tiny_model_dir, tmp_path / "out", "--training-args", '{"learning_rate": 0.5}')
     assert main([*argv, "--learning-rate", "3e-5"]) == 2
-    assert "training_args learning_rate=0.5 conflicts with learning_rate=3e-05" in capsys.readouterr().err
+    assert "learning_rate is given twice: 3e-05 and training_args learning_rate=0.5" in capsys.readouterr().err
 
 
 def test_the_embedded_base_model_is_named_in_the_card():

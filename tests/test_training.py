@@ -215,7 +215,7 @@ def test_unknown_yaml_field_and_bad_data_are_clear_errors(tiny_model_dir, tmp_pa
     config_file = tmp_path / "run.yaml"
     config_file.write_text("methd: haf\n")
     assert main(["train", "--config", str(config_file)]) == 2
-    assert "unknown config field(s) methd" in capsys.readouterr().err
+    assert "run.yaml: unknown option methd (did you mean method?)" in capsys.readouterr().err
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a", "chosen": "b"}])
     assert main(tiny_args(tiny_model_dir, tmp_path / "o", "--train-data", str(bad))) == 2
     assert "bad.jsonl:1: missing column(s) 'rejected'" in capsys.readouterr().err

@@ -12,6 +12,8 @@ import types
 import typing
 from pathlib import Path
 
+import yaml
+
 from hafrm import __version__
 from hafrm.data.encoding import MIN_MAX_LENGTH
 from hafrm.data.errors import DataError
@@ -20,7 +22,7 @@ from hafrm.io.atomic import write_atomically
 from hafrm.io.filechecks import check_writable_dir, check_writable_file
 from hafrm.rlhf.config import RlhfConfig
 from hafrm.serve.limits import ServeLimits
-from hafrm.training.config import TrainConfig, merge_config_values, read_yaml
+from hafrm.training.config import TrainConfig, YamlLoader, merge_config_values, read_yaml
 
 logger = logging.getLogger("hafrm")
 
@@ -119,10 +121,32 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def given_options(args: argparse.Namespace) -> dict:
-    """The training options given on the command line, in our names or the ecosystem's."""
+    """The training options given on the command line, in our names or the ecosystem's (foreign flags included)."""
     from hafrm.training.config import ALIASES
 
-    return {name: getattr(args, name) for name in [*TrainConfig.field_names(), *ALIASES] if hasattr(args, name)}
+    ours = {name: getattr(args, name) for name in [*TrainConfig.field_names(), *ALIASES] if hasattr(args, name)}
+    return {**ours, **getattr(args, "foreign", {})}
+
+
+def foreign_flags(extras: list[str]) -> dict:
+    """Flags argparse does not know (TrainingArguments and TRL fields, for the config's namespace to rule on):
+    `--name VALUE`, `--name=VALUE` or a bare `--name` (true); dashes in names read as underscores, values as YAML
+    scalars (`1e-5`, `true`, `adamw_torch`, JSON mappings)."""
+    flags: dict = {}
+    index = 0
+    while index < len(extras):
+        token = extras[index]
+        if not token.startswith("--") or len(token) == 2:
+            raise ValueError(f"unexpected argument {token!r}")
+        name, has_value, value = token[2:].partition("=")
+        if not has_value:
+            following = extras[index + 1] if index + 1 < len(extras) else None
+            has_value = following is not None and not following.startswith("--")
+            value = following if has_value else "true"
+            index += has_value
+        flags[name.replace("-", "_")] = yaml.load(value, Loader=YamlLoader) if value else value
+        index += 1
+    return flags
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -456,7 +480,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train a haf, baseline (BT-only) or dpo model")
+    train = commands.add_parser(
+        "train",
+        help="train a haf, baseline (BT-only) or dpo model",
+        # an unknown flag is a TrainingArguments or TRL field (foreign_flags), never one of ours by its prefix
+        allow_abbrev=False,
+        epilog="Any other transformers TrainingArguments field is accepted too, as --its_name VALUE (or --its-name; "
+        "a bare flag is true) and as a YAML key, with transformers' meaning; the TRL and transformers fields hafrm "
+        "sets itself or does not implement are refused with the reason: docs/options.md, 'One namespace'.",
+    )
     train.add_argument("--config", help="YAML file of training options")
     train.add_argument(
         "--defaults",
@@ -799,11 +831,15 @@ def quiet_deepspeed_on_cpu() -> None:
 def main(argv: list[str] | None = None) -> int:
     from hafrm.io.remote_code import trust_remote_code
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras and args.command != "train":
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
     quiet_deepspeed_on_cpu()
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     trust_remote_code(bool(getattr(args, "trust_remote_code", False)))  # train and rlhf set it from their config
     try:
+        args.foreign = foreign_flags(extras)
         return args.handler(args)
     except (DataError, OSError, ValueError, FloatingPointError) as error:
         # User errors (bad data, config, paths, a diverging run): one line, no traceback.

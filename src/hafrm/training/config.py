@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import re
 import types
@@ -19,6 +20,16 @@ from hafrm.data.encoding import MIN_MAX_LENGTH, TRUNCATIONS
 from hafrm.data.formats import ADAPTERS
 from hafrm.model.hybrid import PADDED_LAST_COLUMN, REWARD_HEAD_INITS, REWARD_READOUTS, LoraSettings
 from hafrm.model.losses import METHODS, POLICY_LOSSES, HafObjective, PolicyLoss
+from hafrm.training.namespace import (
+    FOREIGN_FIELDS,
+    PASS,
+    TRL_SPLITS,
+    did_you_mean,
+    foreign_rule,
+    training_arguments_fields,
+)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -324,9 +335,10 @@ class TrainConfig:
     training_args: dict = field(
         default_factory=dict,
         metadata={
-            "help": 'any other transformers.TrainingArguments, as JSON, e.g. \'{"deepspeed": "ds.json"}\'; an entry '
-            "that is one of these options (learning_rate, per_device_train_batch_size, ...) sets it, and one that "
-            "disagrees with that option given apart is refused"
+            "help": 'transformers.TrainingArguments fields, as JSON, e.g. \'{"deepspeed": "ds.json", "optim": '
+            '"adafactor"}\': the same namespace as the options (any TrainingArguments field is also accepted as a '
+            "YAML key or --its_name): an entry that is one of our options sets it, two values for one option are "
+            "refused, and the fields hafrm sets itself are refused with the reason (docs/options.md)"
         },
     )
 
@@ -346,9 +358,11 @@ class TrainConfig:
                 "eval_at_steps evaluates the eval sets at those steps and exports the last step; it does not combine "
                 "with load_best_model_at_end or early_stopping_patience, which choose a checkpoint on validation pairs"
             )
-        for name in self.training_args:
-            if name in REFUSED_TRAINING_ARGS:
-                raise ValueError(f"training_args {name}: {REFUSED_TRAINING_ARGS[name]}")
+        for name, value in self.training_args.items():
+            rule = foreign_rule(name)
+            if rule is not None and rule.refuses(value):
+                raise ValueError(f"training_args {name} ({rule.origin}) is refused: {rule.why}")
+        self._check_training_args_fit()
         if self.batch_size % self.micro_batch_size:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})"
@@ -360,23 +374,14 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> TrainConfig:
-        """Read a YAML mapping of config fields (ours or the ecosystem's names, see `ALIASES`); `overrides` (e.g.
-        from the CLI, which may use either names too) win over the file."""
-        values = read_yaml(path)
-        unknown = sorted(set(values) - set(cls.field_names()) - set(ALIASES))
-        if unknown:
-            raise ValueError(
-                f"{path}: unknown config field(s) {', '.join(unknown)}; known: {', '.join(cls.field_names())} "
-                f"and the aliases {', '.join(ALIASES)}"
-            )
-        return cls(**merge_config_values((str(path), values), (None, overrides)))
+        """Read a YAML mapping of config fields (ours or the ecosystem's names: `merge_config_values`); `overrides`
+        (e.g. from the CLI, which may use either names too) win over the file."""
+        return cls(**merge_config_values((str(path), read_yaml(path)), (None, overrides)))
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        """A config from a mapping that may use the ecosystem's names (`ALIASES`) as well as ours."""
-        unknown = sorted(set(values) - set(cls.field_names()) - set(ALIASES))
-        if unknown:
-            raise ValueError(f"unknown config field(s) {', '.join(unknown)}")
+        """A config from a mapping that may use the ecosystem's names (`ALIASES`, `namespace.FOREIGN_FIELDS`,
+        TrainingArguments) as well as ours."""
         return cls(**merge_config_values((None, values)))
 
     @classmethod
@@ -411,6 +416,11 @@ class TrainConfig:
         passed = dict(self.training_args)
         for name, value in self.training_args.items():
             ours = TRAINING_ARGS_FIELDS.get(name)
+            if ours is None and (name in ALIASES or name in self.field_names()):
+                raise ValueError(
+                    f"training_args {name}: set it as an option of its own (TrainConfig.from_dict reads "
+                    "training_args entries as options)"
+                )
             if ours is None:
                 continue
             current, default = getattr(self, ours), _default(ours)
@@ -421,6 +431,25 @@ class TrainConfig:
             setattr(self, ours, self.validated(ours, value))
             del passed[name]
         return passed
+
+    def _check_training_args_fit(self) -> None:
+        """TrainingArguments passed through that contradict our options: mixed precision against the weights' dtype,
+        and evaluation or save strategies under eval_at_steps, which sets both."""
+        amp = {name: self.training_args[name] for name in ("fp16", "bf16") if name in self.training_args}
+        weights = {"fp16": "fp16", "float16": "fp16", "bf16": "bf16", "bfloat16": "bf16"}.get(self.dtype)
+        other = {"fp16": "bf16", "bf16": "fp16"}
+        # dtype fp16 is fp16 autocast over fp32 weights (transformers' fp16); dtype bf16 is bf16 weights
+        if weights and (amp.get(other[weights]) or (weights == "fp16" and amp.get("fp16") is False)):
+            raise ValueError(
+                f"dtype {self.dtype} conflicts with {', '.join(f'{k}={v}' for k, v in amp.items())} (transformers' "
+                "mixed precision; hafrm's dtype fp16 is fp16 autocast over fp32 weights, bf16 is bf16 weights): "
+                "give one of them"
+            )
+        strategies = sorted({"eval_strategy", "save_strategy"} & set(self.training_args))
+        if self.eval_at_steps and strategies:
+            raise ValueError(
+                f"eval_at_steps sets when to evaluate and save; it does not combine with {' and '.join(strategies)}"
+            )
 
     @property
     def selects_checkpoint(self) -> bool:
@@ -570,11 +599,11 @@ def describe_type(kind) -> str:
     return names.get(kind, kind.__name__)
 
 
-class _YamlLoader(yaml.SafeLoader):
+class YamlLoader(yaml.SafeLoader):
     """SafeLoader that reads `1e-5` as a number (YAML 1.2) rather than the string YAML 1.1 makes of it."""
 
 
-_YamlLoader.add_implicit_resolver(
+YamlLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+0123456789.")
 )
 
@@ -582,7 +611,7 @@ _YamlLoader.add_implicit_resolver(
 def read_yaml(path: str | Path) -> dict:
     """A YAML mapping of config fields; a syntax error is one line naming the file, line and column."""
     try:
-        values = yaml.load(Path(path).read_text(), Loader=_YamlLoader) or {}
+        values = yaml.load(Path(path).read_text(), Loader=YamlLoader) or {}
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -617,18 +646,6 @@ TRAINING_ARGS_FIELDS = {
     "gradient_checkpointing": "gradient_checkpointing",
     "resume_from_checkpoint": "resume_from_checkpoint",
     "overwrite_output_dir": "overwrite_output_dir",
-}
-
-_CHOSEN_BY_US = (
-    "the checkpoint is chosen by hafrm's own load_best_model_at_end, on validation pairs carved from the training "
-    "data, never on the pairs whose accuracy is reported"
-)
-# TrainingArguments fields training_args may not set, and why.
-REFUSED_TRAINING_ARGS = {
-    "load_best_model_at_end": _CHOSEN_BY_US,
-    "metric_for_best_model": _CHOSEN_BY_US,
-    "gradient_accumulation_steps": "hafrm derives it from batch_size (global pairs per step): set batch_size, or "
-    "gradient_accumulation_steps as an option of its own",
 }
 
 
@@ -674,6 +691,14 @@ def _reference_mode(value) -> str:
     return "precompute" if value else "live"
 
 
+def _fraction_only(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(
+            f"test_split_size {value!r}: hafrm holds out a fraction in [0, 1) (eval_fraction), not a count"
+        )
+    return float(value)
+
+
 def _finetuning_type(value) -> bool:
     if value not in ("lora", "full"):
         raise ValueError(
@@ -704,6 +729,13 @@ ALIASES: dict[str, Alias] = {
         ),
         Alias("model_name_or_path", "model", "TRL ModelConfig, LLaMA-Factory"),
         Alias("dataset_name", "train_data", "TRL ScriptArguments"),
+        Alias(
+            "test_split_size",
+            "eval_fraction",
+            "TRL DatasetMixtureConfig",
+            _fraction_only,
+            "a fraction; a count of pairs is refused",
+        ),
         Alias("num_train_epochs", "epochs", "transformers TrainingArguments"),
         Alias("lr_scheduler_type", "lr_scheduler", "transformers TrainingArguments"),
         Alias("per_device_train_batch_size", "micro_batch_size", "transformers TrainingArguments"),
@@ -740,24 +772,94 @@ def world_size() -> int:
     return max(1, int(os.environ.get("WORLD_SIZE", "1")))
 
 
-def _in_our_names(values: dict) -> dict:
-    """`values` with each alias replaced by our field and value; gradient_accumulation_steps is left for the caller."""
+def _accepted_names() -> list[str]:
+    return sorted({*TrainConfig.field_names(), *ALIASES, *FOREIGN_FIELDS, *TRL_SPLITS, *training_arguments_fields()})
+
+
+def _one_namespace(values: dict) -> dict:
+    """The top-level names of `values` with its training_args entries beside them: training_args is the same
+    namespace (an entry that is one of our options sets it); a name given both ways with two values is refused."""
+    values = dict(values)
+    nested = values.pop("training_args", None) or {}
+    if not isinstance(nested, dict):
+        raise ValueError(f"training_args must be a mapping, got {nested!r}")
+    for name, value in nested.items():
+        if name in values and values[name] != value:
+            raise ValueError(f"{name} is given twice: {values[name]!r} and training_args {name}={value!r}")
+        values[name] = value
+    return values
+
+
+def _trl_dataset(values: dict, ours: dict) -> None:
+    """TRL ScriptArguments' data set fields in our words: dataset_config joins dataset_name as `name:config`; the
+    train split is what hafrm reads from train_data; the test split becomes eval_data where the set is on the hub."""
+    for name, split in TRL_SPLITS.items():
+        if name in values and values[name] != split:
+            raise ValueError(
+                f"{name} {values[name]!r} (TRL ScriptArguments): hafrm reads the {split!r} split of a hub data set; "
+                f"save that split as a file and give it as {'train_data' if split == 'train' else 'eval_data'}"
+            )
+    config = values.get("dataset_config")
+    if config:
+        if "dataset_name" not in values:
+            raise ValueError("dataset_config (TRL ScriptArguments) needs dataset_name beside it")
+        ours["train_data"] = f"{values['dataset_name']}:{config}"
+    if "dataset_test_split" in values and "dataset_name" in values and "eval_data" not in ours:
+        if Path(values["dataset_name"]).exists():
+            logger.info(
+                "dataset_test_split: %s is a local path, which has no test split; eval_fraction holds pairs "
+                "out instead (give eval_data for another set)",
+                values["dataset_name"],
+            )
+        else:
+            ours["eval_data"] = ours["train_data"]
+
+
+def _in_our_names(values: dict, nested: frozenset[str] = frozenset()) -> dict:
+    """`values` with each alias replaced by our field and value, and TrainingArguments fields that are not ours
+    gathered in training_args; foreign fields ignored or refused by their rule (`namespace.FOREIGN_FIELDS`), an
+    unknown name refused with the closest accepted ones (`nested`: the names that came in training_args, so named).
+    gradient_accumulation_steps is left for the caller."""
+    values = _one_namespace(values)
     ours: dict = {}
     given_as: dict[str, str] = {}
+    passed: dict = {}
     for name, value in values.items():
+        if name in ("gradient_accumulation_steps", "dataset_config", *TRL_SPLITS):
+            continue
         alias = ALIASES.get(name)
-        if name == "gradient_accumulation_steps":
+        if alias is None and name not in TrainConfig.field_names():
+            rule = foreign_rule(name)
+            where = "training_args " if name in nested else ""
+            if rule is None:
+                raise ValueError(f"unknown option {where}{name}{did_you_mean(name, _accepted_names())}")
+            if rule.refuses(value):
+                raise ValueError(f"{where}{name} ({rule.origin}) is refused: {rule.why}")
+            if rule.action == PASS:
+                passed[name] = value
+            else:
+                logger.info("%s (%s) ignored: %s", name, rule.origin, rule.why)
             continue
         target = alias.target if alias else name
-        if target in ours:
-            raise ValueError(f"{target} is given twice (as {given_as[target]} and as {name}); give one of them")
         if alias is not None:
             value = alias.convert(value) if alias.convert else value
             try:
                 TrainConfig.validated(target, value)
             except ValueError as error:
                 raise ValueError(f"{name} ({alias.origin}'s name for {target}): {error}") from None
+        if target in ours and ours[target] != value:
+            raise ValueError(
+                f"{target} is given twice, as {given_as[target]}={ours[target]!r} and as {name}={value!r}; "
+                "give one of them"
+            )
         ours[target], given_as[target] = value, name
+    _trl_dataset(values, ours)
+    if "warmup_steps" in passed:
+        if "warmup_ratio" in ours:
+            raise ValueError("warmup_steps (transformers) and warmup_ratio both set the warmup; give one of them")
+        ours["warmup_ratio"] = 0.0  # the count passed to TrainingArguments is the warmup; the record says so
+    if passed:
+        ours["training_args"] = passed
     return ours
 
 
@@ -773,7 +875,9 @@ def merge_config_values(*sources: tuple[str | None, dict]) -> dict:
     converted = []
     for where, values in sources:
         try:
-            ours = _in_our_names(values)
+            nested = frozenset(values.get("training_args") or {})
+            values = _one_namespace(values)
+            ours = _in_our_names(values, nested)
             steps = values.get("gradient_accumulation_steps")
             if steps is not None and ("batch_size" in ours):
                 raise ValueError(
@@ -800,6 +904,9 @@ def merge_config_values(*sources: tuple[str | None, dict]) -> dict:
         elif "batch_size" in ours:
             accumulation = None
         batch_names |= uses_batch_names
+        if "warmup_ratio" in ours and "warmup_steps" not in ours.get("training_args", {}):
+            merged.get("training_args", {}).pop("warmup_steps", None)
+        ours["training_args"] = {**merged.get("training_args", {}), **ours.get("training_args", {})}
         merged.update(ours)
     if accumulation is not None or (batch_names and "batch_size" not in merged):
         micro = merged.get("micro_batch_size", _default("micro_batch_size"))
