@@ -111,8 +111,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             options = dict(type=_text_to_bool, nargs="?", const=True, metavar="BOOL")
         elif alias.name == "gradient_accumulation_steps":
             options = dict(type=int, metavar="STEPS")
-        elif alias.name == "center_rewards_coefficient":
-            options = dict(type=float, metavar="COEF")
+        elif alias.name in ("center_rewards_coefficient", "val_size", "test_split_size"):
+            options = dict(type=float, metavar="NUMBER")
         elif alias.convert is not None:
             options = dict(metavar=alias.name.upper())
         else:

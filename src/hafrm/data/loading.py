@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 
 from hafrm.data.errors import DataError, SkipReport
 from hafrm.data.formats import ADAPTERS, PREFERENCE_COLUMNS, SkipRow, as_messages, detect_format, rename_columns
+from hafrm.data.llamafactory import RegistrySelection, registry_streams
 from hafrm.data.reading import read_sources
 
 logger = logging.getLogger(__name__)
@@ -28,9 +30,9 @@ def load_pairs(
 ) -> tuple[list[dict], SkipReport]:
     """Read `source` and convert each row; unusable rows are skipped and counted, broken rows raise DataError.
 
-    source: a file, folder or hub name, or rows in memory (a datasets.Dataset or a list of dicts, in any schema a
-    file may have; errors name them `name row N`). on_error="skip" counts schema errors (malformed JSON, missing
-    columns, wrong types) instead of raising.
+    source: a file, folder or hub name, LLaMA-Factory registered sets (`llamafactory.RegistrySelection`), or rows in
+    memory (a datasets.Dataset or a list of dicts, in any schema a file may have; errors name them `name row N`).
+    on_error="skip" counts schema errors (malformed JSON, missing columns, wrong types) instead of raising.
     """
     if on_error not in ("error", "skip"):
         raise ValueError(f"on_error must be 'error' or 'skip', got {on_error!r}")
@@ -38,16 +40,19 @@ def load_pairs(
         raise DataError(f"unknown data format {data_format!r}; known: auto, {', '.join(sorted(ADAPTERS))}")
     report = SkipReport()
     pairs: list[dict] = []
-    if isinstance(source, (str, os.PathLike)):
-        sources = read_sources(str(source), split=split, on_error=on_error, report=report, hub_kwargs=hub_kwargs)
+    chosen_adapter = None if data_format == "auto" else ADAPTERS[data_format]
+    if isinstance(source, RegistrySelection):  # each registered set is read by its entry's rules
+        streams = registry_streams(source, functools.partial(read_sources, on_error=on_error, report=report))
+    elif isinstance(source, (str, os.PathLike)):
+        files = read_sources(str(source), split=split, on_error=on_error, report=report, hub_kwargs=hub_kwargs)
+        streams = ((rows, chosen_adapter) for rows in files)
     else:
-        sources = [((f"{name} row {index}", dict(row)) for index, row in enumerate(source, start=1))]
+        streams = [(((f"{name} row {index}", dict(row)) for index, row in enumerate(source, start=1)), chosen_adapter)]
         source = name
-    for rows in sources:
+    for rows, adapter in streams:
         remaining = None if limit is None else limit - len(pairs)
         if remaining == 0:
             break
-        adapter = None if data_format == "auto" else ADAPTERS[data_format]
         pairs += itertools.islice(_pairs_of_rows(rows, adapter, column_map, report, on_error), remaining)
     report.rows_used = len(pairs)
     if report.rows_skipped:

@@ -183,6 +183,28 @@ class TrainConfig:
             "help": "evaluation pairs, as train_data; unset: eval_fraction of train_data (or the shipped test sample)"
         },
     )
+    dataset: str | list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "LLaMA-Factory's registry: names of preference sets (ranking: true) in dataset_dir's "
+            "dataset_info.json, comma-separated, read with each entry's formatting, columns and tags; instead of "
+            "train_data"
+        },
+    )
+    eval_dataset: str | list[str] | None = field(
+        default=None,
+        metadata={"help": "LLaMA-Factory's registry: sets to evaluate on, as dataset; instead of eval_data"},
+    )
+    dataset_dir: str = field(
+        default="data", metadata={"help": "the folder holding dataset_info.json for dataset and eval_dataset"}
+    )
+    template: str | None = field(
+        default=None,
+        metadata={
+            "help": "LLaMA-Factory's chat template name: accepted where the tokenizer has a chat template of its own, "
+            "which hafrm formats with (and exports); a tokenizer without one is refused: give prompt_template"
+        },
+    )
     data_format: str = field(
         default="auto", metadata={"help": "schema of the data; auto: detected from each file's columns"}
     )
@@ -346,6 +368,9 @@ class TrainConfig:
         for name in self.field_names():
             setattr(self, name, self.validated(name, getattr(self, name)))
         self.training_args = self._fold_training_args()
+        for registry, path in (("dataset", "train_data"), ("eval_dataset", "eval_data")):
+            if getattr(self, registry) and getattr(self, path):
+                raise ValueError(f"{registry} (LLaMA-Factory's registry) and {path} both name the data; give one")
         if self.freeze_layers and self.lora:
             raise ValueError("freeze_layers trains the top layers in full; it does not combine with lora")
         if self.reward_readout == PADDED_LAST_COLUMN and self.micro_batch_size != 1:
@@ -691,12 +716,22 @@ def _reference_mode(value) -> str:
     return "precompute" if value else "live"
 
 
-def _fraction_only(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ValueError(
-            f"test_split_size {value!r}: hafrm holds out a fraction in [0, 1) (eval_fraction), not a count"
-        )
-    return float(value)
+def _fraction_only(name: str) -> Callable[[object], float]:
+    def convert(value) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ValueError(f"{name} {value!r}: hafrm holds out a fraction in [0, 1) (eval_fraction), not a count")
+        return float(value)
+
+    return convert
+
+
+def _lora_target(value) -> str | list[str]:
+    """LLaMA-Factory's lora_target: `all` (every linear layer) or comma-separated module names."""
+    if value == "all":
+        return "all-linear"
+    if isinstance(value, str):
+        return [name.strip() for name in value.split(",") if name.strip()]
+    return value
 
 
 def _finetuning_type(value) -> bool:
@@ -733,9 +768,20 @@ ALIASES: dict[str, Alias] = {
             "test_split_size",
             "eval_fraction",
             "TRL DatasetMixtureConfig",
-            _fraction_only,
+            _fraction_only("test_split_size"),
             "a fraction; a count of pairs is refused",
         ),
+        Alias(
+            "val_size", "eval_fraction", "LLaMA-Factory", _fraction_only("val_size"), "a fraction; a count is refused"
+        ),
+        Alias(
+            "max_samples",
+            "max_train_pairs",
+            "LLaMA-Factory",
+            None,
+            "LLaMA-Factory caps each set, hafrm the total: the same for one set",
+        ),
+        Alias("lora_target", "lora_target_modules", "LLaMA-Factory", _lora_target, "all is all-linear"),
         Alias("num_train_epochs", "epochs", "transformers TrainingArguments"),
         Alias("lr_scheduler_type", "lr_scheduler", "transformers TrainingArguments"),
         Alias("per_device_train_batch_size", "micro_batch_size", "transformers TrainingArguments"),

@@ -83,6 +83,18 @@ FOREIGN_FIELDS: dict[str, ForeignField] = {
         ForeignField("do_train", _TA, IGNORE, "hafrm train always trains"),
         ForeignField("do_eval", _TA, IGNORE, "hafrm train evaluates whenever it has evaluation pairs"),
         ForeignField("do_predict", _TA, IGNORE, "hafrm train does not predict; hafrm score does"),
+        # LLaMA-Factory (its model, data and finetuning arguments; the rest of its YAML is our options or aliases)
+        ForeignField(
+            "stage",
+            "LLaMA-Factory",
+            IGNORE,
+            "hafrm train trains reward models (LLaMA-Factory's stage rm; its rm is hafrm's method baseline, hafrm's "
+            "default method is haf); other stages are refused",
+            ignored_values=("rm",),
+        ),
+        ForeignField("plot_loss", "LLaMA-Factory", IGNORE, "loss curves: report_to tensorboard (or wandb, ...)"),
+        ForeignField("overwrite_cache", "LLaMA-Factory", IGNORE, "hafrm's caches are keyed by model and data"),
+        ForeignField("preprocessing_num_workers", "LLaMA-Factory", IGNORE, "hafrm tokenizes in one process"),
         # TRL ScriptArguments
         ForeignField(
             "dataset_streaming", _TRL_SCRIPT, REFUSE, "hafrm reads the whole set: it counts, splits and sorts pairs"

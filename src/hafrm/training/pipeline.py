@@ -20,7 +20,7 @@ from transformers import EarlyStoppingCallback, TrainerCallback, TrainingArgumen
 from transformers.trainer_utils import get_last_checkpoint
 
 from hafrm import __version__
-from hafrm.data import PairCollator, PairEncoder, SkipReport, load_pairs, train_test_split
+from hafrm.data import PairCollator, PairEncoder, SkipReport, llamafactory, load_pairs, train_test_split
 from hafrm.data.encoding import chat_template_for, encode_pairs
 from hafrm.data.splits import split_by_prompt
 from hafrm.eval.metrics import (
@@ -82,13 +82,20 @@ def load_splits(config: TrainConfig, encoder: PairEncoder, train_rows: Rows | No
     chooses a checkpoint) are whole prompt groups of the training pairs, so no validation question is trained on
     and no reported pair is used to choose."""
     options = dict(data_format=config.data_format, column_map=config.column_map, on_error=config.on_bad_row)
-    train_source = train_rows if train_rows is not None else config.train_data or str(DEFAULT_TRAIN_DATA)
+    registry = {
+        name: llamafactory.selection(config.dataset_dir, names)
+        for name, names in (("train", config.dataset), ("eval", config.eval_dataset))
+        if names
+    }
+    train_source = (
+        train_rows if train_rows is not None else registry.get("train") or config.train_data or str(DEFAULT_TRAIN_DATA)
+    )
     train_pairs, report = load_pairs(train_source, limit=config.max_train_pairs, name="train_data", **options)
-    own_train_data = config.train_data is not None or train_rows is not None
+    own_train_data = train_rows is not None or bool(config.dataset) or config.train_data is not None
     eval_source = (
         eval_rows
         if eval_rows is not None
-        else config.eval_data or (str(DEFAULT_EVAL_DATA) if not own_train_data else None)
+        else registry.get("eval") or config.eval_data or (str(DEFAULT_EVAL_DATA) if not own_train_data else None)
     )
     eval_pairs: dict[str, list[dict]] = {}
     for name, source in (
@@ -434,6 +441,26 @@ def train(
         return _train(config, callbacks, train_rows, eval_rows)
 
 
+def check_template_name(config: TrainConfig, tokenizer) -> None:
+    """LLaMA-Factory's `template` names a format hafrm does not have: the tokenizer's own chat template stands in
+    for it (logged); without one, or beside prompt_template, it is refused."""
+    if not config.template:
+        return
+    if config.prompt_template or not tokenizer.chat_template:
+        raise ValueError(
+            f"template {config.template!r} (LLaMA-Factory) names a format hafrm does not have: the tokenizer has "
+            + (
+                "no chat template of its own; give the prompt format as prompt_template"
+                if not config.prompt_template
+                else "prompt_template given too; drop template"
+            )
+        )
+    logger.info(
+        "template %s (LLaMA-Factory): hafrm formats with the tokenizer's own chat template, which the export carries",
+        config.template,
+    )
+
+
 def _train(config: TrainConfig, callbacks, train_rows, eval_rows) -> TrainResult:
     """`train` once the output folder's lock is held."""
     preflight(config, train_rows is not None, eval_rows is not None)
@@ -444,6 +471,7 @@ def _train(config: TrainConfig, callbacks, train_rows, eval_rows) -> TrainResult
     set_seed(config.seed)
     model_path = resolve_model_path(config.model)
     tokenizer = load_tokenizer(model_path)
+    check_template_name(config, tokenizer)
     if config.prompt_template:
         tokenizer.chat_template = chat_template_for(config.prompt_template)
     encoder = PairEncoder(tokenizer, config.max_length, config.truncation)
