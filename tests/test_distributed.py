@@ -153,3 +153,45 @@ def test_deepspeed_zero_on_two_cpu_processes_matches_one_process(stage, tiny_mod
         assert one.keys() == zero.keys()
         for name in one:
             torch.testing.assert_close(zero[name], one[name], rtol=1e-4, atol=1e-5, msg=f"{folder}: {name}")
+
+
+def test_the_shipped_deepspeed_accelerate_config_runs_as_written(tiny_model_dir, tmp_path):
+    """`accelerate launch --config_file configs/accelerate/deepspeed-zero2.yaml` as the file is written (8 processes,
+    bf16, ZeRO-2; here on DeepSpeed's CPU accelerator): the paper's batch of 16 is split 2 pairs a process, and
+    TrainingArguments' bf16 follows the launcher, as DeepSpeed's config does."""
+    pytest.importorskip("deepspeed")
+    root = os.path.dirname(os.path.dirname(__file__))
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
+    config = ["--config_file", f"{root}/configs/accelerate/deepspeed-zero2.yaml"]
+    command = train_command(tiny_model_dir, tmp_path / "out")
+    for option in ("--batch-size", "--micro-batch-size"):  # the paper's defaults, as a user's run would have them
+        del command[command.index(option) : command.index(option) + 2]
+    launched = subprocess.run(
+        accelerate + config + command + ["--max-steps", "1", "--max-train-pairs", "32"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+    )
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert "micro_batch_size 2: batch_size 16 over 8 processes is 2 pairs each" in launched.stderr
+    record = json.loads((tmp_path / "out" / "hafrm.json").read_text())["config"]
+    assert (record["batch_size"], record["micro_batch_size"]) == (16, 2)
+    arguments = torch.load(tmp_path / "out" / "checkpoint-1" / "training_args.bin", weights_only=False)
+    assert arguments.bf16 and arguments.gradient_accumulation_steps == 1
+
+
+def test_the_launchers_precision_and_process_count_shape_the_run(monkeypatch, tmp_path):
+    from hafrm.training.config import TrainConfig
+    from hafrm.training.pipeline import training_arguments
+
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert TrainConfig.from_dict({}).micro_batch_size == 2  # 16 pairs over 8 processes
+    assert TrainConfig.from_dict({"batch_size": 64}).micro_batch_size == 4  # 8 each: the default fits
+    with pytest.raises(ValueError, match="not a multiple of micro_batch_size x processes"):
+        training_arguments(TrainConfig.from_dict({"micro_batch_size": 4, "output_dir": str(tmp_path)}), False)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    arguments = training_arguments(TrainConfig.from_dict({"output_dir": str(tmp_path)}), False)
+    assert arguments.bf16 and not arguments.fp16
+    config = TrainConfig.from_dict({"output_dir": str(tmp_path), "bf16": False})  # an explicit value wins
+    assert not training_arguments(config, False).bf16

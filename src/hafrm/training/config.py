@@ -957,7 +957,24 @@ def merge_config_values(*sources: tuple[str | None, dict]) -> dict:
     if accumulation is not None or (batch_names and "batch_size" not in merged):
         micro = merged.get("micro_batch_size", _default("micro_batch_size"))
         merged["batch_size"] = micro * (accumulation or 1) * world_size()
+    elif "micro_batch_size" not in merged:
+        merged.update(_micro_batch_for_processes(merged.get("batch_size", _default("batch_size"))))
     return merged
+
+
+def _micro_batch_for_processes(batch_size: int) -> dict:
+    """A default micro_batch_size that fits the launch: the largest at most the default that divides each process's
+    share of batch_size (8 processes of a batch of 16 take 2 pairs each, not 4). A given micro_batch_size is kept,
+    and one that does not fit is refused (training_arguments)."""
+    default, processes = _default("micro_batch_size"), world_size()
+    if processes == 1 or batch_size % processes or (batch_size // processes) % default == 0:
+        return {}
+    share = batch_size // processes
+    micro = max(m for m in range(1, default + 1) if share % m == 0)
+    logger.info(
+        "micro_batch_size %d: batch_size %d over %d processes is %d pairs each", micro, batch_size, processes, share
+    )
+    return {"micro_batch_size": micro}
 
 
 def _default(name: str):

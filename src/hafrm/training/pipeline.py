@@ -259,8 +259,7 @@ def training_arguments(config: TrainConfig, has_eval: bool, train_pairs: int | N
         remove_unused_columns=False,
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         length_column_name="length",
-        bf16=dtype == torch.bfloat16 and torch.cuda.is_available(),
-        fp16=dtype == torch.float16 and torch.cuda.is_available(),
+        **mixed_precision(dtype),
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
     )
@@ -269,6 +268,17 @@ def training_arguments(config: TrainConfig, has_eval: bool, train_pairs: int | N
         return TrainingArguments(**arguments)
     except TypeError as error:  # an unknown key in training_args
         raise ValueError(f"training_args: {error}") from None
+
+
+def mixed_precision(dtype: torch.dtype) -> dict:
+    """TrainingArguments' bf16/fp16: what `accelerate launch` was told (its config file's mixed_precision, which
+    DeepSpeed's config must match), else autocast in the weights' own half dtype on a GPU (fp16: over fp32 weights).
+    training_args' own bf16/fp16 override both."""
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if launcher in ("bf16", "fp16"):
+        return {"bf16": launcher == "bf16", "fp16": launcher == "fp16"}
+    on_gpu = torch.cuda.is_available()
+    return {"bf16": dtype == torch.bfloat16 and on_gpu, "fp16": dtype == torch.float16 and on_gpu}
 
 
 def resume_point(config: TrainConfig) -> str | None:
