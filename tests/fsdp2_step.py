@@ -3,7 +3,10 @@
 state dict after one SGD step (lr 1, so the step is the gradient), gathered from the shards, so the test can
 compare them.
 
-    python tests/fsdp2_step.py MODE METHOD OUT.safetensors      (MODE: full | frozen | lora)
+    python tests/fsdp2_step.py MODE METHOD OUT.safetensors [EXPORT_DIR]     (MODE: full | frozen | lora)
+
+With EXPORT_DIR the stepped model is then exported as `hafrm train` exports it (pipeline.exportable_model: under
+FSDP2 every rank gathers, rank 0 loads the full state into a rebuilt model and writes the folders).
 """
 
 import sys
@@ -50,7 +53,7 @@ def full_state(model: HybridRewardModel) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def main(mode: str, method: str, out: str) -> None:
+def main(mode: str, method: str, out: str, export_dir: str | None = None) -> None:
     distributed = "RANK" in __import__("os").environ
     if distributed:
         dist.init_process_group("gloo")
@@ -72,6 +75,12 @@ def main(mode: str, method: str, out: str) -> None:
     state = full_state(model)
     if rank == 0:
         save_file({k: v.contiguous() for k, v in state.items()}, out)
+    if export_dir:
+        from hafrm.training.pipeline import exportable_model
+
+        with exportable_model(model, "fsdp" if distributed else None, lambda: build(mode, len(tokenizer))) as whole:
+            if rank == 0:
+                whole.export(export_dir, tokenizer, {"config": {"method": method}})
     if distributed:
         dist.destroy_process_group()
 

@@ -90,6 +90,37 @@ def run_torchrun(script_args: list[str], processes: int = 2) -> subprocess.Compl
 FSDP2_STEP = os.path.join(os.path.dirname(__file__), "fsdp2_step.py")
 
 
+def assert_same_exports(one, two, folders, tolerance=1e-4):
+    """Every tensor of each exported folder's safetensors files equal, relative to the tensor's largest value."""
+    for folder in folders:
+        files = sorted(p.name for p in (one / folder).glob("*.safetensors"))
+        assert files and files == sorted(p.name for p in (two / folder).glob("*.safetensors")), folder
+        for file in files:
+            a, b = load_file(one / folder / file), load_file(two / folder / file)
+            assert a.keys() == b.keys(), f"{folder}/{file}"
+            for name in a:
+                scale = max(a[name].abs().max().item(), 1e-12)
+                torch.testing.assert_close(b[name], a[name], rtol=0, atol=tolerance * scale, msg=f"{folder}: {name}")
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_a_fully_sharded_model_exports_what_one_process_exports(mode, tmp_path):
+    """FSDP2's export (issue 45): after a sharded step on 2 CPU processes, every rank gathers and rank 0 writes
+    reward_model/, policy/ and (LoRA) both adapters, equal to one process's export of the same step (1e-4)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run(
+        [sys.executable, FSDP2_STEP, mode, "haf", str(tmp_path / "one.safetensors"), str(tmp_path / "one")],
+        env=env,
+        capture_output=True,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    sharded = run_torchrun([FSDP2_STEP, mode, "haf", str(tmp_path / "two.safetensors"), str(tmp_path / "two")])
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    folders = ["reward_model", "policy"] + (["adapter", "reward_adapter"] if mode == "lora" else [])
+    assert_same_exports(tmp_path / "one", tmp_path / "two", folders)
+    assert (tmp_path / "two" / "hafrm.json").is_file()
+
+
 @pytest.mark.parametrize(
     "mode,method", [("full", "haf"), ("full", "baseline"), ("full", "dpo"), ("frozen", "haf"), ("lora", "haf")]
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -543,33 +544,49 @@ def _train(config: TrainConfig, callbacks, train_rows, eval_rows) -> TrainResult
     output_dir = Path(config.output_dir)
     statistics = reward_statistics(trainer, train_set)
     exported = exported_checkpoint(trainer, config, None if validation is None else len(validation))
-    with whole_parameters(model, zero_stage(trainer)):  # every process gathers; the main one exports
+    rebuild = functools.partial(build_model, config, model_path, tokenizer)
+    with exportable_model(model, sharding(trainer), rebuild) as whole:  # every process gathers; the main exports
         if trainer.is_world_process_zero():
-            export_run(model, tokenizer, {**record, "reward_statistics": statistics}, metrics, exported)
+            export_run(whole, tokenizer, {**record, "reward_statistics": statistics}, metrics, exported)
     return TrainResult(output_dir, metrics, report.as_dict(), trainer.state.log_history)
 
 
 @contextmanager
-def whole_parameters(model: torch.nn.Module, zero_stage: int | None = None):
-    """Within the block every parameter of `model` is whole on every process, for an export the main process
-    writes: DeepSpeed ZeRO-3 (zero_stage 3) keeps only shards, and the main process gathering alone would wait on a
-    collective the others never join (a crash under gloo, a hang under NCCL). Every process must enter the block.
-    DDP, ZeRO-1/2 and a single process have whole parameters already. FSDP's exports are not handled yet (see
-    docs/many-gpus.md)."""
-    if zero_stage == 3:
+def exportable_model(model: HybridRewardModel, sharded_by: str | None, rebuild: Callable[[], HybridRewardModel]):
+    """The model with whole parameters for an export the main process writes; every process must enter the block,
+    since each holds a part of the parameters the others need, and a process gathering alone would wait on a
+    collective the others never join (a crash under gloo, a hang under NCCL).
+
+    sharded_by: None (one process, DDP, ZeRO-1/2: parameters are whole already), "zero3" (DeepSpeed gathers them in
+    place) or "fsdp" (torch's FSDP2: torch.distributed.checkpoint gathers the full state dict to the main process's
+    CPU, and the main process loads it into a model built again by `rebuild`; the other processes get None).
+    """
+    if sharded_by == "zero3":
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
-            yield
+            yield model
+    elif sharded_by == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not state:  # not the main process: its part is gathered, it writes nothing
+            yield None
+            return
+        whole = rebuild()
+        whole.load_state_dict(state)
+        yield whole
     else:
-        yield
+        yield model
 
 
-def zero_stage(trainer: HafTrainer) -> int | None:
-    """The DeepSpeed ZeRO stage a Trainer runs, None without DeepSpeed."""
-    if not trainer.is_deepspeed_enabled:
-        return None
-    return trainer.accelerator.deepspeed_config["zero_optimization"].get("stage")
+def sharding(trainer: HafTrainer) -> str | None:
+    """How a Trainer's run shards the parameters: "zero3", "fsdp" or None (whole on every process)."""
+    if trainer.is_fsdp_enabled:
+        return "fsdp"
+    if trainer.is_deepspeed_enabled and trainer.accelerator.deepspeed_config["zero_optimization"].get("stage") == 3:
+        return "zero3"
+    return None
 
 
 def reward_statistics(trainer: HafTrainer, train_set) -> dict:
