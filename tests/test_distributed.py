@@ -226,3 +226,67 @@ def test_the_launchers_precision_and_process_count_shape_the_run(monkeypatch, tm
     assert arguments.bf16 and not arguments.fp16
     config = TrainConfig.from_dict({"output_dir": str(tmp_path), "bf16": False})  # an explicit value wins
     assert not training_arguments(config, False).bf16
+
+
+def with_options(command: list[str], **options) -> list[str]:
+    """The command with these --options' values replaced (or added)."""
+    command = list(command)
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if flag in command:
+            command[command.index(flag) + 1] = value
+        else:
+            command += [flag, value]
+    return command
+
+
+RESUME_STEPS = dict(max_steps="6", save_steps="2")
+ENGINES = {
+    "ddp": {},
+    "zero2": {"deepspeed": "configs/deepspeed/zero2.json"},
+    "zero3": {"deepspeed": "configs/deepspeed/zero3.json"},
+}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model_dir, tmp_path_factory):
+    """One process, never stopped: what every engine's resumed run must end with (same global batch)."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    command = [sys.executable] + with_options(train_command(tiny_model_dir, out), **RESUME_STEPS)
+    run = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_weights(
+    engine, tiny_model_dir, uninterrupted, tmp_path
+):
+    """Resume under every engine (issue 45): 2 CPU processes under torchrun, the whole launch killed with SIGKILL
+    once checkpoint-2 is complete, then launched again with --resume-from-checkpoint auto: the export equals the
+    uninterrupted run's (1e-4), so weights, optimizer, scheduler and data order came back."""
+    import signal
+    import time
+
+    if engine != "ddp":
+        pytest.importorskip("deepspeed")
+    root = os.path.dirname(os.path.dirname(__file__))
+    extra = {k: f"{root}/{v}" for k, v in ENGINES[engine].items()}
+    training_args = json.dumps({"train_sampling_strategy": "sequential", **extra})
+    command = with_options(train_command(tiny_model_dir, tmp_path / "run"), **RESUME_STEPS, training_args=training_args)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = subprocess.Popen(
+        torchrun + command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + 300
+    while not (tmp_path / "run" / "checkpoint-2" / "trainer_state.json").exists():
+        assert launch.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(launch.pid, signal.SIGKILL)  # the launcher and both workers
+    launch.wait()
+    assert not (tmp_path / "run" / "hafrm.json").exists()  # it died mid-run
+    resumed = run_torchrun(command + ["--resume-from-checkpoint", "auto"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming from {tmp_path / 'run' / 'checkpoint-'}" in resumed.stderr
+    assert_same_exports(uninterrupted, tmp_path / "run", ["reward_model", "policy"])

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -18,7 +19,6 @@ from pathlib import Path
 import datasets
 import torch
 from transformers import EarlyStoppingCallback, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from hafrm import __version__
 from hafrm.data import PairCollator, PairEncoder, SkipReport, llamafactory, load_pairs, train_test_split
@@ -291,8 +291,9 @@ def checkpoint_to_resume(given: str | None, output_dir: str, problem: Callable[[
     """The checkpoint to resume from: a given one, which must be readable, or with 'auto' the newest readable one in
     output_dir (None if there is none). problem(folder) says why a checkpoint cannot be resumed from, or None.
 
-    A checkpoint cut off mid-write or with an unreadable file is set aside (renamed incomplete-*) with a
-    warning naming the file, and the one before it is tried: a kill or a full disk costs a few steps, not the run.
+    A checkpoint cut off mid-write or with an unreadable file is set aside (renamed incomplete-* by the main process;
+    every process of a distributed run skips it) with a warning naming the file, and the one before it is tried: a
+    kill or a full disk costs a few steps, not the run.
     """
     if given != "auto":
         if given and (reason := problem(given)):
@@ -300,12 +301,20 @@ def checkpoint_to_resume(given: str | None, output_dir: str, problem: Callable[[
         return given
     if not Path(output_dir).is_dir():
         return None
-    last = get_last_checkpoint(output_dir)
-    while last is not None and (reason := problem(last)):
-        logger.warning("Not resuming from %s: %s; setting it aside and trying the checkpoint before it", last, reason)
-        Path(last).rename(Path(last).with_name(f"incomplete-{Path(last).name}"))
-        last = get_last_checkpoint(output_dir)
-    return last
+    for checkpoint in checkpoints_newest_first(output_dir):
+        if not (reason := problem(str(checkpoint))):
+            logger.info("Resuming from %s", checkpoint)
+            return str(checkpoint)
+        logger.warning("Not resuming from %s: %s; trying the checkpoint before it", checkpoint, reason)
+        if int(os.environ.get("RANK", "0")) == 0:  # one process sets it aside; every process skips it
+            checkpoint.rename(checkpoint.with_name(f"incomplete-{checkpoint.name}"))
+    return None
+
+
+def checkpoints_newest_first(output_dir: str | Path) -> list[Path]:
+    """The Trainer's checkpoint-N folders in output_dir, the highest step first."""
+    found = [p for p in Path(output_dir).iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)]
+    return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[1]), reverse=True)
 
 
 def previous_run(output_dir: str | Path, record: str = METADATA_FILE) -> list[Path]:
