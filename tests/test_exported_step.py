@@ -96,7 +96,6 @@ def test_validation_split_keeps_prompt_groups_together():
 @pytest.mark.parametrize(
     "settings, message",
     [
-        ({"training_args": {"load_best_model_at_end": True}}, "load_best_model_at_end: set it as an option of its own"),
         ({"training_args": {"metric_for_best_model": "eval_accuracy"}}, "never on the pairs whose accuracy"),
         ({"eval_at_steps": [2], "load_best_model_at_end": True}, "does not combine"),
         ({"eval_at_steps": [2], "early_stopping_patience": 1}, "does not combine"),
@@ -105,6 +104,11 @@ def test_validation_split_keeps_prompt_groups_together():
 def test_choosing_on_the_reported_pairs_is_refused(settings, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**settings)
+
+
+def test_load_best_model_at_end_in_training_args_is_hafrms_own_choice_on_validation_pairs():
+    config = TrainConfig(training_args={"load_best_model_at_end": True, "optim": "sgd"})
+    assert config.load_best_model_at_end and config.selects_checkpoint and config.training_args == {"optim": "sgd"}
 
 
 def test_a_validation_set_that_takes_every_training_pair_is_refused(tiny_model_dir, tmp_path, capsys):

@@ -227,3 +227,20 @@ def test_a_template_name_needs_the_tokenizers_own_template(tiny_model_dir, tmp_p
     config.write_text(yaml.safe_dump({"model": str(base), "template": "llama3", "output_dir": str(tmp_path / "o")}))
     assert main(["train", "--config", str(config)]) == 2
     assert "template 'llama3' (LLaMA-Factory) names a format hafrm does not have" in capsys.readouterr().err
+
+
+def test_registry_entries_as_llamafactory_chooses_their_source(tmp_path):
+    from hafrm.data.llamafactory import registered_set
+
+    columns = {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}
+    hub = {"hf_hub_url": "o/n", "ms_hub_url": "m/n", "subset": "en", "folder": "d", "revision": "r1", "ranking": True}
+    entry = registered_set(str(tmp_path), "x", {"x": {**hub, "formatting": "sharegpt", "columns": columns}})
+    assert (entry.source, entry.hub_kwargs) == ("o/n:en", {"data_dir": "d", "revision": "r1"})
+    for bad, message in [
+        ({"ms_hub_url": "m/n", "ranking": True}, "not a ModelScope hub or a script"),
+        ({"file_name": "f.json", "ranking": True, "formatting": "sharegpt", "columns": {"messages": "m"}}, "no chosen"),
+        ({"file_name": "f.json", "ranking": True, "columns": {**columns, "images": "images"}}, "a images column"),
+        ({"file_name": "f.json", "ranking": True, "num_samples": 10}, "use max_samples"),
+    ]:
+        with pytest.raises(DataError, match=message):
+            registered_set(str(tmp_path), "x", {"x": bad})

@@ -60,8 +60,7 @@ def test_a_trl_reward_yaml_trains_with_only_its_paths_changed(tiny_model_dir, ha
     record = json.loads((tmp_path / "out" / "hafrm.json").read_text())["config"]
     assert (record["lora"], record["lora_r"], record["micro_batch_size"], record["batch_size"]) == (True, 8, 2, 4)
     assert (record["learning_rate"], record["center_rewards_coef"], record["max_length"]) == (1e-4, 0.01, 128)
-    assert record["training_args"] == {
-        "warmup_steps": 0,
+    assert record["training_args"] == {  # warmup_steps 0, transformers' default written out, is no warmup given
         "eval_strategy": "steps",
         "save_strategy": "steps",
         "bf16": False,
@@ -99,12 +98,17 @@ def test_a_training_args_entry_is_the_same_namespace(tmp_path):
         ({"dtype": "fp16", "bf16": True}, "dtype fp16 conflicts with bf16=True"),
         ({"dtype": "fp16", "fp16": False}, "dtype fp16 conflicts with fp16=False"),
         ({"eval_at_steps": [2], "eval_strategy": "steps"}, "does not combine with eval_strategy"),
-        ({"remove_unused_columns": False}, "remove_unused_columns (transformers TrainingArguments) is refused"),
         ({"use_cpu": True}, "hide the GPUs (CUDA_VISIBLE_DEVICES=)"),
+        ({"model_revision": "v2"}, "hf download NAME --revision REV"),
+        ({"group_by_length": True, "train_sampling_strategy": "random"}, "conflicts with train_sampling_strategy"),
+        ({"training_args": [{"a": 1}]}, "training_args must be a mapping"),
+        (
+            {"micro_batch_size": 8, "training_args": {"per_device_train_batch_size": 4}},
+            "as micro_batch_size=8 and as training_args per_device_train_batch_size=4",
+        ),
         ({"metric_for_best_model": "eval_loss"}, "never on the pairs whose accuracy is reported"),
         ({"load_in_4bit": True}, "load_in_4bit (TRL ModelConfig) is refused"),
         ({"use_dora": True}, "DoRA is not implemented"),
-        ({"model_revision": "v2"}, "hf download NAME --revision REV"),
         ({"pad_token": "<pad>"}, "hafrm chooses a pad token"),
         ({"dataset_train_split": "validation"}, "reads the 'train' split"),
         ({"dataset_config": "cfg"}, "needs dataset_name beside it"),
@@ -122,8 +126,11 @@ def test_refusals_and_conflicts_name_both_sides_or_the_reason(values, message):
 
 def test_a_refused_feature_left_off_and_an_ignored_field_are_accepted(caplog):
     caplog.set_level("INFO")
-    config = TrainConfig.from_dict({"load_in_4bit": False, "use_dora": False, "do_train": True, "dataset_num_proc": 8})
+    config = TrainConfig.from_dict(
+        {"load_in_4bit": False, "use_dora": False, "do_train": True, "dataset_num_proc": 8, "remove_unused_columns": 1}
+    )
     assert config.training_args == {}
+    assert "remove_unused_columns (transformers TrainingArguments) ignored" in caplog.text
     assert "do_train (transformers TrainingArguments) ignored: hafrm train always trains" in caplog.text
     assert "dataset_num_proc (TRL RewardConfig) ignored" in caplog.text
 
@@ -169,6 +176,31 @@ def test_foreign_flags_read_as_transformers_scripts_write_them():
         "fp16": False,
         "lr_scheduler_kwargs": {"num_cycles": 2},
     }
+    # each value as its field's type: "no" is a strategy, "0123" a token, not false and 83
+    assert foreign_flags(["--save_strategy", "no", "--hub_token", "0123", "--no_remove_unused_columns"]) == {
+        "save_strategy": "no",
+        "hub_token": "0123",
+        "remove_unused_columns": False,
+    }
+    with pytest.raises(ValueError, match="unexpected argument 'x' after --bf16"):
+        foreign_flags(["--bf16", "true", "x"])
+
+
+@pytest.mark.parametrize(
+    "flags,value",
+    [
+        (["--gradient_checkpointing", "True"], True),
+        (["--gradient_checkpointing=false"], False),
+        (["--gradient-checkpointing"], True),
+        (["--no-gradient-checkpointing"], False),
+        (["--no_gradient_checkpointing"], False),
+    ],
+)
+def test_boolean_options_take_every_spelling_transformers_scripts_use(flags, value):
+    from hafrm.cli.main import build_parser, given_options
+
+    args, extras = build_parser().parse_known_args(["train", *flags])
+    assert not extras and given_options(args)["gradient_checkpointing"] is value
 
 
 def test_an_unknown_flag_gets_did_you_mean_before_anything_loads(tiny_model_dir, tmp_path, capsys):
@@ -182,3 +214,46 @@ def test_other_commands_refuse_unknown_flags(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["score", "model", "--input", "x.jsonl", "--optim", "sgd"])
     assert exit_info.value.code == 2 and "unrecognized arguments: --optim sgd" in capsys.readouterr().err
+
+
+def test_no_rule_refuses_its_tools_own_default_or_hafrms_own_value():
+    """TRL's and transformers' defaults (what their YAMLs and recipes write out) and the values hafrm itself uses
+    are accepted: `model_revision: main`, `remove_unused_columns: false`, `use_cpu: false`, `warmup_steps: 0`, ..."""
+    from transformers import TrainingArguments
+    from trl import ModelConfig, RewardConfig, ScriptArguments
+
+    for cls in (TrainingArguments, RewardConfig, ModelConfig, ScriptArguments):
+        for field in dataclasses.fields(cls):
+            rule = FOREIGN_FIELDS.get(field.name)
+            if rule is not None and field.default is not dataclasses.MISSING:
+                assert not rule.refuses(field.default), f"{cls.__name__}.{field.name}={field.default!r}"
+    written_out = {"model_revision": "main", "remove_unused_columns": False, "use_cpu": False, "warmup_steps": 0}
+    config = TrainConfig.from_dict({**written_out, "warmup_ratio": 0.1, "greater_is_better": True})
+    assert config.warmup_ratio == 0.1 and config.training_args == {}
+
+
+def test_train_sampling_strategy_is_group_by_length_where_they_overlap():
+    assert TrainConfig.from_dict({"train_sampling_strategy": "random"}).group_by_length is False
+    sequential = TrainConfig.from_dict({"train_sampling_strategy": "sequential"})
+    assert not sequential.group_by_length and sequential.training_args == {"train_sampling_strategy": "sequential"}
+
+
+def test_the_command_line_replaces_what_the_file_says_another_way(tmp_path):
+    from hafrm.training.config import merge_config_values
+
+    merged = merge_config_values(
+        ("file.yaml", {"dataset": "dpo_en_demo", "template": "llama3", "bf16": True, "warmup_steps": 5}),
+        (
+            None,
+            {"train_data": "pairs.jsonl", "prompt_template": "Q: {prompt}\nA:", "dtype": "fp16", "warmup_ratio": 0.1},
+        ),
+    )
+    assert "dataset" not in merged and "template" not in merged and merged["training_args"] == {}
+    assert (merged["train_data"], merged["dtype"], merged["warmup_ratio"]) == ("pairs.jsonl", "fp16", 0.1)
+
+
+def test_one_half_precision_asked_for_turns_off_the_one_hafrm_or_the_launcher_chose(monkeypatch, tmp_path):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    config = TrainConfig.from_dict({"output_dir": str(tmp_path), "fp16": True})
+    arguments = training_arguments(config, has_eval=False)  # not transformers' "at most one of fp16 and bf16"
+    assert arguments.fp16 and not arguments.bf16

@@ -206,3 +206,22 @@ def test_rollout_normalisation(tokenizer):
     assert encoder.normalise_rollout(truncated) == truncated  # cut off before EOS: scored as given
     assert encoder.normalise_rollout(truncated, finished=True) == full
     assert encoder.is_formatted(encoder.prompt_text(PROMPT)) and not encoder.is_formatted("How are you?")
+
+
+def test_the_hh_template_writes_what_hafrms_plain_hh_text_was(tokenizer):
+    """The HH chat template a base model is given writes the text hafrm wrote for it before it had one: turns as
+    `\\n\\nRole: text`, one space before the answer, EOS after it only, an earlier answer without EOS."""
+    plain = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    plain.chat_template = None
+    encoder = PairEncoder(plain, 512)
+    eos = plain.eos_token
+    prompt = [
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+    ]
+    assert encoder.prompt_text(prompt) == "\n\nSystem: Be kind.\n\nHuman: Hi\n\nAssistant: Hello\n\nAssistant:"
+    assert encoder.conversation_text(prompt + [{"role": "user", "content": "Bye"}], "Bye!") == (
+        f"\n\nSystem: Be kind.\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: Bye\n\nAssistant: Bye!{eos}"
+    )
+    assert encoder.conversation_text(prompt, "More") == encoder.prompt_text(prompt) + f" More{eos}"

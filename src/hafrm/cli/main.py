@@ -12,8 +12,6 @@ import types
 import typing
 from pathlib import Path
 
-import yaml
-
 from hafrm import __version__
 from hafrm.data.encoding import MIN_MAX_LENGTH
 from hafrm.data.errors import DataError
@@ -22,7 +20,7 @@ from hafrm.io.atomic import write_atomically
 from hafrm.io.filechecks import check_writable_dir, check_writable_file
 from hafrm.rlhf.config import RlhfConfig
 from hafrm.serve.limits import ServeLimits
-from hafrm.training.config import TrainConfig, YamlLoader, merge_config_values, read_yaml
+from hafrm.training.config import TrainConfig, merge_config_values, read_yaml
 
 logger = logging.getLogger("hafrm")
 
@@ -54,6 +52,23 @@ def _add_option(group, name: str, **options) -> None:
         group.add_argument("--" + name, dest=name, default=argparse.SUPPRESS, **{**options, "help": argparse.SUPPRESS})
 
 
+class _BoolFlag(argparse.Action):
+    """A boolean option as transformers' HfArgumentParser and argparse both write it: `--name`, `--name true|false`,
+    `--name=false` and `--no-name` (`--no_name`)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        negatives = ["--no-" + o[2:] if "-" in o[2:] or "_" not in o[2:] else "--no_" + o[2:] for o in option_strings]
+        super().__init__([*option_strings, *negatives], dest, nargs="?", metavar="BOOL", **kwargs)
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        negative = option_string.startswith(("--no-", "--no_"))
+        try:
+            given = True if value is None else _text_to_bool(value)
+        except argparse.ArgumentTypeError as error:
+            parser.error(f"{option_string}: {error}")
+        setattr(namespace, self.dest, given != negative)
+
+
 def _text_to_bool(text: str) -> bool:
     """transformers' HfArgumentParser spelling of booleans: `--use_peft`, `--use_peft true`, `--use_peft false`."""
     if text.lower() in ("true", "yes", "1"):
@@ -82,7 +97,7 @@ def add_dataclass_flags(group, cls) -> None:
         choices = cls.choices(name)
         metavar = "{" + ",".join(choices) + "}" if choices else name.upper()
         if hints[name] is bool:
-            _add_option(group, name, action=argparse.BooleanOptionalAction, help=text)
+            _add_option(group, name, action=_BoolFlag, help=text)
         else:
             _add_option(group, name, type=_parse_value(hints[name]), metavar=metavar, help=text)
 
@@ -130,22 +145,28 @@ def given_options(args: argparse.Namespace) -> dict:
 
 def foreign_flags(extras: list[str]) -> dict:
     """Flags argparse does not know (TrainingArguments and TRL fields, for the config's namespace to rule on):
-    `--name VALUE`, `--name=VALUE` or a bare `--name` (true); dashes in names read as underscores, values as YAML
-    scalars (`1e-5`, `true`, `adamw_torch`, JSON mappings)."""
+    `--name VALUE`, `--name=VALUE`, a bare `--name` (true) or `--no_name` (false) for a boolean field; dashes in names
+    read as underscores; each value read as its field's type (`namespace.read_flag_value`)."""
+    from hafrm.training.namespace import field_kind, read_flag_value
+
     flags: dict = {}
-    index = 0
+    index, previous = 0, None
     while index < len(extras):
         token = extras[index]
         if not token.startswith("--") or len(token) == 2:
-            raise ValueError(f"unexpected argument {token!r}")
-        name, has_value, value = token[2:].partition("=")
+            after = f" after {previous}" if previous else ""
+            raise ValueError(f"unexpected argument {token!r}{after}")
+        name, has_value, value = token[2:].replace("-", "_").partition("=")
+        if not has_value and name.startswith("no_") and field_kind(name[3:]) is bool:
+            flags[name[3:]], previous, index = False, token, index + 1
+            continue
         if not has_value:
             following = extras[index + 1] if index + 1 < len(extras) else None
             has_value = following is not None and not following.startswith("--")
-            value = following if has_value else "true"
+            value = following if has_value else None
             index += has_value
-        flags[name.replace("-", "_")] = yaml.load(value, Loader=YamlLoader) if value else value
-        index += 1
+        flags[name] = read_flag_value(name, value)
+        previous, index = token, index + 1
     return flags
 
 
@@ -166,6 +187,17 @@ RECORDING_OPTIONS = {
     "save_total_limit",
     "keep_eval_scores",
     "trust_remote_code",
+    # transformers' recording-only TrainingArguments
+    "logging_dir",
+    "logging_first_step",
+    "disable_tqdm",
+    "log_level",
+    "project",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_private_repo",
+    "hub_strategy",
+    "hub_token",
 }
 
 

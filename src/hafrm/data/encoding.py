@@ -64,7 +64,10 @@ def hh_chat_template(tokenizer) -> str:
     calls `apply_chat_template` (transformers, RewardBench, OpenRLHF, pipelines) formats as training did."""
     probe = tokenizer("x", add_special_tokens=False)["input_ids"]
     with_specials = tokenizer("x")["input_ids"]
-    start = next((i for i in range(len(with_specials)) if with_specials[i : i + len(probe)] == probe), 0)
+    start = next((i for i in range(len(with_specials)) if with_specials[i : i + len(probe)] == probe), None)
+    if start is None:
+        logger.warning("Could not tell which special tokens the tokenizer adds to plain text: the HH format gets none")
+        start = 0
     leading = tokenizer.decode(with_specials[:start]) if start else ""
     prefix = "{{ bos_token }}" if leading == tokenizer.bos_token else "{{ " + json.dumps(leading) + " }}"
     roles = "".join(
@@ -76,7 +79,8 @@ def hh_chat_template(tokenizer) -> str:
         + "{% for message in messages %}{{ '\\n\\n' }}"
         + roles
         + "{% else %}{{ message['role'] }}{% endif %}{{ ': ' }}{{ message['content'] }}"
-        "{% if loop.last and message['role'] == 'assistant' and eos_token %}{{ eos_token }}{% endif %}"
+        "{% if loop.last and message['role'] == 'assistant' and eos_token and not add_generation_prompt %}"
+        "{{ eos_token }}{% endif %}"
         "{% endfor %}"
         "{% if add_generation_prompt %}{{ " + json.dumps(HH_ASSISTANT_PREFIX) + " }}{% endif %}"
     )

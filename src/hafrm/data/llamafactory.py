@@ -46,6 +46,7 @@ class RegisteredSet:
     formatting: str
     columns: dict = field(default_factory=dict)
     tags: dict = field(default_factory=dict)
+    hub_kwargs: dict = field(default_factory=dict)  # LLaMA-Factory's folder and revision, for a hub set
 
     def adapter(self) -> Callable[[dict, str], dict]:
         if self.formatting == "alpaca":
@@ -97,25 +98,29 @@ def registered_set(dataset_dir: str, name: str, registry: dict) -> RegisteredSet
         raise DataError(f"{where}: not a preference set (ranking is not true); hafrm trains on chosen/rejected pairs")
     formatting = entry.get("formatting", "alpaca")
     if formatting not in ("alpaca", "sharegpt"):
-        raise DataError(f"{where}: formatting {formatting!r}; LLaMA-Factory's are alpaca and sharegpt")
-    for unsupported in ("ms_hub_url", "script_url", "num_samples"):
-        if unsupported in entry:
-            raise DataError(
-                f"{where}: {unsupported} is not read by hafrm (give a file_name or an hf_hub_url"
-                + ("; for a sample, use max_samples" if unsupported == "num_samples" else "")
-                + ")"
-            )
-    if "hf_hub_url" in entry:
+        raise DataError(
+            f"{where}: formatting {formatting!r}; hafrm reads alpaca and sharegpt (the OpenAI message style is "
+            "sharegpt with role/content tags)"
+        )
+    if "num_samples" in entry:
+        raise DataError(f"{where}: num_samples draws an unseeded sample in LLaMA-Factory; use max_samples")
+    hub_kwargs = {k: v for k, v in (("data_dir", entry.get("folder")), ("revision", entry.get("revision"))) if v}
+    if "hf_hub_url" in entry:  # LLaMA-Factory's first choice, unless ModelScope is switched on
         subset = entry.get("subset")
         source = entry["hf_hub_url"] + (f":{subset}" if subset else "")
-    elif "file_name" in entry:
+    elif "file_name" in entry and not ({"ms_hub_url", "script_url"} & set(entry)):
         source = str(Path(dataset_dir) / entry["file_name"])
     else:
-        raise DataError(f"{where}: neither file_name nor hf_hub_url")
+        raise DataError(f"{where}: hafrm reads a file_name or an hf_hub_url (not a ModelScope hub or a script)")
     defaults = ALPACA_COLUMNS if formatting == "alpaca" else SHAREGPT_COLUMNS
     columns = entry["columns"] if "columns" in entry else dict(defaults)
+    for unread in ("images", "videos", "audios", "tools"):
+        if columns.get(unread):
+            raise DataError(f"{where}: a {unread} column; hafrm trains text-only reward models without tool use")
+    if not (columns.get("chosen") and columns.get("rejected")):
+        raise DataError(f"{where}: its columns name no chosen and rejected column")
     tags = entry["tags"] if "tags" in entry else dict(SHAREGPT_TAGS)
-    return RegisteredSet(name, source, entry.get("split", "train"), formatting, columns, tags)
+    return RegisteredSet(name, source, entry.get("split", "train"), formatting, columns, tags, hub_kwargs)
 
 
 def _text(row: dict, column: str | None, where: str) -> str:
@@ -127,9 +132,7 @@ def _text(row: dict, column: str | None, where: str) -> str:
 
 def alpaca_pair(row: dict, where: str, columns: dict) -> dict:
     """history turns, then the user turn `prompt\\nquery` (empty parts left out); chosen and rejected strings."""
-    chosen_column, rejected_column = columns.get("chosen"), columns.get("rejected")
-    if not chosen_column or not rejected_column:
-        raise DataError(f"{where}: the registry entry's columns name no chosen and rejected column")
+    chosen_column, rejected_column = columns["chosen"], columns["rejected"]
     require(row, (chosen_column, rejected_column), where)
     prompt: Messages = []
     system = _text(row, columns.get("system"), where)
@@ -169,7 +172,8 @@ def sharegpt_pair(row: dict, where: str, columns: dict, tags: dict) -> dict:
 
     prompt: Messages = []
     if messages and tags.get("system_tag") and messages[0].get(role_tag) == tags["system_tag"]:
-        prompt.append({"role": "system", "content": str(messages[0].get(content_tag) or "")})
+        if messages[0].get(content_tag):  # an empty one is no system prompt, as in LLaMA-Factory
+            prompt.append({"role": "system", "content": str(messages[0][content_tag])})
         messages = messages[1:]
     elif _text(row, columns.get("system"), where):
         prompt.append({"role": "system", "content": _text(row, columns.get("system"), where)})
@@ -188,5 +192,5 @@ def sharegpt_pair(row: dict, where: str, columns: dict, tags: dict) -> dict:
 def registry_streams(selection: RegistrySelection, read_sources) -> Iterator[tuple[Iterator, Callable]]:
     """(rows, adapter) for each file of each selected set; `read_sources` is data.reading's, with its options."""
     for registered in selection.sets():
-        for rows in read_sources(registered.source, split=registered.split):
+        for rows in read_sources(registered.source, split=registered.split, hub_kwargs=registered.hub_kwargs):
             yield rows, registered.adapter()

@@ -383,10 +383,6 @@ class TrainConfig:
                 "eval_at_steps evaluates the eval sets at those steps and exports the last step; it does not combine "
                 "with load_best_model_at_end or early_stopping_patience, which choose a checkpoint on validation pairs"
             )
-        for name, value in self.training_args.items():
-            rule = foreign_rule(name)
-            if rule is not None and rule.refuses(value):
-                raise ValueError(f"training_args {name} ({rule.origin}) is refused: {rule.why}")
         self._check_training_args_fit()
         if self.batch_size % self.micro_batch_size:
             raise ValueError(
@@ -435,26 +431,22 @@ class TrainConfig:
         return value
 
     def _fold_training_args(self) -> dict:
-        """training_args entries that name one of our options set that option, so the record and the model card
-        hold the value trained with: given both ways with different values (ours not at its default) is a conflict;
-        returns the entries left to pass through."""
-        passed = dict(self.training_args)
-        for name, value in self.training_args.items():
-            ours = TRAINING_ARGS_FIELDS.get(name)
-            if ours is None and (name in ALIASES or name in self.field_names()):
-                raise ValueError(
-                    f"training_args {name}: set it as an option of its own (TrainConfig.from_dict reads "
-                    "training_args entries as options)"
-                )
-            if ours is None:
-                continue
-            current, default = getattr(self, ours), _default(ours)
-            if current != default and current != value:
-                raise ValueError(
-                    f"training_args {name}={value!r} conflicts with {ours}={current!r}: give the value once"
-                )
+        """training_args, for a TrainConfig built directly: the same namespace as the options (`_in_our_names`), so an
+        entry that is one of our options sets it, and the record and model card hold the value trained with; one
+        that disagrees with that option set apart from its default is a conflict. Returns the entries passed
+        through to TrainingArguments."""
+        if "gradient_accumulation_steps" in self.training_args:
+            raise ValueError(
+                "training_args gradient_accumulation_steps: set batch_size (global pairs per step), or build the "
+                "config with TrainConfig.from_dict, which reads it with the per-device batch and the process count"
+            )
+        lifted = _in_our_names(self.training_args, frozenset(self.training_args))
+        passed = lifted.pop("training_args", {})
+        for ours, value in lifted.items():
+            current = getattr(self, ours)
+            if current != _default(ours) and current != value:
+                raise ValueError(f"training_args sets {ours}={value!r}, which conflicts with {ours}={current!r}")
             setattr(self, ours, self.validated(ours, value))
-            del passed[name]
         return passed
 
     def _check_training_args_fit(self) -> None:
@@ -624,11 +616,11 @@ def describe_type(kind) -> str:
     return names.get(kind, kind.__name__)
 
 
-class YamlLoader(yaml.SafeLoader):
+class _YamlLoader(yaml.SafeLoader):
     """SafeLoader that reads `1e-5` as a number (YAML 1.2) rather than the string YAML 1.1 makes of it."""
 
 
-YamlLoader.add_implicit_resolver(
+_YamlLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+0123456789.")
 )
 
@@ -636,7 +628,7 @@ YamlLoader.add_implicit_resolver(
 def read_yaml(path: str | Path) -> dict:
     """A YAML mapping of config fields; a syntax error is one line naming the file, line and column."""
     try:
-        values = yaml.load(Path(path).read_text(), Loader=YamlLoader) or {}
+        values = yaml.load(Path(path).read_text(), Loader=_YamlLoader) or {}
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -646,32 +638,6 @@ def read_yaml(path: str | Path) -> dict:
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of config fields")
     return values
-
-
-# TrainingArguments fields that are one of our options under its own or another name: given in training_args, they set
-# that option (TrainConfig._fold_training_args).
-TRAINING_ARGS_FIELDS = {
-    "learning_rate": "learning_rate",
-    "per_device_train_batch_size": "micro_batch_size",
-    "num_train_epochs": "epochs",
-    "max_steps": "max_steps",
-    "warmup_ratio": "warmup_ratio",
-    "lr_scheduler_type": "lr_scheduler",
-    "weight_decay": "weight_decay",
-    "adam_epsilon": "adam_epsilon",
-    "max_grad_norm": "max_grad_norm",
-    "seed": "seed",
-    "logging_steps": "logging_steps",
-    "eval_steps": "eval_steps",
-    "save_steps": "save_steps",
-    "save_total_limit": "save_total_limit",
-    "report_to": "report_to",
-    "run_name": "run_name",
-    "output_dir": "output_dir",
-    "gradient_checkpointing": "gradient_checkpointing",
-    "resume_from_checkpoint": "resume_from_checkpoint",
-    "overwrite_output_dir": "overwrite_output_dir",
-}
 
 
 # ---------------------------------------------------------------- the ecosystem's names for our fields
@@ -828,7 +794,7 @@ def _one_namespace(values: dict) -> dict:
     values = dict(values)
     nested = values.pop("training_args", None) or {}
     if not isinstance(nested, dict):
-        raise ValueError(f"training_args must be a mapping, got {nested!r}")
+        raise ValueError(f"training_args must be a mapping of TrainingArguments fields, got {nested!r}")
     for name, value in nested.items():
         if name in values and values[name] != value:
             raise ValueError(f"{name} is given twice: {values[name]!r} and training_args {name}={value!r}")
@@ -861,12 +827,51 @@ def _trl_dataset(values: dict, ours: dict) -> None:
             ours["eval_data"] = ours["train_data"]
 
 
+def _sampling_strategy(passed: dict, ours: dict) -> None:
+    """TrainingArguments' train_sampling_strategy is our group_by_length where they overlap (group_by_length or
+    random); `sequential` passes through and turns group_by_length off, so the record says what ran."""
+    strategy = passed.get("train_sampling_strategy")
+    if strategy is None:
+        return
+    grouped = strategy == "group_by_length"
+    if ours.get("group_by_length", grouped) != grouped:
+        raise ValueError(
+            f"group_by_length={ours['group_by_length']} conflicts with train_sampling_strategy={strategy!r}: give one"
+        )
+    ours["group_by_length"] = grouped
+    if strategy in ("group_by_length", "random"):
+        del passed["train_sampling_strategy"]
+
+
+# A later source (the command line after a YAML file) giving one of these replaces what an earlier one gave for the
+# others: they say the same thing two ways (TrainingArguments fields as "training_args.NAME").
+REPLACES = {
+    "train_data": ("dataset",),
+    "dataset": ("train_data",),
+    "eval_data": ("eval_dataset",),
+    "eval_dataset": ("eval_data",),
+    "prompt_template": ("template",),
+    "template": ("prompt_template",),
+    "dtype": ("training_args.bf16", "training_args.fp16"),
+    "warmup_ratio": ("training_args.warmup_steps",),
+}
+
+
+def _drop_replaced(merged: dict, ours: dict) -> None:
+    """Remove from the earlier sources' `merged` values what `ours` (a later source) says another way."""
+    for name in ours:
+        for replaced in REPLACES.get(name, ()):
+            if replaced.startswith("training_args."):
+                merged.get("training_args", {}).pop(replaced.split(".", 1)[1], None)
+            elif replaced not in ours:
+                merged.pop(replaced, None)
+
+
 def _in_our_names(values: dict, nested: frozenset[str] = frozenset()) -> dict:
     """`values` with each alias replaced by our field and value, and TrainingArguments fields that are not ours
     gathered in training_args; foreign fields ignored or refused by their rule (`namespace.FOREIGN_FIELDS`), an
     unknown name refused with the closest accepted ones (`nested`: the names that came in training_args, so named).
     gradient_accumulation_steps is left for the caller."""
-    values = _one_namespace(values)
     ours: dict = {}
     given_as: dict[str, str] = {}
     passed: dict = {}
@@ -895,11 +900,14 @@ def _in_our_names(values: dict, nested: frozenset[str] = frozenset()) -> dict:
                 raise ValueError(f"{name} ({alias.origin}'s name for {target}): {error}") from None
         if target in ours and ours[target] != value:
             raise ValueError(
-                f"{target} is given twice, as {given_as[target]}={ours[target]!r} and as {name}={value!r}; "
-                "give one of them"
+                f"{target} is given twice, as {given_as[target]}={ours[target]!r} and as "
+                f"{'training_args ' if name in nested else ''}{name}={value!r}; give one of them"
             )
-        ours[target], given_as[target] = value, name
+        ours[target], given_as[target] = value, f"{'training_args ' if name in nested else ''}{name}"
     _trl_dataset(values, ours)
+    _sampling_strategy(passed, ours)
+    if passed.get("warmup_steps") == 0:  # transformers' default, written out: not a warmup given
+        del passed["warmup_steps"]
     if "warmup_steps" in passed:
         if "warmup_ratio" in ours:
             raise ValueError("warmup_steps (transformers) and warmup_ratio both set the warmup; give one of them")
@@ -921,8 +929,9 @@ def merge_config_values(*sources: tuple[str | None, dict]) -> dict:
     converted = []
     for where, values in sources:
         try:
-            nested = frozenset(values.get("training_args") or {})
-            values = _one_namespace(values)
+            flat = _one_namespace(values)
+            nested = frozenset(set(flat) - set(values))
+            values = flat
             ours = _in_our_names(values, nested)
             steps = values.get("gradient_accumulation_steps")
             if steps is not None and ("batch_size" in ours):
@@ -950,8 +959,10 @@ def merge_config_values(*sources: tuple[str | None, dict]) -> dict:
         elif "batch_size" in ours:
             accumulation = None
         batch_names |= uses_batch_names
-        if "warmup_ratio" in ours and "warmup_steps" not in ours.get("training_args", {}):
-            merged.get("training_args", {}).pop("warmup_steps", None)
+        if "warmup_steps" not in ours.get("training_args", {}):
+            _drop_replaced(merged, ours)
+        else:
+            _drop_replaced(merged, {k: v for k, v in ours.items() if k != "warmup_ratio"})
         ours["training_args"] = {**merged.get("training_args", {}), **ours.get("training_args", {})}
         merged.update(ours)
     if accumulation is not None or (batch_names and "batch_size" not in merged):

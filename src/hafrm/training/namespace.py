@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import json
 from dataclasses import dataclass
 
 PASS, IGNORE, REFUSE = "passed to TrainingArguments", "ignored (logged)", "refused"
@@ -21,19 +22,19 @@ PASS, IGNORE, REFUSE = "passed to TrainingArguments", "ignored (logged)", "refus
 class ForeignField:
     """What hafrm does with another tool's field: `action` is PASS, IGNORE or REFUSE, for `why`. A refused field
     given a value that asks for nothing (false, null, 0, empty: what TRL's YAMLs write for features left off) is
-    ignored instead, unless `refuse_any_value`. An ignored field with `ignored_values` refuses any other value."""
+    ignored instead. With `ignored_values` (a tool's default, or the value hafrm uses
+    itself) those are ignored and any other value is refused."""
 
     name: str
     origin: str
     action: str
     why: str
-    refuse_any_value: bool = False
     ignored_values: tuple | None = None
 
     def refuses(self, value) -> bool:
         if self.ignored_values is not None:
             return value not in self.ignored_values
-        return self.action == REFUSE and (self.refuse_any_value or bool(value))
+        return self.action == REFUSE and bool(value)
 
 
 _TA, _TRL_SCRIPT, _TRL_MODEL, _TRL_REWARD = (
@@ -53,7 +54,7 @@ FOREIGN_FIELDS: dict[str, ForeignField] = {
     for rule in (
         # transformers TrainingArguments fields hafrm sets itself
         ForeignField(
-            "remove_unused_columns", _TA, REFUSE, "hafrm's collator reads the columns it builds", refuse_any_value=True
+            "remove_unused_columns", _TA, IGNORE, "hafrm's collator reads the columns it builds: it is always false"
         ),
         ForeignField(
             "use_cpu",
@@ -61,14 +62,14 @@ FOREIGN_FIELDS: dict[str, ForeignField] = {
             REFUSE,
             "hafrm trains on the GPU torch sees, else on the CPU; to train on the CPU, hide the GPUs "
             "(CUDA_VISIBLE_DEVICES=)",
-            refuse_any_value=True,
+            ignored_values=(False,),
         ),
         ForeignField(
             "length_column_name",
             _TA,
             REFUSE,
             "hafrm writes its own length column; group_by_length batches by it",
-            refuse_any_value=True,
+            ignored_values=("length",),
         ),
         ForeignField("label_names", _TA, REFUSE, "hafrm's batches carry no labels: a pair's order is its label"),
         ForeignField(
@@ -78,7 +79,7 @@ FOREIGN_FIELDS: dict[str, ForeignField] = {
             "it smooths cross-entropy labels, which no hafrm loss has; the policy loss's is label_smoothing",
         ),
         ForeignField("metric_for_best_model", _TA, REFUSE, _CHOSEN_BY_US),
-        ForeignField("greater_is_better", _TA, REFUSE, _CHOSEN_BY_US, refuse_any_value=True),
+        ForeignField("greater_is_better", _TA, REFUSE, _CHOSEN_BY_US, ignored_values=(None, True)),
         ForeignField("local_rank", _TA, IGNORE, "the launcher (torchrun, accelerate) sets the process's rank"),
         ForeignField("do_train", _TA, IGNORE, "hafrm train always trains"),
         ForeignField("do_eval", _TA, IGNORE, "hafrm train evaluates whenever it has evaluation pairs"),
@@ -119,6 +120,7 @@ FOREIGN_FIELDS: dict[str, ForeignField] = {
             _TRL_MODEL,
             REFUSE,
             "download that revision (hf download NAME --revision REV --local-dir DIR) and give the folder as model",
+            ignored_values=(None, "main"),
         ),
         ForeignField(
             "lora_target_parameters", _TRL_MODEL, REFUSE, "LoRA on parameters (MoE experts) is not implemented"
@@ -188,3 +190,65 @@ def did_you_mean(name: str, known: list[str]) -> str:
     """' (did you mean a or b?)' for the accepted names closest to `name`, else ''."""
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+@functools.cache
+def _foreign_dataclasses() -> list:
+    from transformers import TrainingArguments
+
+    classes = [TrainingArguments]
+    try:  # TRL's scripts' dataclasses, where TRL is installed
+        from trl import ModelConfig, RewardConfig, ScriptArguments
+
+        classes += [RewardConfig, ModelConfig, ScriptArguments]
+    except ImportError:
+        pass
+    return classes
+
+
+def field_kind(name: str) -> type | None:
+    """bool, int, float or str: the type a TrainingArguments or TRL field's flag value is read as (None: no such
+    field). Read from its annotation where that is a plain type, else from its default or the annotation's text."""
+    for cls in _foreign_dataclasses():
+        found = cls.__dataclass_fields__.get(name)
+        if found is None:
+            continue
+        if found.type in (bool, int, float, str):
+            return found.type
+        default = found.default
+        if isinstance(default, (bool, int, float)):
+            return type(default)
+        annotation = str(found.type)
+        for kind in (bool, int, float):
+            if kind.__name__ in annotation.replace("|", " ").split() and "str" not in annotation:
+                return kind
+        return str
+    return None
+
+
+def read_flag_value(name: str, text: str | None):
+    """A flag's text as its field's type, as transformers' HfArgumentParser reads it: `no` stays the string "no" for
+    eval_strategy, `0123` stays text for hub_token; booleans take true/false/yes/no/1/0 (a bare flag is true); JSON
+    for mapping and list values."""
+    kind = field_kind(name)
+    if kind is bool:
+        if text is None or text.lower() in ("true", "yes", "1"):
+            return True
+        if text.lower() in ("false", "no", "0"):
+            return False
+        raise ValueError(f"--{name}: {text!r} is not true or false")
+    if text is None:
+        raise ValueError(f"--{name} needs a value")
+    if text.startswith(("{", "[")):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--{name}: not valid JSON ({error.msg})") from None
+    if kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"--{name}: {text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if kind is None and text.lower() in ("true", "false"):  # a name nobody has: the namespace refuses it by name
+        return text.lower() == "true"
+    return text

@@ -265,6 +265,9 @@ def training_arguments(config: TrainConfig, has_eval: bool, train_pairs: int | N
         dataloader_num_workers=0,
     )
     arguments.update(config.training_args)
+    for half, other in (("bf16", "fp16"), ("fp16", "bf16")):  # one asked for turns off the one hafrm chose
+        if config.training_args.get(half) and other not in config.training_args:
+            arguments[other] = False
     try:
         return TrainingArguments(**arguments)
     except TypeError as error:  # an unknown key in training_args
@@ -377,8 +380,9 @@ def check_trackers(report_to: str | list[str]) -> None:
 
 def has_eval_set(config: TrainConfig, train_in_memory: bool = False, eval_in_memory: bool = False) -> bool:
     """Whether load_splits will build an eval set: given eval data, the shipped default, or a fraction of train."""
-    own_train_data = config.train_data is not None or train_in_memory
-    return eval_in_memory or config.eval_data is not None or not own_train_data or config.eval_fraction > 0
+    own_train_data = config.train_data is not None or bool(config.dataset) or train_in_memory
+    given_eval = config.eval_data is not None or bool(config.eval_dataset)
+    return eval_in_memory or given_eval or not own_train_data or config.eval_fraction > 0
 
 
 def preflight(config: TrainConfig, train_in_memory: bool = False, eval_in_memory: bool = False) -> None:
@@ -387,7 +391,8 @@ def preflight(config: TrainConfig, train_in_memory: bool = False, eval_in_memory
     loss settings, the TrainingArguments, the attention kernel on the run's device, and the checkpoint to resume
     from."""
     claim_output_dir(config.output_dir, config.resume_from_checkpoint, config.overwrite_output_dir)
-    check_apart_from_data(config.output_dir, [config.train_data, config.eval_data])
+    registry = [config.dataset_dir] if config.dataset or config.eval_dataset else []
+    check_apart_from_data(config.output_dir, [config.train_data, config.eval_data, *registry])
     if config.model not in (None, "", "default"):
         check_model_folder(config.model)
     config.objective()
