@@ -5,10 +5,14 @@ compare them.
 
     python tests/fsdp2_step.py MODE METHOD OUT.safetensors [EXPORT_DIR]     (MODE: full | frozen | lora)
 
+With HAFRM_TEST_RESUME=1 the step starts from a trainable state loaded as HafTrainer resumes a checkpoint (full
+tensors, which an FSDP2 model takes as shards) instead of the initial one.
+
 With EXPORT_DIR the stepped model is then exported as `hafrm train` exports it (pipeline.exportable_model: under
 FSDP2 every rank gathers, rank 0 loads the full state into a rebuilt model and writes the folders).
 """
 
+import os
 import sys
 
 import torch
@@ -54,7 +58,7 @@ def full_state(model: HybridRewardModel) -> dict[str, torch.Tensor]:
 
 
 def main(mode: str, method: str, out: str, export_dir: str | None = None) -> None:
-    distributed = "RANK" in __import__("os").environ
+    distributed = "RANK" in os.environ
     if distributed:
         dist.init_process_group("gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
@@ -62,8 +66,16 @@ def main(mode: str, method: str, out: str, export_dir: str | None = None) -> Non
     pairs, _ = load_pairs(str(DEFAULT_TRAIN_DATA), limit=PAIRS)
     mine = pairs[rank * PAIRS // world : (rank + 1) * PAIRS // world]
     model = build(mode, len(tokenizer))
+    resumed = None
+    if os.environ.get("HAFRM_TEST_RESUME"):  # a trainable state that is not the initial one, as a checkpoint holds
+        generator = torch.Generator().manual_seed(1)
+        resumed = {
+            k: v + 0.01 * torch.randn(v.shape, generator=generator) for k, v in model.trainable_state_dict().items()
+        }
     if distributed:
         shard(model)
+    if resumed is not None:
+        model.load_trainable_state_dict(resumed)  # full tensors into the shards, as HafTrainer resumes
     # SGD: the step is the gradient itself, which AdamW's first step would blow up to +-lr where it is near zero
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
     batch = batch_for(tokenizer, mine, share_prompt=True)

@@ -104,6 +104,34 @@ def assert_same_exports(one, two, folders, tolerance=1e-4):
 
 
 @pytest.mark.parametrize("mode", ["full", "lora"])
+def test_a_fully_sharded_model_resumes_a_checkpoints_trainable_state(mode, tmp_path):
+    """FSDP2's resume (issue 45): a checkpoint's trainable state (full tensors, as HafTrainer writes it from the
+    gathered state dict) loaded into a fully_shard model on 2 CPU processes, then a step: equal to one process
+    loading it and stepping (1e-5 of each tensor's largest), and not the step from the initial weights."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HAFRM_TEST_RESUME": "1"}
+    single = subprocess.run(
+        [sys.executable, FSDP2_STEP, mode, "haf", str(tmp_path / "one.safetensors")], env=env, capture_output=True
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    sharded = subprocess.run(
+        command + [FSDP2_STEP, mode, "haf", str(tmp_path / "two.safetensors")], env=env, capture_output=True
+    )
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    fresh = subprocess.run(
+        [sys.executable, FSDP2_STEP, mode, "haf", str(tmp_path / "fresh.safetensors")],
+        env={**env, "HAFRM_TEST_RESUME": ""},
+        capture_output=True,
+    )
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    one, two, initial = (load_file(tmp_path / f"{n}.safetensors") for n in ("one", "two", "fresh"))
+    for name in one:
+        scale = one[name].abs().max().item()
+        torch.testing.assert_close(two[name], one[name], rtol=0, atol=1e-5 * scale, msg=name)
+    assert max((one[n] - initial[n]).abs().max().item() for n in one) > 1e-3  # the loaded state mattered
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
 def test_a_fully_sharded_model_exports_what_one_process_exports(mode, tmp_path):
     """FSDP2's export (issue 45): after a sharded step on 2 CPU processes, every rank gathers and rank 0 writes
     reward_model/, policy/ and (LoRA) both adapters, equal to one process's export of the same step (1e-4)."""

@@ -119,6 +119,7 @@ def test_every_scoring_path_gives_the_training_reward(exported):
     expected = training_rewards(model, tokenizer, "right").tolist()
     scorer = RewardScorer(folder, max_length=128)
     encoder = scorer.encoder
+    assert encoder.format_start == tokenizer.bos_token  # both formats start with it: the case above is not empty
     texts = [encoder.conversation_text(PROMPT, r) for r in RESPONSES]
     prompt_text = encoder.prompt_text(PROMPT)
     eos, pad = tokenizer.eos_token, tokenizer.pad_token
@@ -132,6 +133,9 @@ def test_every_scoring_path_gives_the_training_reward(exported):
         "messages": scorer.score([PROMPT] * len(RESPONSES), RESPONSES),
         "messages one by one": [scorer.score([PROMPT], [r], batch_size=1)[0] for r in RESPONSES],
         "formatted text": scorer.score_ids([scorer.encode_text(t) for t in texts]),
+        "formatted text without its BOS": scorer.score_ids(
+            [scorer.encode_text(t.removeprefix(encoder.format_start)) for t in texts]
+        ),
         "rollout ending at EOS": scorer.score_ids([scorer.encode_text(t) for t in at_eos]),
         "left-padded rollout (OpenRLHF)": scorer.score_ids([scorer.encode_text(eos * 3 + t) for t in at_eos]),
         "pad strings both sides": scorer.score_ids([scorer.encode_text(pad * 2 + t + pad * 4) for t in at_eos]),

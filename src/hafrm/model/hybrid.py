@@ -616,7 +616,19 @@ class HybridRewardModel(nn.Module):
             raise ValueError(
                 f"checkpoint does not match this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
-        self.load_state_dict(state, strict=False)
+        if self.is_fully_sharded:  # FSDP2: every process loads the full tensors and keeps its shard of each
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            set_model_state_dict(self, state, options=StateDictOptions(full_state_dict=True, strict=False))
+        else:
+            self.load_state_dict(state, strict=False)
+
+    @property
+    def is_fully_sharded(self) -> bool:
+        """Whether torch's FSDP2 (`fully_shard`) holds this model's parameters as shards (DTensors)."""
+        from torch.distributed.tensor import DTensor
+
+        return any(isinstance(p, DTensor) for p in self.parameters())
 
     # ------------------------------------------------------------------ export
 
