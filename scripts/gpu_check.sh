@@ -8,6 +8,7 @@
 #   scripts/gpu_check.sh                there, with .whl carried: the checks
 #
 # Steps (seconds):  install 30 | unit tests on the GPU machine (the paths that pick a device take CUDA there) 120 | bf16 against fp32 60 | flex against SDPA 60 |
+#   the Trainer with FSDP on one process (train, export, compare with the unsharded run, resume once) 120 |
 #   throughput against TRL, HH-Harmless and PKU-SafeRLHF, batch 16, length 512 and 2048, 180 | with what is left of
 #   570 s, a learning curve of baseline and haf (full fine-tuning, Beaver Safe, towards the paper's 3,200 steps).
 # The model: GPU_CHECK_MODEL (a folder on the machine), else a random model of SmolLM2-135M's architecture built from
@@ -40,7 +41,7 @@ for wheel in datasets trl gguf dill multiprocess; do
   compgen -G ".whl/${wheel}-*.whl" > /dev/null || missing+=(".whl/${wheel}-*.whl")
 done
 for file in .whl/model/config.json .whl/model/tokenizer.json .whl/data/pku-saferlhf .whl/data/hh-rlhf-harmless-base \
-  benchmarks/gpu_checks.py benchmarks/train_throughput.py; do
+  benchmarks/gpu_checks.py benchmarks/train_throughput.py benchmarks/fsdp_trainer_check.py configs/accelerate/fsdp.yaml; do
   [[ -e "$file" ]] || missing+=("$file")
 done
 if ((${#missing[@]})); then
@@ -80,6 +81,8 @@ step unit-tests 120 python3 -m pytest -q -x -m "not slow" -p no:cacheprovider te
 step precision 60 python3 benchmarks/gpu_checks.py precision --model "$model" --steps 30 --output /tmp/gpu-check
 step flex-512 30 python3 benchmarks/gpu_checks.py flex --model "$model" --batches 8 --batch-size 16 --max-length 512
 step flex-2048 30 python3 benchmarks/gpu_checks.py flex --model "$model" --batches 4 --batch-size 16 --max-length 2048
+step fsdp-trainer 120 python3 benchmarks/fsdp_trainer_check.py --model "$model" \
+  --train-data .whl/data/hh-rlhf-harmless-base --output /tmp/gpu-check/fsdp
 for data in hh-harmless pku-saferlhf; do
   for length in 512 2048; do
     step "throughput-$data-$length" 45 python3 benchmarks/train_throughput.py --device cuda --data "$data" \
