@@ -2,7 +2,8 @@
 
 A YAML file, `--training-args` and the command line share one namespace: our options, the ecosystem's names for
 them, every field of transformers' `TrainingArguments` (passed to it with transformers' meaning) and the fields of
-TRL's `ScriptArguments`, `ModelConfig` and `RewardConfig` that are neither. Each name not ours is passed through,
+TRL's `ScriptArguments`, `ModelConfig`, `RewardConfig` and `DatasetMixtureConfig` and of LLaMA-Factory's YAMLs that
+are neither. Each name not ours is passed through,
 ignored with a log line, or refused with the reason (`FOREIGN_FIELDS`); a name nobody has gets "did you mean".
 docs/options.md holds the table.
 """
@@ -22,8 +23,8 @@ PASS, IGNORE, REFUSE = "passed to TrainingArguments", "ignored (logged)", "refus
 class ForeignField:
     """What hafrm does with another tool's field: `action` is PASS, IGNORE or REFUSE, for `why`. A refused field
     given a value that asks for nothing (false, null, 0, empty: what TRL's YAMLs write for features left off) is
-    ignored instead. With `ignored_values` (a tool's default, or the value hafrm uses
-    itself) those are ignored and any other value is refused."""
+    ignored instead. With `ignored_values` (a tool's default, or the value hafrm uses itself) those are ignored and
+    any other value is refused."""
 
     name: str
     origin: str
