@@ -21,6 +21,7 @@ from hafrm.io.filechecks import check_writable_dir, check_writable_file
 from hafrm.rlhf.config import RlhfConfig
 from hafrm.serve.limits import ServeLimits
 from hafrm.training.config import TrainConfig, merge_config_values, read_yaml
+from hafrm.training.namespace import text_to_bool
 
 logger = logging.getLogger("hafrm")
 
@@ -70,12 +71,11 @@ class _BoolFlag(argparse.Action):
 
 
 def _text_to_bool(text: str) -> bool:
-    """transformers' HfArgumentParser spelling of booleans: `--use_peft`, `--use_peft true`, `--use_peft false`."""
-    if text.lower() in ("true", "yes", "1"):
-        return True
-    if text.lower() in ("false", "no", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+    """`namespace.text_to_bool` as an argparse type: `--use_peft`, `--use_peft true`, `--use_peft false`."""
+    try:
+        return text_to_bool(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _shown_default(value) -> str:

@@ -227,17 +227,25 @@ def field_kind(name: str) -> type | None:
     return None
 
 
+def text_to_bool(text: str) -> bool:
+    """transformers' HfArgumentParser spelling of booleans: true/yes/1 and false/no/0, any case."""
+    if text.lower() in ("true", "yes", "1"):
+        return True
+    if text.lower() in ("false", "no", "0"):
+        return False
+    raise ValueError(f"{text!r} is not true or false")
+
+
 def read_flag_value(name: str, text: str | None):
     """A flag's text as its field's type, as transformers' HfArgumentParser reads it: `no` stays the string "no" for
     eval_strategy, `0123` stays text for hub_token; booleans take true/false/yes/no/1/0 (a bare flag is true); JSON
     for mapping and list values."""
     kind = field_kind(name)
     if kind is bool:
-        if text is None or text.lower() in ("true", "yes", "1"):
-            return True
-        if text.lower() in ("false", "no", "0"):
-            return False
-        raise ValueError(f"--{name}: {text!r} is not true or false")
+        try:
+            return True if text is None else text_to_bool(text)
+        except ValueError as error:
+            raise ValueError(f"--{name}: {error}") from None
     if text is None:
         raise ValueError(f"--{name} needs a value")
     if text.startswith(("{", "[")):

@@ -92,7 +92,7 @@ def load_splits(config: TrainConfig, encoder: PairEncoder, train_rows: Rows | No
         train_rows if train_rows is not None else registry.get("train") or config.train_data or str(DEFAULT_TRAIN_DATA)
     )
     train_pairs, report = load_pairs(train_source, limit=config.max_train_pairs, name="train_data", **options)
-    own_train_data = train_rows is not None or bool(config.dataset) or config.train_data is not None
+    own_train_data = gives_train_data(config, train_rows is not None)
     eval_source = (
         eval_rows
         if eval_rows is not None
@@ -378,9 +378,15 @@ def check_trackers(report_to: str | list[str]) -> None:
             )
 
 
+def gives_train_data(config: TrainConfig, train_in_memory: bool = False) -> bool:
+    """Whether the run trains on data of its own (a path, LLaMA-Factory sets or rows in memory), not the shipped
+    sample, whose eval set then is not the shipped test sample either."""
+    return train_in_memory or bool(config.dataset) or config.train_data is not None
+
+
 def has_eval_set(config: TrainConfig, train_in_memory: bool = False, eval_in_memory: bool = False) -> bool:
     """Whether load_splits will build an eval set: given eval data, the shipped default, or a fraction of train."""
-    own_train_data = config.train_data is not None or bool(config.dataset) or train_in_memory
+    own_train_data = gives_train_data(config, train_in_memory)
     given_eval = config.eval_data is not None or bool(config.eval_dataset)
     return eval_in_memory or given_eval or not own_train_data or config.eval_fraction > 0
 
