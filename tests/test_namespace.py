@@ -250,6 +250,15 @@ def test_the_command_line_replaces_what_the_file_says_another_way(tmp_path):
     )
     assert "dataset" not in merged and "template" not in merged and merged["training_args"] == {}
     assert (merged["train_data"], merged["dtype"], merged["warmup_ratio"]) == ("pairs.jsonl", "fp16", 0.1)
+    # and the other way: a warmup count on the command line replaces the file's fraction
+    config = TrainConfig(**merge_config_values(("file.yaml", {"warmup_ratio": 0.1}), (None, {"warmup_steps": 5})))
+    assert (config.warmup_ratio, config.training_args) == (0.0, {"warmup_steps": 5})
+
+
+def test_a_warmup_count_in_training_args_conflicts_with_a_fraction_set_apart_from_its_default(tmp_path):
+    with pytest.raises(ValueError, match="warmup_steps and warmup_ratio 0.1 both set the warmup"):
+        TrainConfig(warmup_ratio=0.1, training_args={"warmup_steps": 3})
+    assert TrainConfig(training_args={"warmup_steps": 3}).warmup_ratio == 0.0
 
 
 def test_one_half_precision_asked_for_turns_off_the_one_hafrm_or_the_launcher_chose(monkeypatch, tmp_path):

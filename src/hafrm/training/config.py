@@ -447,6 +447,12 @@ class TrainConfig:
             if current != _default(ours) and current != value:
                 raise ValueError(f"training_args sets {ours}={value!r}, which conflicts with {ours}={current!r}")
             setattr(self, ours, self.validated(ours, value))
+        if "warmup_steps" in passed:  # the count passed to TrainingArguments is the warmup; the record says so
+            if self.warmup_ratio not in (0.0, _default("warmup_ratio")):
+                raise ValueError(
+                    f"training_args warmup_steps and warmup_ratio {self.warmup_ratio} both set the warmup; give one"
+                )
+            self.warmup_ratio = 0.0
         return passed
 
     def _check_training_args_fit(self) -> None:
@@ -854,12 +860,13 @@ REPLACES = {
     "template": ("prompt_template",),
     "dtype": ("training_args.bf16", "training_args.fp16"),
     "warmup_ratio": ("training_args.warmup_steps",),
+    "training_args.warmup_steps": ("warmup_ratio",),
 }
 
 
 def _drop_replaced(merged: dict, ours: dict) -> None:
     """Remove from the earlier sources' `merged` values what `ours` (a later source) says another way."""
-    for name in ours:
+    for name in [*ours, *(f"training_args.{passed}" for passed in ours.get("training_args", {}))]:
         for replaced in REPLACES.get(name, ()):
             if replaced.startswith("training_args."):
                 merged.get("training_args", {}).pop(replaced.split(".", 1)[1], None)
@@ -908,10 +915,8 @@ def _in_our_names(values: dict, nested: frozenset[str] = frozenset()) -> dict:
     _sampling_strategy(passed, ours)
     if passed.get("warmup_steps") == 0:  # transformers' default, written out: not a warmup given
         del passed["warmup_steps"]
-    if "warmup_steps" in passed:
-        if "warmup_ratio" in ours:
-            raise ValueError("warmup_steps (transformers) and warmup_ratio both set the warmup; give one of them")
-        ours["warmup_ratio"] = 0.0  # the count passed to TrainingArguments is the warmup; the record says so
+    if "warmup_steps" in passed and "warmup_ratio" in ours:
+        raise ValueError("warmup_steps (transformers) and warmup_ratio both set the warmup; give one of them")
     if passed:
         ours["training_args"] = passed
     return ours
@@ -959,10 +964,7 @@ def merge_config_values(*sources: tuple[str | None, dict]) -> dict:
         elif "batch_size" in ours:
             accumulation = None
         batch_names |= uses_batch_names
-        if "warmup_steps" not in ours.get("training_args", {}):
-            _drop_replaced(merged, ours)
-        else:
-            _drop_replaced(merged, {k: v for k, v in ours.items() if k != "warmup_ratio"})
+        _drop_replaced(merged, ours)
         ours["training_args"] = {**merged.get("training_args", {}), **ours.get("training_args", {})}
         merged.update(ours)
     if accumulation is not None or (batch_names and "batch_size" not in merged):
