@@ -45,13 +45,18 @@ def tables(report: Path) -> str:
     rows = [json.loads(line) for line in (report / JUDGE_FILE).read_text().splitlines()]
     steps = sorted({row["step"] for row in rows})
     lines = [
-        "| step | prompts | judge's win rate of haf over baseline | 95% interval |",
-        "|---|---|---|---|",
+        "| step | prompts | judge's win rate of haf over baseline | 95% interval | the interval rules out |",
+        "|---|---|---|---|---|",
     ]
     for step in steps:
         result = win_rate(rows, step)
         low, high = result["interval"]
-        lines.append(f"| {step} | {result['prompts']} | {result['win_rate']:.3f} | [{low:.3f}, {high:.3f}] |")
+        ruled_out = f"an edge above {result['edge_ruled_out']:.3f}" + (
+            " and no edge" if result["no_edge_ruled_out"] else ""
+        )
+        lines.append(
+            f"| {step} | {result['prompts']} | {result['win_rate']:.3f} | [{low:.3f}, {high:.3f}] | {ruled_out} |"
+        )
     lines += [
         "",
         "| step | policy | judge | own RM | other RM | completion tokens | KL to start (k1) |",

@@ -43,7 +43,9 @@ def test_win_rate_counts_a_tie_one_half_and_step_zero_is_even(rows):
     assert win_rate(rows, 0)["win_rate"] == 0.5 and win_rate(rows, 0)["interval"] == [0.5, 0.5]
     later = win_rate(rows, 10)  # haf wins prompt 0, ties prompt 1, loses prompt 2
     assert later["win_rate"] == pytest.approx(0.5) and later["prompts"] == 3
-    assert later["interval"][0] < 0.5 < later["interval"][1]
+    assert later["interval"][0] < 0.5 < later["interval"][1] and not later["no_edge_ruled_out"]
+    low, high = later["interval"]
+    assert later["edge_ruled_out"] == max(0.5 - low, high - 0.5)  # |win rate - 0.5| beyond it is outside
 
 
 def test_rewards_are_standardised_against_step_zero(rows):
@@ -104,4 +106,7 @@ def test_the_report_script_keeps_the_rows_and_recomputes_its_tables_from_them(tm
     text = subprocess.run(
         [sys.executable, str(script), "tables", str(report)], check=True, capture_output=True, text=True
     ).stdout
-    assert "| 10 | 4 | 1.000 | [1.000, 1.000] |" in text and (report / "rlhf-safety.png").is_file()
+    assert (
+        "| 10 | 4 | 1.000 | [1.000, 1.000] | an edge above 0.500 and no edge |" in text
+        and (report / "rlhf-safety.png").is_file()
+    )

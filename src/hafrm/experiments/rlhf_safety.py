@@ -95,7 +95,8 @@ def _mean_of(values) -> float:
 
 def win_rate(rows: list[dict], step: int, seed: int = 0) -> dict:
     """The judge's win rate of the haf-trained policy over the baseline-trained one at `step`, paired by prompt (a tie
-    counts one half), with a 95% bootstrap interval over prompts."""
+    counts one half), with a 95% bootstrap interval over prompts, and the effect sizes that interval rules out: an
+    edge (|win rate - 0.5|) above `edge_ruled_out`, and no edge at all where `no_edge_ruled_out`."""
     by_prompt: dict[int, dict[str, float]] = {}
     for row in rows:
         if row["step"] == step:
@@ -104,7 +105,14 @@ def win_rate(rows: list[dict], step: int, seed: int = 0) -> dict:
         [0.5 if p["haf"] == p["baseline"] else float(p["haf"] > p["baseline"]) for p in by_prompt.values()]
     )
     rate, low, high = paired_bootstrap_interval(outcomes, np.zeros_like(outcomes), resamples=10_000, seed=seed)
-    return {"step": step, "prompts": len(outcomes), "win_rate": rate, "interval": [low, high]}
+    return {
+        "step": step,
+        "prompts": len(outcomes),
+        "win_rate": rate,
+        "interval": [low, high],
+        "edge_ruled_out": max(abs(low - 0.5), abs(high - 0.5)),
+        "no_edge_ruled_out": not low <= 0.5 <= high,
+    }
 
 
 def standardised(rows: list[dict]) -> list[dict]:
